@@ -1,0 +1,3 @@
+"""Outer optimizers: metagradient descent on training metaparameters (data, schedules, inputs)."""
+
+from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
