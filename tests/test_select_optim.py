@@ -1,0 +1,110 @@
+"""Update rules of data selection: count descent (Algorithm 1) and the fixed-budget exchange."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mgd.outer.selection_optim import (
+    budget_exchange,
+    count_descent,
+    subset_weights,
+    top_k_subset,
+)
+
+
+def _step(opt, grad, weights, state=None):
+    state = opt.init(weights) if state is None else state
+    updates, state = jax.jit(opt.update)(grad, state, weights)
+    return weights + updates, state
+
+
+def test_count_descent_with_full_mask_is_the_sign_step():
+    w = jnp.array([1.0, 1.0, 0.0, 2.0, 1.0])
+    g = jnp.array([0.3, -0.1, 5.0, 1.0, 0.0])
+    new, state = _step(count_descent(p=1.0), g, w)
+    np.testing.assert_array_equal(new, [0.0, 2.0, 0.0, 1.0, 1.0])  # clipped at 0; g=0 stays
+    assert int(state.count) == 1
+
+
+def test_count_descent_moves_about_p_of_the_counts():
+    n = 20_000
+    w = jnp.ones(n)
+    new, _ = _step(count_descent(p=0.2, seed=3), -jnp.ones(n), w)
+    assert set(np.unique(new)) == {1.0, 2.0}
+    assert abs(float(jnp.mean(new == 2.0)) - 0.2) < 0.01
+
+
+def test_count_descent_is_reproducible_from_its_state():
+    opt = count_descent(p=0.5, seed=1)
+    w, g = jnp.ones(64), jnp.linspace(-1, 1, 64)
+    a, state = _step(opt, g, w)
+    b, _ = _step(opt, g, a, state)
+    b2, _ = _step(opt, g, a, state)  # same state in, same masks out
+    np.testing.assert_array_equal(b, b2)
+    c, _ = _step(opt, g, w)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_exchange_swaps_worst_selected_for_best_unselected():
+    w = jnp.array([2.0, 2.0, 2.0, 0.0, 0.0, 0.0])
+    g = jnp.array([0.9, -0.5, 0.2, -0.8, 0.1, 0.5])
+    new, _ = _step(budget_exchange(num_exchange=2), g, w)
+    # Pairs by rank: (0: 0.9 out, 3: -0.8 in) and (2: 0.2 out, 4: 0.1 in) both improve.
+    np.testing.assert_array_equal(new, [0.0, 2.0, 0.0, 2.0, 2.0, 0.0])
+
+
+def test_exchange_only_swaps_profitable_pairs():
+    w = jnp.array([1.0, 1.0, 0.0, 0.0])
+    g = jnp.array([0.5, -0.9, 0.2, 0.7])
+    new, _ = _step(budget_exchange(num_exchange=2), g, w)
+    # Pair 1: (0: 0.5 out, 2: 0.2 in) improves; pair 2: (1: -0.9, 3: 0.7) would not.
+    np.testing.assert_array_equal(new, [0.0, 1.0, 1.0, 0.0])
+
+
+@pytest.mark.parametrize("p", [1.0, 0.3])
+def test_exchange_keeps_the_subset_size(p):
+    key = jax.random.PRNGKey(0)
+    n, k = 200, 50
+    w = subset_weights(jnp.arange(k), n)
+    opt = budget_exchange(num_exchange=20, p=p)
+    state = opt.init(w)
+    for _ in range(5):
+        key, sub = jax.random.split(key)
+        w, state = _step(opt, jax.random.normal(sub, (n,)), w, state)
+        assert int(jnp.sum(w > 0)) == k
+        np.testing.assert_allclose(w[w > 0], n / k)
+
+
+def test_exchange_more_than_candidates():
+    w = jnp.array([1.0, 0.0])
+    new, _ = _step(budget_exchange(num_exchange=5), jnp.array([1.0, -1.0]), w)
+    np.testing.assert_array_equal(new, [0.0, 1.0])
+
+
+def test_top_k_subset_breaks_ties_by_metagradient():
+    w = jnp.array([2.0, 1.0, 1.0, 1.0, 0.0])
+    g = jnp.array([9.0, 0.5, -0.5, 0.1, -9.0])
+    np.testing.assert_array_equal(top_k_subset(w, g, 3), [0, 2, 3])
+
+
+def test_subset_weights_keep_the_budget():
+    w = subset_weights(jnp.array([1, 3]), 8)
+    np.testing.assert_allclose(w, [0, 4, 0, 4, 0, 0, 0, 0])
+    assert float(jnp.sum(w)) == 8.0
+
+
+@pytest.mark.parametrize(
+    "factory, kwargs, match",
+    [
+        (count_descent, {"p": 0.0}, "p must be in"),
+        (count_descent, {"p": 1.5}, "p must be in"),
+        (count_descent, {"step_size": 0.0}, "step_size"),
+        (budget_exchange, {"num_exchange": 0}, "num_exchange"),
+        (budget_exchange, {"num_exchange": 2.5}, "num_exchange"),
+        (budget_exchange, {"num_exchange": 2, "p": 0.0}, "p must be in"),
+    ],
+)
+def test_bad_options(factory, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        factory(**kwargs)
