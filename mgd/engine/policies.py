@@ -1,0 +1,344 @@
+"""Checkpoint policies: plain-Python schedules of the reverse sweep.
+
+A policy turns the number of training steps ``T`` into a *plan*: a list of actions over a
+single "current" training state and a set of numbered storage slots. The plan is pure Python,
+so its cost can be simulated, printed and tested without JAX; `mgd.engine.replay` executes it.
+
+Actions (``t`` is the step index of the current state; the initial state, at step 0, is in
+slot 0 before the plan starts):
+
+- ``Advance(n)``: run ``n`` training steps forward from the current state (no differentiation).
+- ``Store(slot)``: keep a copy of the current state (and its step index) in ``slot``.
+- ``Restore(slot)``: make the state kept in ``slot`` the current state.
+- ``Free(slot)``: drop the state kept in ``slot``.
+- ``Reverse(n)``: back-propagate through the ``n`` steps ``t .. t+n-1`` as one differentiated
+  block: the cotangent of the state at step ``t+n`` becomes that of the state at step ``t``.
+  If ``t + n == T`` the block also evaluates the objective, which seeds the sweep.
+
+Costs are counted in training states and step evaluations:
+
+- ``forward_steps``: steps run by ``Advance`` (the forward half of each reversed step is
+  counted by ``vjp_steps`` instead; every plan has ``vjp_steps == T``).
+- ``peak_states``: the most states held at once: the stored slots plus the states live in the
+  current action (1 while advancing; ``n`` for ``Reverse(n)``, whose block keeps the inputs of
+  its ``n`` steps for the backward pass).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import math
+from typing import NamedTuple
+
+
+class Advance(NamedTuple):
+    """Run ``n`` steps forward from the current state."""
+
+    n: int
+
+
+class Store(NamedTuple):
+    """Keep the current state in ``slot``."""
+
+    slot: int
+
+
+class Restore(NamedTuple):
+    """Make the state in ``slot`` the current state."""
+
+    slot: int
+
+
+class Free(NamedTuple):
+    """Drop the state in ``slot``."""
+
+    slot: int
+
+
+class Reverse(NamedTuple):
+    """Back-propagate through ``n`` steps starting at the current state."""
+
+    n: int
+
+
+Action = Advance | Store | Restore | Free | Reverse
+
+
+class PlanCost(NamedTuple):
+    """What a plan costs, counted by `simulate`.
+
+    Attributes:
+      forward_steps: steps run by ``Advance`` actions.
+      vjp_steps: steps back-propagated by ``Reverse`` actions (always ``T``).
+      peak_states: most training states held at once (see the module docstring).
+      block_lengths: the distinct ``(n, is_final)`` of the ``Reverse`` actions, i.e. the
+        differentiated blocks the executor compiles (one compilation each).
+    """
+
+    forward_steps: int
+    vjp_steps: int
+    peak_states: int
+    block_lengths: frozenset[tuple[int, bool]]
+
+
+def simulate(plan: list[Action], num_steps: int) -> PlanCost:
+    """Checks a plan step by step and counts its cost, without running anything.
+
+    Args:
+      plan: the actions, as returned by `AbstractCheckpointPolicy.plan`.
+      num_steps: ``T``, the number of training steps the plan reverses.
+
+    Returns:
+      The plan's `PlanCost`.
+
+    Raises:
+      ValueError: if the plan is inconsistent (restores an empty slot, stores into a taken
+        one, reverses from the wrong step, or does not reverse every step exactly once).
+    """
+    slots: dict[int, int] = {0: 0}  # slot -> step index of the state it holds
+    t = 0
+    reversed_down_to = num_steps  # the sweep has back-propagated steps [reversed_down_to, T)
+    forward = vjp = 0
+    peak = len(slots) + 1
+    blocks = set()
+    for i, action in enumerate(plan):
+        match action:
+            case Advance(n):
+                if n < 1 or t + n > num_steps:
+                    raise ValueError(f"action {i} {action}: cannot advance from step {t}")
+                t += n
+                forward += n
+                peak = max(peak, len(slots) + 1)
+            case Store(slot):
+                if slot in slots:
+                    raise ValueError(f"action {i} {action}: slot {slot} is taken")
+                slots[slot] = t
+                peak = max(peak, len(slots) + 1)
+            case Restore(slot):
+                if slot not in slots:
+                    raise ValueError(f"action {i} {action}: slot {slot} is empty")
+                t = slots[slot]
+            case Free(slot):
+                if slots.pop(slot, None) is None:
+                    raise ValueError(f"action {i} {action}: slot {slot} is empty")
+            case Reverse(n):
+                if n < 1 or t + n != reversed_down_to:
+                    raise ValueError(
+                        f"action {i} {action}: at step {t}, but the sweep is at step "
+                        f"{reversed_down_to}"
+                    )
+                blocks.add((n, reversed_down_to == num_steps))
+                reversed_down_to = t
+                vjp += n
+                peak = max(peak, len(slots) + n)
+            case _:
+                raise ValueError(f"action {i}: unknown action {action!r}")
+    if reversed_down_to != 0:
+        raise ValueError(f"plan ends with steps [0, {reversed_down_to}) not reversed")
+    return PlanCost(forward, vjp, peak, frozenset(blocks))
+
+
+def ceil_log(n: int, k: int) -> int:
+    """Smallest integer ``d >= 0`` with ``k**d >= n`` (exact integer arithmetic)."""
+    d, power = 0, 1
+    while power < n:
+        power *= k
+        d += 1
+    return d
+
+
+class AbstractCheckpointPolicy(abc.ABC):
+    """A checkpoint policy: decides which states the reverse sweep stores and recomputes.
+
+    Subclasses are frozen dataclasses (hashable, comparable, validated when built) whose only
+    job is `plan`, a plain-Python schedule the engine executes.
+    """
+
+    @abc.abstractmethod
+    def plan(self, num_steps: int) -> list[Action]:
+        """The actions that reverse ``num_steps`` training steps (see `mgd.engine.policies`)."""
+
+    def cost(self, num_steps: int) -> PlanCost:
+        """The simulated cost of this policy's plan for ``num_steps`` steps."""
+        return simulate(self.plan(num_steps), num_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreAll(AbstractCheckpointPolicy):
+    """Keeps every state: the whole run is one differentiated block.
+
+    This is reverse mode through the unrolled loop (what ``jax.grad`` of a ``lax.scan`` does):
+    the fastest schedule and the memory-hungry baseline.
+
+    Costs for ``T`` steps: ``forward_steps = 0``, ``peak_states = T + 1``.
+    """
+
+    def plan(self, num_steps: int) -> list[Action]:
+        return [Reverse(num_steps)]
+
+
+@dataclasses.dataclass(frozen=True)
+class KAryTree(AbstractCheckpointPolicy):
+    """The lazy k-ary checkpoint tree of REPLAY (Engstrom et al., 2025).
+
+    The run is split into ``k`` segments whose start states are stored during one forward
+    pass; the segments are then reversed from last to first, each split the same way
+    recursively, until a segment has at most ``k`` steps and is reversed as one differentiated
+    block. Segment boundaries are aligned to multiples of ``k**j``, so every leaf block has
+    exactly ``k`` steps except the run's last one.
+
+    Costs for ``T`` steps, with ``d = ceil(log_k T)``:
+
+    - ``peak_states = (d - 1)(k - 1) + 1 + min(k, T) <= k d + 2``;
+    - ``forward_steps = (d - 1) T (1 - 1/k)`` when ``T = k**d`` (in general
+      ``sum_{j=1}^{d-1}`` of the steps outside the last ``k**j``-block of their
+      ``k**(j+1)``-segment): the run is replayed about ``d - 1`` times on top of the
+      reverse sweep.
+
+    ``k ~ sqrt(T)`` (depth 2, the authors' choice) replays the run once and holds about
+    ``2 sqrt(T)`` states.
+
+    Args:
+      k: the branching factor, an integer ``>= 2``.
+
+    Raises:
+      ValueError: if ``k < 2`` or ``k`` is not an integer.
+
+    Example:
+      >>> mgd.KAryTree(32).cost(1000).peak_states
+      63
+
+    References:
+      Engstrom, Ilyas, Chen, Feldmann, Moses, Madry. "Optimizing ML Training with
+      Metagradient Descent", 2025 (REPLAY).
+    """
+
+    k: int
+
+    def __post_init__(self):
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or self.k < 2:
+            raise ValueError(f"KAryTree(k={self.k!r}): k must be an integer >= 2")
+
+    def plan(self, num_steps: int) -> list[Action]:
+        plan: list[Action] = []
+        self._segment(0, num_steps, plan)
+        return plan
+
+    def _segment(self, start: int, end: int, plan: list[Action]) -> None:
+        # Precondition: the current state is the state at `start`, kept in slot `start`.
+        length = end - start
+        if length <= self.k:
+            plan.append(Reverse(length))
+            return
+        block = self.k ** (ceil_log(length, self.k) - 1)
+        starts = list(range(start, end, block))
+        for previous, s in zip(starts, starts[1:], strict=False):
+            plan.append(Advance(s - previous))
+            plan.append(Store(s))
+        for s in reversed(starts):
+            if s != starts[-1]:
+                plan.append(Restore(s))
+            self._segment(s, min(s + block, end), plan)
+            if s != start:
+                plan.append(Free(s))
+
+
+def binomial_beta(slots: int, repetitions: int) -> int:
+    """``beta(s, r) = C(s + r, s)``: the most steps ``s`` checkpoints reverse with ``r`` replays.
+
+    ``beta(s, r) = 0`` for ``r < 0``.
+    """
+    return math.comb(slots + repetitions, slots) if repetitions >= 0 else 0
+
+
+def binomial_forward_steps(num_steps: int, slots: int) -> int:
+    """Griewank's minimal number of forward steps to reverse ``num_steps`` with ``slots`` states.
+
+    ``t(T, s) = r T - beta(s + 1, r - 1)`` where ``r`` is the least integer with
+    ``beta(s, r) >= T`` (Griewank & Walther, 2000, Proposition 1).
+    """
+    if num_steps <= 1:
+        return 0
+    r = 0
+    while binomial_beta(slots, r) < num_steps:
+        r += 1
+    return r * num_steps - binomial_beta(slots + 1, r - 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Binomial(AbstractCheckpointPolicy):
+    """Griewank's binomial checkpointing (the Revolve schedule).
+
+    With ``slots`` stored states (the initial state included) it reverses ``T`` steps with the
+    fewest possible forward steps, reversing one step at a time:
+
+    - ``forward_steps = r T - C(slots + r, r - 1)``, ``r`` the least integer with
+      ``C(slots + r, slots) >= T`` (see `binomial_forward_steps`);
+    - ``peak_states = slots + 1``.
+
+    Prefer it to `KAryTree` when memory is tight: at equal peak storage it never replays more.
+
+    Args:
+      slots: number of states that may be stored, the initial one included; ``>= 1``.
+
+    Raises:
+      ValueError: if ``slots < 1`` or is not an integer.
+
+    Example:
+      >>> mgd.Binomial(4).cost(100).forward_steps
+      235
+
+    References:
+      Griewank & Walther. "Algorithm 799: Revolve: an implementation of checkpointing for the
+      reverse or adjoint mode of computational differentiation", ACM TOMS 26(1), 2000.
+    """
+
+    slots: int
+
+    def __post_init__(self):
+        if isinstance(self.slots, bool) or not isinstance(self.slots, int) or self.slots < 1:
+            raise ValueError(f"Binomial(slots={self.slots!r}): slots must be an integer >= 1")
+
+    def plan(self, num_steps: int) -> list[Action]:
+        plan: list[Action] = []
+        self._segment(0, num_steps, self.slots, plan)
+        return plan
+
+    @staticmethod
+    def _split(length: int, slots: int) -> int:
+        # The optimal first advances m form the range
+        #   max(n - beta(s-1, r), beta(s, r-2)) <= m <= min(beta(s, r-1), n - beta(s-1, r-1)):
+        # the right part (s-1 slots) needs r repetitions at most, the left part (s slots, one
+        # repetition spent) r-1. Take the smallest, so less is replayed before the first turn.
+        r = 0
+        while binomial_beta(slots, r) < length:
+            r += 1
+        return max(1, length - binomial_beta(slots - 1, r), binomial_beta(slots, r - 2))
+
+    def _segment(self, start: int, end: int, slots: int, plan: list[Action]) -> None:
+        # Precondition: the current state is the state at `start`, kept in slot `start`;
+        # `slots` counts that slot and the ones still free for this segment.
+        # Recursion depth grows like `slots`, not T: the left part keeps `slots`, and the
+        # right part, which has one slot fewer, is the one recursed into first.
+        while end - start > 1:
+            m = self._split(end - start, slots)
+            plan.append(Advance(m))
+            if end - start - m == 1:
+                plan.append(Reverse(1))
+            else:
+                plan.append(Store(start + m))
+                self._segment(start + m, end, slots - 1, plan)
+                plan.append(Free(start + m))
+            plan.append(Restore(start))
+            end = start + m
+        plan.append(Reverse(1))
+
+
+def default_policy(num_steps: int) -> AbstractCheckpointPolicy:
+    """The policy ``checkpoint=None`` resolves to: ``KAryTree(max(2, ceil(sqrt(T))))``.
+
+    A depth-2 tree: one replay of the run on top of the reverse sweep, about ``2 sqrt(T)``
+    states held at once.
+    """
+    return KAryTree(max(2, math.isqrt(max(num_steps, 2) - 1) + 1))
