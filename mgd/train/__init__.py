@@ -1,0 +1,21 @@
+"""Smooth training: a training recipe as pure, differentiable functions of its metaparameters.
+
+``TrainingSetup`` turns model + optimizer + data + batch order into the ``step_fn`` /
+``objective_fn`` / ``init_state`` that ``mgd.metagradient`` differentiates; ``MetaSpec`` switches
+metaparameters on; ``models`` holds ready networks; the loaders build validated ``Dataset``s.
+"""
+
+from mgd.train import models as models
+from mgd.train._augment import Augment as Augment
+from mgd.train._data import Dataset as Dataset
+from mgd.train._data import load_cifar10 as load_cifar10
+from mgd.train._data import load_digits as load_digits
+from mgd.train._data import load_npz as load_npz
+from mgd.train._data import make_synthetic as make_synthetic
+from mgd.train._meta import MetaSpec as MetaSpec
+from mgd.train._model_fns import ModelFns as ModelFns
+from mgd.train._model_fns import model_fns as model_fns
+from mgd.train._optim import make_optimizer as make_optimizer
+from mgd.train._retrain import retrain_and_evaluate as retrain_and_evaluate
+from mgd.train._setup import TrainingSetup as TrainingSetup
+from mgd.train._setup import TrainState as TrainState

@@ -1,0 +1,385 @@
+"""Datasets: a validated container and loaders that never download at run time."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Dataset", "load_digits", "load_npz", "load_cifar10", "make_synthetic"]
+
+_SPLITS = ("train", "val", "test")
+_NPZ_KEYS = ("x_train", "y_train", "x_target", "y_target", "x_test", "y_test")
+_CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR_TEST_FILE = "test_batch"
+
+
+def _frozen(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Dataset:
+    """Train / validation (target) / test splits of a classification problem, as numpy arrays.
+
+    The validation split is the *target*: the data whose loss outer optimizers minimize (dataset
+    selection, learning-rate search) or attack (poisoning); Contract 2 calls it ``x_target``. The
+    test split is held out and used only for reporting.
+
+    Attributes:
+      x_train: float32 inputs of the training pool, shape ``(n_train, *input_shape)``, normalized.
+      y_train: int32 labels in ``[0, num_classes)``, shape ``(n_train,)``.
+      x_val: float32 target inputs, shape ``(n_val, *input_shape)``.
+      y_val: int32 target labels, shape ``(n_val,)``.
+      x_test: float32 held-out inputs, shape ``(n_test, *input_shape)``.
+      y_test: int32 held-out labels, shape ``(n_test,)``.
+      num_classes: number of classes.
+      x_range: ``(low, high)``, the valid range of an input (floats, or arrays broadcastable to
+        ``input_shape``, e.g. per channel). Perturbed inputs are clipped to it. ``None`` takes the
+        smallest and largest value over all three splits.
+
+    Raises:
+      ValueError: when a shape, dtype, label or range is invalid; the message names the field.
+
+    Example:
+      >>> data = mgd.make_synthetic(num_train=100)
+      >>> data.subset(np.arange(10)).num_train
+      10
+    """
+
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    x_range: tuple | None = None
+
+    def __post_init__(self):
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int | np.integer):
+            raise TypeError(
+                f"Dataset: num_classes must be an int, got {type(self.num_classes).__name__}"
+            )
+        if self.num_classes < 2:
+            raise ValueError(f"Dataset: num_classes must be at least 2, got {self.num_classes}")
+        object.__setattr__(self, "num_classes", int(self.num_classes))
+        input_shape = None
+        for split in _SPLITS:
+            x = _check_inputs(getattr(self, f"x_{split}"), f"x_{split}")
+            y = _check_labels(getattr(self, f"y_{split}"), f"y_{split}", self.num_classes)
+            if x.shape[0] != y.shape[0]:
+                raise ValueError(
+                    f"Dataset: x_{split} has {x.shape[0]} examples but y_{split} has {y.shape[0]}; "
+                    "give one label per input"
+                )
+            if input_shape is None:
+                input_shape = x.shape[1:]
+            elif x.shape[1:] != input_shape:
+                raise ValueError(
+                    f"Dataset: x_{split} has input shape {x.shape[1:]} but x_train has "
+                    f"{input_shape}; all splits need the same input shape"
+                )
+            object.__setattr__(self, f"x_{split}", _frozen(x))
+            object.__setattr__(self, f"y_{split}", _frozen(y))
+        if self.x_train.shape[0] == 0:
+            raise ValueError(
+                "Dataset: x_train is empty; the training pool needs at least one example"
+            )
+        object.__setattr__(self, "x_range", self._checked_range(input_shape))
+
+    def _checked_range(self, input_shape) -> tuple[np.ndarray, np.ndarray]:
+        if self.x_range is None:
+            xs = [x for x in (self.x_train, self.x_val, self.x_test) if x.size]
+            return (
+                _frozen(np.asarray(min(x.min() for x in xs), np.float32)),
+                _frozen(np.asarray(max(x.max() for x in xs), np.float32)),
+            )
+        try:
+            low, high = (np.asarray(r, np.float32) for r in self.x_range)
+            np.broadcast_shapes(low.shape, high.shape, input_shape)
+        except (TypeError, ValueError) as e:
+            raise ValueError(
+                "Dataset: x_range must be (low, high), floats or arrays broadcastable to the input "
+                f"shape {input_shape}"
+            ) from e
+        if np.any(low >= high):
+            raise ValueError("Dataset: x_range needs low < high everywhere")
+        return _frozen(low), _frozen(high)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one input, e.g. ``(32, 32, 3)``."""
+        return tuple(self.x_train.shape[1:])
+
+    @property
+    def num_train(self) -> int:
+        """Number of examples in the training pool."""
+        return int(self.x_train.shape[0])
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Returns ``(x, y)`` of the split ``name``: ``"train"``, ``"val"`` or ``"test"``."""
+        if name not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {name!r}")
+        return getattr(self, f"x_{name}"), getattr(self, f"y_{name}")
+
+    def subset(self, indices) -> Dataset:
+        """Restricts the training pool to ``indices`` (int array into it); other splits are kept.
+
+        Args:
+          indices: int array of shape ``(k,)``, entries in ``[0, num_train)``; repeats are allowed.
+
+        Returns:
+          A new ``Dataset`` whose training pool is ``x_train[indices], y_train[indices]``.
+        """
+        idx = _check_indices(indices, self.num_train, "indices")
+        return self.replace(x_train=self.x_train[idx], y_train=self.y_train[idx])
+
+    def replace(self, **fields) -> Dataset:
+        """Returns a copy with ``fields`` replaced, validated again."""
+        return dataclasses.replace(self, **fields)
+
+
+def _check_inputs(x, name: str) -> np.ndarray:
+    x = np.asarray(x)
+    if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+        raise ValueError(f"{name} must hold numbers, got dtype {x.dtype}")
+    if x.ndim < 2:
+        raise ValueError(f"{name} must have shape (n, *input_shape), got shape {x.shape}")
+    x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
+    return x
+
+
+def _check_labels(y, name: str, num_classes: int) -> np.ndarray:
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise ValueError(
+            f"{name} has labels in [{y.min()}, {y.max()}] outside [0, {num_classes}); "
+            "labels must be 0..num_classes-1"
+        )
+    return y.astype(np.int32)
+
+
+def _check_indices(indices, size: int, name: str) -> np.ndarray:
+    idx = np.asarray(indices)
+    if idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or idx.size == 0):
+        raise ValueError(f"{name} must be a 1-D integer array, got shape {idx.shape} {idx.dtype}")
+    if idx.size and (idx.min() < 0 or idx.max() >= size):
+        raise ValueError(f"{name} must lie in [0, {size}), got [{idx.min()}, {idx.max()}]")
+    return idx.astype(np.int64)
+
+
+def _three_way_split(n: int, val_fraction: float, test_fraction: float, seed: int):
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 < f < 1:
+            raise ValueError(f"{name} must lie in (0, 1), got {f}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError("val_fraction + test_fraction must be below 1 to leave a training pool")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val, n_test = round(n * val_fraction), round(n * test_fraction)
+    return perm[n_val + n_test :], perm[:n_val], perm[n_val : n_val + n_test]
+
+
+def load_digits(*, val_fraction: float = 0.2, test_fraction: float = 0.2, seed: int = 0) -> Dataset:
+    """scikit-learn's handwritten digits (1,797 8x8 images, 10 classes), shipped with the package.
+
+    Pixels are scaled from 0..16 to [0, 1]; inputs have shape ``(8, 8, 1)`` (models that need
+    vectors flatten them). The split is a seeded random permutation.
+
+    Args:
+      val_fraction: fraction of the images in the validation (target) split.
+      test_fraction: fraction in the held-out test split; the rest is the training pool.
+      seed: seed of the split.
+
+    Returns:
+      A ``Dataset`` with ``x_range = (0, 1)``.
+    """
+    from sklearn.datasets import load_digits as _sk_digits
+
+    raw = _sk_digits()
+    x = (raw.images / 16.0).astype(np.float32)[..., None]
+    y = raw.target.astype(np.int32)
+    tr, va, te = _three_way_split(len(y), val_fraction, test_fraction, seed)
+    return Dataset(x[tr], y[tr], x[va], y[va], x[te], y[te], 10, x_range=(0.0, 1.0))
+
+
+def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Dataset:
+    """A user's ``.npz`` file with ``x_train, y_train, x_target, y_target, x_test, y_test``.
+
+    ``x_target, y_target`` become the validation (target) split. Integer (e.g. ``uint8``) inputs
+    are scaled to [0, 1] by their dtype's maximum; float inputs are used as they are.
+
+    Args:
+      path: the ``.npz`` file (Contract 2).
+      num_classes: number of classes; ``None`` takes the largest label plus one.
+
+    Returns:
+      A validated ``Dataset``.
+
+    Raises:
+      ValueError: if the file is missing or unreadable, a key is absent, or an array is invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"data file {str(path)!r} does not exist; pass an existing .npz file")
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            missing = [k for k in _NPZ_KEYS if k not in f.files]
+            if missing:
+                raise ValueError(
+                    f"data file {str(path)!r} lacks key(s) {', '.join(missing)}; it needs "
+                    f"{', '.join(_NPZ_KEYS)}"
+                )
+            arrays = {k: f[k] for k in _NPZ_KEYS}
+    except (OSError, pickle.UnpicklingError, EOFError) as e:
+        raise ValueError(f"data file {str(path)!r} is not a readable .npz file: {e}") from e
+    for k in ("x_train", "x_target", "x_test"):
+        if np.issubdtype(arrays[k].dtype, np.integer):
+            arrays[k] = arrays[k] / float(np.iinfo(arrays[k].dtype).max)
+    if num_classes is None:
+        labels = [arrays[k] for k in ("y_train", "y_target", "y_test")]
+        for k, y in zip(("y_train", "y_target", "y_test"), labels, strict=True):
+            _check_labels(y, k, np.iinfo(np.int64).max)
+        num_classes = max(int(y.max()) for y in labels if y.size) + 1
+    return Dataset(
+        arrays["x_train"],
+        arrays["y_train"],
+        arrays["x_target"],
+        arrays["y_target"],
+        arrays["x_test"],
+        arrays["y_test"],
+        max(num_classes, 2),
+    )
+
+
+def _read_cifar_batch(file: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with open(file, "rb") as f:
+            d = pickle.load(f, encoding="bytes")
+        data = np.asarray(d[b"data"], np.uint8)
+        labels = np.asarray(d[b"labels"], np.int64)
+    except (OSError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError) as e:
+        raise ValueError(
+            f"CIFAR-10 batch {str(file)!r} is not a python-pickle batch with b'data' and b'labels'"
+        ) from e
+    if data.ndim != 2 or data.shape[1] != 3072 or data.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"CIFAR-10 batch {str(file)!r} has data of shape {data.shape} and "
+            f"{labels.shape[0]} labels; expected (n, 3072) and n"
+        )
+    # Stored channel-major (3, 32, 32) per row; models take NHWC.
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels
+
+
+def load_cifar10(directory: str | os.PathLike | None = None, *, val_size: int = 10_000) -> Dataset:
+    """CIFAR-10 from the standard python-pickle batches in a local folder (never downloaded).
+
+    The folder (or its ``cifar-10-batches-py`` subfolder) holds ``data_batch_1`` ...
+    ``data_batch_5`` and ``test_batch``, as in ``cifar-10-python.tar.gz``. The last ``val_size``
+    training images become the validation (target) split, so the default training pool has
+    40,000 images as in the paper's poisoning experiment. Inputs, shape ``(32, 32, 3)``, are
+    standardized per channel with the training pool's mean and standard deviation; ``x_range`` is
+    the per-channel image of [0, 1].
+
+    Args:
+      directory: the folder; ``None`` reads the environment variable ``MGD_CIFAR10_DIR``.
+      val_size: number of training images held out as the validation split.
+
+    Returns:
+      A ``Dataset`` with 10 classes.
+
+    Raises:
+      ValueError: if the folder is not given, or a batch file is missing or malformed.
+    """
+    if directory is None:
+        directory = os.environ.get("MGD_CIFAR10_DIR")
+        if not directory:
+            raise ValueError(
+                "no CIFAR-10 folder: pass directory= or set MGD_CIFAR10_DIR to the folder holding "
+                "data_batch_1..data_batch_5 and test_batch"
+            )
+    root = Path(directory)
+    if (root / "cifar-10-batches-py").is_dir():
+        root = root / "cifar-10-batches-py"
+    expected = (*_CIFAR_TRAIN_FILES, _CIFAR_TEST_FILE)
+    missing = [name for name in expected if not (root / name).is_file()]
+    if missing:
+        raise ValueError(
+            f"CIFAR-10 folder {str(root)!r} lacks {', '.join(missing)}; it must hold the "
+            f"python-pickle batches {', '.join(expected)}"
+        )
+    parts = [_read_cifar_batch(root / name) for name in _CIFAR_TRAIN_FILES]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    x_test, y_test = _read_cifar_batch(root / _CIFAR_TEST_FILE)
+    if not 0 < val_size < len(y):
+        raise ValueError(f"val_size must lie in (0, {len(y)}), got {val_size}")
+    x_pool = x[:-val_size] / np.float32(255)
+    mean = x_pool.mean(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+    std = x_pool.std(axis=(0, 1, 2), dtype=np.float64).astype(np.float32)
+
+    def norm(a):
+        return (a / np.float32(255) - mean) / std
+
+    return Dataset(
+        norm(x[:-val_size]),
+        y[:-val_size],
+        norm(x[-val_size:]),
+        y[-val_size:],
+        norm(x_test),
+        y_test,
+        10,
+        x_range=(-mean / std, (1 - mean) / std),
+    )
+
+
+def make_synthetic(
+    *,
+    num_train: int = 256,
+    num_val: int = 64,
+    num_test: int = 64,
+    input_shape: tuple[int, ...] = (8,),
+    num_classes: int = 3,
+    noise: float = 1.0,
+    seed: int = 0,
+) -> Dataset:
+    """Gaussian class clusters, made by the code (for tests and examples).
+
+    Each class has a random mean of unit scale per input coordinate; an example is its class mean
+    plus Gaussian noise of standard deviation ``noise``.
+
+    Args:
+      num_train: size of the training pool.
+      num_val: size of the validation (target) split.
+      num_test: size of the held-out test split.
+      input_shape: shape of one input, e.g. ``(8,)`` or ``(8, 8, 1)``.
+      num_classes: number of classes (at least 2).
+      noise: standard deviation of the noise around the class means.
+      seed: seed of the generator; the same seed gives the same data.
+
+    Returns:
+      A ``Dataset``.
+    """
+    if num_train < 1 or num_val < 0 or num_test < 0:
+        raise ValueError("make_synthetic: num_train must be >= 1 and num_val, num_test >= 0")
+    if noise < 0:
+        raise ValueError(f"make_synthetic: noise must be >= 0, got {noise}")
+    rng = np.random.default_rng(seed)
+    means = rng.normal(size=(num_classes, *input_shape))
+
+    def draw(n):
+        y = rng.integers(0, num_classes, size=n)
+        return (means[y] + noise * rng.normal(size=(n, *input_shape))).astype(np.float32), y
+
+    return Dataset(*draw(num_train), *draw(num_val), *draw(num_test), num_classes)

@@ -1,0 +1,476 @@
+"""TrainingSetup: a training recipe as the pure step / objective functions the engine needs."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from mgd.train._augment import Augment
+from mgd.train._data import Dataset
+from mgd.train._meta import MetaSpec
+from mgd.train._model_fns import ModelFns, model_fns
+
+__all__ = ["TrainState", "TrainingSetup"]
+
+# Independent streams of one seed: parameter init, batch order, augmentation.
+_INIT, _ORDER, _AUGMENT = 0, 1, 2
+
+
+class TrainState(NamedTuple):
+    """The state carried from one training step to the next (a pytree).
+
+    Attributes:
+      step: int32 scalar, number of steps taken.
+      params: the model's trainable parameters.
+      opt_state: the optax optimizer's state.
+      model_state: non-trainable model variables (batch norm's ``batch_stats``; ``{}`` if none).
+    """
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    model_state: Any
+
+
+class _Batches(NamedTuple):
+    # index: (num_steps, batch_size) int32 into the training pool.
+    # mask: (num_steps, batch_size) float, 0 on the slots that fill an epoch's last partial batch.
+    # count: (num_steps,) float, real examples per batch (the loss normalizer).
+    index: jax.Array
+    mask: jax.Array
+    count: jax.Array
+
+
+class _Arrays(NamedTuple):
+    # The data as device arrays in the setup's dtype, and the perturbation slot of each example.
+    x_train: jax.Array
+    y_train: jax.Array
+    x_val: jax.Array
+    y_val: jax.Array
+    slot: jax.Array
+    x_low: jax.Array
+    x_high: jax.Array
+
+
+def _margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    # Smooth accuracy surrogate per example: logsumexp of the wrong logits minus the right one
+    # (negative when the right logit dominates).
+    right = jnp.take_along_axis(logits, labels[:, None], axis=1)[:, 0]
+    wrong = jnp.where(jax.nn.one_hot(labels, logits.shape[1], dtype=bool), -jnp.inf, logits)
+    return jax.nn.logsumexp(wrong, axis=1) - right
+
+
+_PER_EXAMPLE = {
+    "val_loss": optax.softmax_cross_entropy_with_integer_labels,
+    "val_margin": _margin,
+}
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TrainingSetup:
+    """A training recipe as the pure functions ``mgd.metagradient`` differentiates.
+
+    Training runs ``num_steps`` steps of ``optimizer`` on mini-batches of ``data``'s training
+    pool; the metaparameters switched on in ``meta_spec`` (data weights, learning-rate schedule,
+    input perturbations, weight decay; see ``MetaSpec``) enter every step, and the objective is
+    evaluated on the validation (target) split at the end.
+
+    Batch order is a deterministic function of (seed, step): each epoch is a fresh permutation of
+    the pool (``jax.random.permutation`` of ``fold_in(key, epoch)``, so identical across processes
+    and machines), cut into ``ceil(num_train / batch_size)`` batches. The last batch of an epoch
+    is filled up with the epoch's first examples, which take part in the forward pass (batch norm
+    statistics stay those of real data) but carry zero loss weight; the loss divides by the
+    number of real examples. Augmentation, if on, is also a function of (seed, step).
+
+    All functions are jitted once per setup and cached: ``train`` takes meta and seed as traced
+    arguments, so outer loops retrain with new metaparameters and new seeds without recompiling.
+    A setup is immutable; ``replace`` makes a modified copy (which compiles afresh).
+
+    Attributes:
+      model: a flax linen module, an NNX module, or a plain ``(init, apply)`` pair (see
+        ``mgd.train.models`` for ready ones).
+      optimizer: an optax ``GradientTransformation``.
+      data: the ``Dataset``.
+      batch_size: examples per step, at most ``data.num_train``.
+      num_steps: training steps.
+      seed: seed of parameter init, batch order and augmentation.
+      meta_spec: which metaparameters are on (``MetaSpec()``: none).
+      objective: ``"val_loss"`` (mean cross-entropy on the validation split), ``"val_margin"``
+        (a smooth accuracy surrogate: mean of logsumexp of the wrong logits minus the right
+        logit), or a callable ``(logits, labels) -> scalar`` to minimize.
+      augment: ``False``, ``True`` (``Augment()``: crop with padding 4 and flip) or an
+        ``Augment``.
+      dtype: floating dtype of parameters, inputs and metaparameters (``jnp.float64`` needs x64).
+      eval_batch_size: chunk size of the objective and of ``evaluate`` (bounds their memory).
+
+    Example:
+      >>> data = mgd.load_digits()
+      >>> setup = mgd.TrainingSetup(
+      ...     mgd.train.models.MLP(), optax.sgd(0.1), data, batch_size=64, num_steps=200,
+      ...     meta_spec=mgd.MetaSpec(data_weights=True))
+      >>> res = setup.metagradient(setup.init_meta())
+      >>> res.grad["data_weights"].shape
+      (1079,)
+    """
+
+    model: Any
+    optimizer: optax.GradientTransformation
+    data: Dataset
+    _: dataclasses.KW_ONLY
+    batch_size: int
+    num_steps: int
+    seed: int = 0
+    meta_spec: MetaSpec = MetaSpec()
+    objective: str | Callable[[jax.Array, jax.Array], jax.Array] = "val_loss"
+    augment: bool | Augment = False
+    dtype: Any = jnp.float32
+    eval_batch_size: int = 1024
+
+    def __post_init__(self):
+        if not isinstance(self.data, Dataset):
+            raise TypeError(f"TrainingSetup: data must be an mgd.Dataset, got {type(self.data)}")
+        if not (
+            callable(getattr(self.optimizer, "init", None))
+            and callable(getattr(self.optimizer, "update", None))
+        ):
+            raise TypeError("TrainingSetup: optimizer must be an optax GradientTransformation")
+        for name in ("batch_size", "num_steps", "eval_batch_size", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | np.integer):
+                raise TypeError(f"TrainingSetup: {name} must be an int, got {value!r}")
+        n = self.data.num_train
+        if not 1 <= self.batch_size <= n:
+            raise ValueError(
+                f"TrainingSetup: batch_size must lie in [1, num_train={n}], got {self.batch_size}"
+            )
+        if self.num_steps < 1 or self.eval_batch_size < 1:
+            raise ValueError("TrainingSetup: num_steps and eval_batch_size must be positive")
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"TrainingSetup: seed must lie in [0, 2**32), got {self.seed}")
+        if not isinstance(self.meta_spec, MetaSpec):
+            raise TypeError(
+                f"TrainingSetup: meta_spec must be an mgd.MetaSpec, got {self.meta_spec}"
+            )
+        self.meta_spec.check(num_steps=self.num_steps, num_train=n)
+        if not callable(self.objective) and self.objective not in tuple(_PER_EXAMPLE):
+            raise ValueError(
+                f"TrainingSetup: objective must be one of {tuple(_PER_EXAMPLE)} or a callable "
+                f"(logits, labels) -> scalar, got {self.objective!r}"
+            )
+        if self.data.y_val.size == 0:
+            raise ValueError("TrainingSetup: the objective needs a non-empty validation split")
+        if self.augment is True:
+            object.__setattr__(self, "augment", Augment())
+        if isinstance(self.augment, Augment):
+            self.augment.check(self.data.input_shape)
+        elif self.augment is not False:
+            raise TypeError(f"TrainingSetup: augment must be a bool or Augment, got {self.augment}")
+        if not jnp.issubdtype(self.dtype, jnp.floating):
+            raise ValueError(f"TrainingSetup: dtype must be a floating dtype, got {self.dtype}")
+        _ = self._model  # Fails now, not at first use, on a model of the wrong kind.
+
+    def replace(self, **changes: Any) -> TrainingSetup:
+        """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed."""
+        return dataclasses.replace(self, **changes)
+
+    # --- derived, built once per setup -------------------------------------------------------
+
+    @functools.cached_property
+    def _model(self) -> ModelFns:
+        return model_fns(self.model)
+
+    @functools.cached_property
+    def _arrays(self) -> _Arrays:
+        d, dt = self.data, self.dtype
+        slot = np.full(d.num_train, -1, np.int32)
+        if self.meta_spec.perturb_indices:
+            slot[list(self.meta_spec.perturb_indices)] = np.arange(
+                len(self.meta_spec.perturb_indices)
+            )
+        low, high = d.x_range
+        return _Arrays(
+            jnp.asarray(d.x_train, dt),
+            jnp.asarray(d.y_train),
+            jnp.asarray(d.x_val, dt),
+            jnp.asarray(d.y_val),
+            jnp.asarray(slot),
+            jnp.asarray(low, dt),
+            jnp.asarray(high, dt),
+        )
+
+    @functools.cached_property
+    def _batches(self) -> _Batches:
+        return jax.jit(self._make_batches)(jax.random.PRNGKey(self.seed))
+
+    @functools.cached_property
+    def _augment_key(self) -> jax.Array:
+        return jax.random.fold_in(jax.random.PRNGKey(self.seed), _AUGMENT)
+
+    # --- pure functions -----------------------------------------------------------------------
+
+    def _make_batches(self, key: jax.Array) -> _Batches:
+        n, b = self.data.num_train, self.batch_size
+        per_epoch = math.ceil(n / b)
+        epochs = math.ceil(self.num_steps / per_epoch)
+        fill = per_epoch * b - n
+        order_key = jax.random.fold_in(key, _ORDER)
+
+        def epoch(e):
+            perm = jax.random.permutation(jax.random.fold_in(order_key, e), n)
+            return jnp.concatenate([perm, perm[:fill]]).reshape(per_epoch, b)
+
+        index = jax.vmap(epoch)(jnp.arange(epochs)).reshape(-1, b)[: self.num_steps]
+        one_epoch_mask = np.concatenate([np.ones(n), np.zeros(fill)]).reshape(per_epoch, b)
+        mask = np.tile(one_epoch_mask, (epochs, 1))[: self.num_steps]
+        return _Batches(
+            index.astype(jnp.int32),
+            jnp.asarray(mask, self.dtype),
+            jnp.asarray(mask.sum(axis=1), self.dtype),
+        )
+
+    def _init(self, key: jax.Array, arrays: _Arrays) -> TrainState:
+        init_key = jax.random.fold_in(key, _INIT)
+        params, model_state = self._model.init(init_key, arrays.x_train[:1])
+        params = jax.tree.map(self._cast, params)
+        return TrainState(
+            jnp.zeros((), jnp.int32), params, self.optimizer.init(params), model_state
+        )
+
+    def _cast(self, leaf: jax.Array) -> jax.Array:
+        return leaf.astype(self.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    def _batch_inputs(self, arrays: _Arrays, index: jax.Array, meta: dict) -> jax.Array:
+        x = arrays.x_train[index]
+        if self.meta_spec.perturb_indices is None:
+            return x
+        slot = arrays.slot[index]
+        delta = meta["perturbations"][jnp.maximum(slot, 0)]
+        moved = x + delta
+        # A where-clip (not jnp.clip) so the derivative at the boundary is the inside one.
+        clipped = jnp.where(
+            moved < arrays.x_low,
+            arrays.x_low,
+            jnp.where(moved > arrays.x_high, arrays.x_high, moved),
+        )
+        inside = (slot >= 0).reshape((-1,) + (1,) * (x.ndim - 1))
+        return jnp.where(inside, clipped, x)
+
+    def _step(self, arrays, batches, augment_key, state: TrainState, meta: dict, t) -> TrainState:
+        spec = self.meta_spec
+        index = batches.index[t]
+        x = self._batch_inputs(arrays, index, meta)
+        if self.augment:
+            x = self.augment(x, jax.random.fold_in(augment_key, t))
+        y = arrays.y_train[index]
+        weight = batches.mask[t]
+        if spec.data_weights:
+            weight = weight * meta["data_weights"][index]
+
+        def loss_fn(params):
+            logits, model_state = self._model.apply(params, state.model_state, x, True)
+            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            return jnp.sum(weight * losses) / batches.count[t], model_state
+
+        grads, model_state = jax.grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+        if spec.has_lr_schedule or spec.weight_decay:
+            lr = spec.learning_rate(meta, t)
+            if spec.weight_decay:
+                updates = jax.tree.map(
+                    lambda u, p: u - meta["weight_decay"] * p, updates, state.params
+                )
+            updates = jax.tree.map(lambda u: lr * u, updates)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state, model_state)
+
+    def _split_sums(self, params, model_state, x, y, fn) -> jax.Array:
+        # Sum of fn(logits, labels) * count over chunks of eval_batch_size (bounded memory).
+        n, c = x.shape[0], min(self.eval_batch_size, x.shape[0])
+        chunks = math.ceil(n / c)
+        pad = chunks * c - n
+        xs = jnp.concatenate([x, x[:pad]]).reshape(chunks, c, *x.shape[1:])
+        ys = jnp.concatenate([y, y[:pad]]).reshape(chunks, c)
+        valid = (jnp.arange(chunks * c) < n).reshape(chunks, c)
+
+        def chunk(args):
+            xc, yc, vc = args
+            logits, _ = self._model.apply(params, model_state, xc, False)
+            return fn(logits, yc, vc)
+
+        return jnp.sum(jax.lax.map(chunk, (xs, ys, valid)), axis=0)
+
+    def _objective(self, arrays: _Arrays, state: TrainState, meta: dict) -> jax.Array:
+        del meta  # The objective depends on meta only through the trained state.
+        x, y = arrays.x_val, arrays.y_val
+        if callable(self.objective):
+            # A user objective sees the whole split at once (it need not be a mean).
+            logits, _ = self._model.apply(state.params, state.model_state, x, False)
+            return self.objective(logits, y)
+        per_example = _PER_EXAMPLE[self.objective]
+
+        def summed(logits, labels, valid):
+            return jnp.sum(jnp.where(valid, per_example(logits, labels), 0))
+
+        return self._split_sums(state.params, state.model_state, x, y, summed) / x.shape[0]
+
+    # --- the public surface -------------------------------------------------------------------
+
+    def init_meta(self) -> dict[str, jax.Array]:
+        """The metaparameters of plain training, one entry per kind switched on in ``meta_spec``.
+
+        Returns:
+          A dict (possibly empty) of arrays in ``dtype``; see ``MetaSpec`` for keys and shapes.
+        """
+        return self.meta_spec.init(
+            num_steps=self.num_steps,
+            num_train=self.data.num_train,
+            input_shape=self.data.input_shape,
+            dtype=self.dtype,
+        )
+
+    def init_state(self) -> TrainState:
+        """The state before training (parameters from the setup's seed), a ``TrainState``."""
+        return self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays)
+
+    @functools.cached_property
+    def step_fn(self) -> Callable[[TrainState, dict, jax.Array], TrainState]:
+        """``step_fn(state, meta, t) -> state``: one training step, pure and jittable.
+
+        ``t`` is the step index (int32 scalar); the step fetches batch ``t`` of the setup's
+        batch order itself. The same function object is returned on every access.
+        """
+        arrays, batches, augment_key = self._arrays, self._batches, self._augment_key
+
+        def step_fn(state, meta, t):
+            return self._step(arrays, batches, augment_key, state, meta, t)
+
+        return step_fn
+
+    @functools.cached_property
+    def objective_fn(self) -> Callable[[TrainState, dict], jax.Array]:
+        """``objective_fn(state, meta) -> scalar``: the objective on the validation split."""
+        arrays = self._arrays
+
+        def objective_fn(state, meta):
+            return self._objective(arrays, state, meta)
+
+        return objective_fn
+
+    @functools.cached_property
+    def _jitted(self) -> dict[str, Callable]:
+        def train(arrays, meta, key):
+            batches = self._make_batches(key)
+            augment_key = jax.random.fold_in(key, _AUGMENT)
+
+            def body(state, t):
+                return self._step(arrays, batches, augment_key, state, meta, t), None
+
+            steps = jnp.arange(self.num_steps, dtype=jnp.int32)
+            return jax.lax.scan(body, self._init(key, arrays), steps)[0]
+
+        def evaluate(params, model_state, x, y):
+            def sums(logits, labels, valid):
+                losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+                correct = jnp.argmax(logits, axis=1) == labels
+                return jnp.stack([jnp.sum(jnp.where(valid, losses, 0)), jnp.sum(valid & correct)])
+
+            return self._split_sums(params, model_state, x, y, sums) / x.shape[0]
+
+        return {
+            "init": jax.jit(lambda key, arrays: self._init(key, arrays)),
+            "train": jax.jit(train),
+            "evaluate": jax.jit(evaluate),
+        }
+
+    def _checked_meta(self, meta: dict | None) -> dict[str, jax.Array]:
+        expected = self.init_meta()
+        if meta is None:
+            return expected
+        if not isinstance(meta, dict) or set(meta) != set(expected):
+            got = sorted(meta) if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(
+                f"meta must be a dict with keys {sorted(expected)} (from setup.init_meta()), "
+                f"got {got}"
+            )
+        for k, v in expected.items():
+            if jnp.shape(meta[k]) != v.shape:
+                raise ValueError(f'meta["{k}"] must have shape {v.shape}, got {jnp.shape(meta[k])}')
+        return {k: jnp.asarray(meta[k], self.dtype) for k in expected}
+
+    def train(self, meta: dict | None = None, seed: int | None = None) -> TrainState:
+        """Plain training (one jitted ``lax.scan``), e.g. to evaluate or to retrain a victim.
+
+        Args:
+          meta: metaparameters as from ``init_meta()``; ``None`` is ``init_meta()``.
+          seed: overrides the setup's seed (parameter init, batch order, augmentation); new
+            seeds do not recompile.
+
+        Returns:
+          The ``TrainState`` after ``num_steps`` steps; with the setup's seed it equals running
+          ``step_fn`` from ``init_state()`` for ``t = 0 .. num_steps - 1``.
+        """
+        seed = self.seed if seed is None else seed
+        if (
+            isinstance(seed, bool)
+            or not isinstance(seed, int | np.integer)
+            or not (0 <= seed < 2**32)
+        ):
+            raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+        key = jax.random.PRNGKey(seed)
+        return self._jitted["train"](self._arrays, self._checked_meta(meta), key)
+
+    def evaluate(self, state: TrainState, split: str = "test") -> dict[str, float]:
+        """Loss and accuracy of a trained state on a split (batch norm in inference mode).
+
+        Args:
+          state: a ``TrainState`` (e.g. from ``train``).
+          split: ``"train"``, ``"val"`` or ``"test"``.
+
+        Returns:
+          ``{"loss": mean cross-entropy, "accuracy": fraction correct}`` as Python floats.
+        """
+        x, y = self.data.split(split)
+        if y.size == 0:
+            raise ValueError(f"split {split!r} is empty; nothing to evaluate")
+        loss, acc = self._jitted["evaluate"](
+            state.params, state.model_state, jnp.asarray(x, self.dtype), jnp.asarray(y)
+        )
+        return {"loss": float(loss), "accuracy": float(acc)}
+
+    def learning_rates(self, meta: dict | None = None) -> np.ndarray:
+        """The factor ``lr(t)`` on the optimizer's update for every step, shape ``(num_steps,)``."""
+        meta = self._checked_meta(meta)
+        steps = jnp.arange(self.num_steps, dtype=jnp.int32)
+        return np.asarray(jax.vmap(lambda t: self.meta_spec.learning_rate(meta, t))(steps))
+
+    def metagradient(self, meta: dict | None = None, *, checkpoint: Any = None):
+        """The exact metagradient of the objective through all ``num_steps`` training steps.
+
+        Args:
+          meta: metaparameters as from ``init_meta()``; ``None`` is ``init_meta()``.
+          checkpoint: the engine's checkpoint policy (``mgd.StoreAll()``, ``mgd.KAryTree(k)``,
+            ``mgd.Binomial(slots)``); ``None`` lets the engine choose.
+
+        Returns:
+          ``mgd.metagradient``'s result: ``.value`` (objective), ``.grad`` (same dict as
+          ``meta``), ``.stats``.
+        """
+        # Imported here: the engine package is a sibling layer and imports nothing from train.
+        from mgd.engine import metagradient
+
+        return metagradient(
+            self.step_fn,
+            self.objective_fn,
+            self.init_state(),
+            self._checked_meta(meta),
+            self.num_steps,
+            checkpoint=checkpoint,
+        )

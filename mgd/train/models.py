@@ -1,0 +1,286 @@
+"""Models: an MLP, a small CNN and ResNet-9 (standard and metasmooth), flax linen modules.
+
+Every model maps a batch of inputs ``(b, *input_shape)`` to logits ``(b, num_classes)`` and takes
+``train: bool`` (batch norm uses batch statistics when ``True``, running averages otherwise).
+Each is built from a frozen config dataclass; ``make_model`` builds one from a config dict such as
+the ``model:`` section of ``configs/models/*.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+__all__ = [
+    "MLP",
+    "MLPConfig",
+    "SmallCNN",
+    "SmallCNNConfig",
+    "ResNet9",
+    "ResNet9Config",
+    "make_model",
+]
+
+_ACTIVATIONS = {
+    "relu": nn.relu,
+    "gelu": nn.gelu,
+    "tanh": jnp.tanh,
+    "softplus": nn.softplus,
+    "silu": nn.silu,
+}
+_POOLS = ("max", "avg")
+
+
+def _check_common(cls: str, num_classes: int, output_scale: float, activation: str | None = None):
+    if num_classes < 2:
+        raise ValueError(f"{cls}: num_classes must be at least 2, got {num_classes}")
+    if not output_scale > 0:
+        raise ValueError(f"{cls}: output_scale must be positive, got {output_scale}")
+    if activation is not None and activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"{cls}: activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}"
+        )
+
+
+def _check_pool(cls: str, pool: str):
+    if pool not in _POOLS:
+        raise ValueError(f"{cls}: pool must be one of {_POOLS}, got {pool!r}")
+
+
+def _pool2(x: jax.Array, kind: str) -> jax.Array:
+    pool = nn.max_pool if kind == "max" else nn.avg_pool
+    return pool(x, (2, 2), strides=(2, 2))
+
+
+def _as_image(x: jax.Array) -> jax.Array:
+    # Grey images may come without a channel axis: (b, h, w) -> (b, h, w, 1).
+    if x.ndim == 3:
+        return x[..., None]
+    if x.ndim != 4:
+        raise ValueError(f"convolutional models need inputs (b, h, w[, c]), got shape {x.shape}")
+    return x
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPConfig:
+    """Configuration of ``MLP``.
+
+    Attributes:
+      num_classes: number of output logits.
+      hidden: widths of the hidden layers.
+      activation: one of ``relu, gelu, tanh, softplus, silu``.
+      output_scale: factor on the logits (below 1 makes metagradients smoother).
+    """
+
+    num_classes: int = 10
+    hidden: tuple[int, ...] = (256,)
+    activation: str = "relu"
+    output_scale: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        _check_common("MLPConfig", self.num_classes, self.output_scale, self.activation)
+
+
+class MLP(nn.Module):
+    """Fully connected network on flattened inputs: ``(b, *input_shape) -> (b, num_classes)``."""
+
+    config: MLPConfig = MLPConfig()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # No batch norm or dropout.
+        act = _ACTIVATIONS[self.config.activation]
+        x = x.reshape(x.shape[0], -1)
+        for width in self.config.hidden:
+            x = act(nn.Dense(width)(x))
+        return nn.Dense(self.config.num_classes)(x) * self.config.output_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class SmallCNNConfig:
+    """Configuration of ``SmallCNN``.
+
+    Attributes:
+      num_classes: number of output logits.
+      channels: output channels of the 3x3 convolutions, each followed by a 2x2 pooling.
+      hidden: width of the dense layer before the output (0 for none).
+      activation: one of ``relu, gelu, tanh, softplus, silu``.
+      pool: ``"avg"`` or ``"max"`` pooling.
+      output_scale: factor on the logits.
+    """
+
+    num_classes: int = 10
+    channels: tuple[int, ...] = (16, 32)
+    hidden: int = 64
+    activation: str = "relu"
+    pool: str = "avg"
+    output_scale: float = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
+        _check_common("SmallCNNConfig", self.num_classes, self.output_scale, self.activation)
+        _check_pool("SmallCNNConfig", self.pool)
+
+
+class SmallCNN(nn.Module):
+    """Convolutions with pooling, then dense layers: ``(b, h, w, c) -> (b, num_classes)``."""
+
+    config: SmallCNNConfig = SmallCNNConfig()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        del train  # No batch norm or dropout.
+        cfg = self.config
+        act = _ACTIVATIONS[cfg.activation]
+        x = _as_image(x)
+        for c in cfg.channels:
+            x = _pool2(act(nn.Conv(c, (3, 3))(x)), cfg.pool)
+        x = x.reshape(x.shape[0], -1)
+        if cfg.hidden:
+            x = act(nn.Dense(cfg.hidden)(x))
+        return nn.Dense(cfg.num_classes)(x) * cfg.output_scale
+
+
+@dataclasses.dataclass(frozen=True)
+class ResNet9Config:
+    """Configuration of ``ResNet9``; the defaults are the standard network.
+
+    The metasmooth variant (``ResNet9Config.metasmooth()``, or
+    ``configs/models/resnet9_metasmooth.yaml``) switches on the changes the MGD paper reports make
+    metagradients informative; each is its own field so it can be ablated:
+
+    Attributes:
+      num_classes: number of output logits.
+      width_multiplier: factor on the channel widths (64, 128, 256, 512); the metasmooth variant
+        is wider (2.0).
+      bn_before_activation: ``True``: conv -> batch norm -> ReLU (metasmooth); ``False``: conv ->
+        ReLU -> batch norm (standard here).
+      output_scale: factor on the logits; metasmooth scales them down to 0.1.
+      pool: ``"max"`` (standard) or ``"avg"`` (metasmooth), for the 2x2 and the global pooling.
+      bn_momentum: decay of batch norm's running averages.
+
+    References:
+      Engstrom et al., "Optimizing ML Training with Metagradient Descent", arXiv 2503.13751, 2025.
+      Page, "How to train your ResNet", 2018 (the ResNet-9 layout).
+    """
+
+    num_classes: int = 10
+    width_multiplier: float = 1.0
+    bn_before_activation: bool = False
+    output_scale: float = 1.0
+    pool: str = "max"
+    bn_momentum: float = 0.9
+
+    def __post_init__(self):
+        _check_common("ResNet9Config", self.num_classes, self.output_scale)
+        _check_pool("ResNet9Config", self.pool)
+        if not self.width_multiplier > 0:
+            raise ValueError(
+                f"ResNet9Config: width_multiplier must be positive, got {self.width_multiplier}"
+            )
+        if not 0 <= self.bn_momentum < 1:
+            raise ValueError(
+                f"ResNet9Config: bn_momentum must lie in [0, 1), got {self.bn_momentum}"
+            )
+
+    @classmethod
+    def metasmooth(cls, **overrides: Any) -> ResNet9Config:
+        """The metasmooth variant: BN before ReLU, logits x 0.1, average pooling, width x 2."""
+        fields = dict(bn_before_activation=True, output_scale=0.1, pool="avg", width_multiplier=2.0)
+        return cls(**{**fields, **overrides})
+
+    def widths(self) -> tuple[int, int, int, int]:
+        """Channel widths of the four stages."""
+        return tuple(max(1, round(c * self.width_multiplier)) for c in (64, 128, 256, 512))
+
+
+class _ConvBlock(nn.Module):
+    channels: int
+    config: ResNet9Config
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+        x = nn.Conv(self.channels, (3, 3), use_bias=False)(x)
+        bn = nn.BatchNorm(use_running_average=not train, momentum=self.config.bn_momentum)
+        if self.config.bn_before_activation:
+            return nn.relu(bn(x))
+        return bn(nn.relu(x))
+
+
+class ResNet9(nn.Module):
+    """ResNet-9, the standard fast CIFAR-10 network: ``(b, h, w, c) -> (b, num_classes)``.
+
+    prep conv(w0); conv(w1) + pool + residual(2 convs); conv(w2) + pool; conv(w3) + pool +
+    residual(2 convs); global pool; linear; times ``output_scale``. Holds batch norm statistics
+    in the ``batch_stats`` collection.
+    """
+
+    config: ResNet9Config = ResNet9Config()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+        cfg = self.config
+        w0, w1, w2, w3 = cfg.widths()
+        x = _ConvBlock(w0, cfg)(_as_image(x), train)
+        x = _pool2(_ConvBlock(w1, cfg)(x, train), cfg.pool)
+        x = x + _ConvBlock(w1, cfg)(_ConvBlock(w1, cfg)(x, train), train)
+        x = _pool2(_ConvBlock(w2, cfg)(x, train), cfg.pool)
+        x = _pool2(_ConvBlock(w3, cfg)(x, train), cfg.pool)
+        x = x + _ConvBlock(w3, cfg)(_ConvBlock(w3, cfg)(x, train), train)
+        x = jnp.max(x, axis=(1, 2)) if cfg.pool == "max" else jnp.mean(x, axis=(1, 2))
+        return nn.Dense(cfg.num_classes, use_bias=False)(x) * cfg.output_scale
+
+
+_MODELS = {
+    "mlp": (MLP, MLPConfig),
+    "small_cnn": (SmallCNN, SmallCNNConfig),
+    "resnet9": (ResNet9, ResNet9Config),
+}
+
+
+def make_model(config: Mapping[str, Any], *, num_classes: int | None = None) -> nn.Module:
+    """Builds a model from a config dict, e.g. the ``model:`` section of a YAML config.
+
+    Args:
+      config: ``{"name": "mlp" | "small_cnn" | "resnet9", **fields}``, the fields of the model's
+        config dataclass. ``{"name": "resnet9", "preset": "metasmooth", ...}`` starts from
+        ``ResNet9Config.metasmooth()``.
+      num_classes: overrides the config's ``num_classes`` (e.g. from the dataset).
+
+    Returns:
+      The flax linen module.
+
+    Raises:
+      ValueError: for an unknown name, preset or field.
+
+    Example:
+      >>> model = make_model({"name": "mlp", "hidden": [64]}, num_classes=10)
+    """
+    fields = dict(config)
+    name = fields.pop("name", None)
+    if name not in _MODELS:
+        raise ValueError(f"model config: name must be one of {sorted(_MODELS)}, got {name!r}")
+    module_cls, config_cls = _MODELS[name]
+    preset = fields.pop("preset", None)
+    if preset not in (None, "standard") and not (name == "resnet9" and preset == "metasmooth"):
+        raise ValueError(
+            f"model config: preset {preset!r} is unknown; resnet9 takes 'standard' or 'metasmooth'"
+        )
+    known = {f.name for f in dataclasses.fields(config_cls)}
+    unknown = sorted(set(fields) - known)
+    if unknown:
+        raise ValueError(
+            f"model config: unknown field(s) {', '.join(unknown)} for {name!r}; "
+            f"known: {', '.join(sorted(known))}"
+        )
+    if num_classes is not None:
+        fields["num_classes"] = num_classes
+    if preset == "metasmooth":
+        return module_cls(config_cls.metasmooth(**fields))
+    return module_cls(config_cls(**fields))
