@@ -1,9 +1,11 @@
 """The outer optimizer of the schedule search: Adam on log learning rates, bounded and guarded.
 
-Optax-shaped (an ``optax.GradientTransformationExtraArgs``), with two additions a metagradient
-loop needs and optax's Adam lacks: each log-rate moves by at most ``max_step`` per meta-step (a
-relative change of the rate by at most ``e**max_step``), and a non-finite objective or
-metagradient *rejects* the previous step instead of feeding NaN into the moments.
+Optax-shaped (an ``optax.GradientTransformationExtraArgs``), with three additions a metagradient
+loop over learning rates needs and optax's Adam lacks: each log-rate moves by at most
+``max_step`` per meta-step (a relative change of the rate by at most ``e**max_step``); a
+non-finite objective or metagradient *rejects* the previous step instead of feeding NaN into the
+moments; and a knot whose metagradient has exploded — the inner run is chaotic there — has its
+rate lowered instead of following a gradient whose sign is noise.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ class LogLRAdamState(NamedTuple):
       last_update: the update most recently returned (same structure as the parameters), which
         a rejection retracts.
       rejections: rejected steps so far (int32 scalar).
+      unstable: which coordinates the last update treated as unstable (bool, same structure
+        as the parameters).
     """
 
     count: jax.Array
@@ -37,11 +41,16 @@ class LogLRAdamState(NamedTuple):
     step_scale: jax.Array
     last_update: optax.Updates
     rejections: jax.Array
+    unstable: optax.Updates
 
 
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree.leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def _any(tree) -> jax.Array:
+    return jnp.any(jnp.stack([jnp.any(x) for x in jax.tree.leaves(tree)]))
 
 
 def log_lr_adam(
@@ -52,8 +61,9 @@ def log_lr_adam(
     eps: float = 1e-8,
     max_step: float = 0.5,
     shrink: float = 0.5,
+    unstable_ratio: float | None = 1e3,
 ) -> optax.GradientTransformationExtraArgs:
-    r"""Adam with a bounded step and rejection of non-finite evaluations.
+    r"""Adam with a bounded step, rejection of non-finite runs and descent out of chaotic ones.
 
     For parameters :math:`x` (log learning rates) and metagradient :math:`g` at :math:`x`, an
     accepted step is Adam's, clipped coordinate-wise:
@@ -73,6 +83,20 @@ def log_lr_adam(
     moments untouched and multiplies the step scale :math:`s` by :math:`\rho` for all later steps.
     Repeated rejections approach the last finite point geometrically.
 
+    **Chaotic runs.** Beyond the edge of stability (roughly ``lr > 2 / sharpness`` for gradient
+    descent) training is chaotic: a perturbation of the rate grows exponentially through the
+    remaining steps, so the exact metagradient reaches magnitudes like 1e12 while its sign
+    changes with the batch order — the objective is rough at every scale the outer step could
+    resolve. A coordinate is *unstable* when its relative sensitivity exceeds ``unstable_ratio``,
+
+    .. math::  |g_i| > \kappa\, |L|,
+
+    i.e. a 1/``unstable_ratio`` relative change of the rate would change the objective :math:`L`
+    by 100%; in well-behaved runs :math:`|g_i| / |L|` is O(1-10). An unstable coordinate steps
+    *down* by the full bound, :math:`u_i = -s\delta`, the standard remedy for instability, and its
+    moments are left untouched so the exploded gradient does not freeze Adam's later steps (a
+    single 1e12 in :math:`\hat v` would). Needs ``value``; ``None`` switches the rule off.
+
     Args:
       learning_rate: Adam's step size, in log-rate units per meta-step (0.1: about 10% change).
       b1: decay of the first moment.
@@ -80,6 +104,9 @@ def log_lr_adam(
       eps: added to the root of the second moment.
       max_step: bound on each coordinate's step, in log-rate units (0.5: at most x1.65).
       shrink: factor in ``(0, 1)`` applied to the rejected step and to all later steps.
+      unstable_ratio: threshold :math:`\kappa` of the relative sensitivity ``|g_i| / |value|``
+        above which coordinate ``i`` is lowered instead of following its gradient; ``None``
+        turns the rule off.
 
     Returns:
       ``optax.GradientTransformationExtraArgs(init, update)``; ``update(grads, state,
@@ -87,21 +114,24 @@ def log_lr_adam(
       Pure and jittable.
 
     Raises:
-      ValueError: a non-positive ``learning_rate``, ``max_step`` or ``eps``, ``b1``/``b2``
-        outside ``[0, 1)``, or ``shrink`` outside ``(0, 1)``.
+      ValueError: a non-positive ``learning_rate``, ``max_step``, ``eps`` or
+        ``unstable_ratio``, ``b1``/``b2`` outside ``[0, 1)``, or ``shrink`` outside ``(0, 1)``.
 
     Example:
       >>> opt = log_lr_adam(0.1, max_step=0.5)
       >>> x = jnp.zeros(3)
       >>> state = opt.init(x)
       >>> u, state = opt.update(jnp.array([1.0, -1.0, 0.0]), state, x, value=jnp.float32(0.3))
-      >>> [round(float(v), 3) for v in u]
-      [-0.1, 0.1, 0.0]
+      >>> [round(float(v), 3) for v in u]  # Adam's first step: learning_rate * sign(g)
+      [-0.1, 0.1, -0.0]
 
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2015.
     """
-    for name, value in (("learning_rate", learning_rate), ("max_step", max_step), ("eps", eps)):
+    positive = [("learning_rate", learning_rate), ("max_step", max_step), ("eps", eps)]
+    if unstable_ratio is not None:
+        positive.append(("unstable_ratio", unstable_ratio))
+    for name, value in positive:
         if not value > 0:
             raise ValueError(f"log_lr_adam: {name} must be positive, got {value!r}")
     for name, value in (("b1", b1), ("b2", b2)):
@@ -121,6 +151,7 @@ def log_lr_adam(
             step_scale=jnp.ones((), jnp.float32),
             last_update=zeros,
             rejections=jnp.zeros((), jnp.int32),
+            unstable=jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params),
         )
 
     def update(
@@ -138,18 +169,29 @@ def log_lr_adam(
         # Where the evaluation is not finite, zeros keep NaN out of the (discarded) Adam branch:
         # jnp.where selects, but NaN in an unselected branch would still poison reductions.
         safe = jax.tree.map(lambda g: jnp.where(finite, g, 0.0), grads)
+        if unstable_ratio is None or value is None:
+            unstable = jax.tree.map(lambda g: jnp.zeros(g.shape, bool), safe)
+        else:
+            limit = unstable_ratio * jnp.abs(jnp.where(finite, value, 0.0))
+            chaotic = _any(jax.tree.map(lambda g: jnp.abs(g) > limit, safe))
+            unstable = jax.tree.map(lambda g: jnp.broadcast_to(chaotic, g.shape), safe)
         count = state.count + 1
-        mu = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state.mu, safe)
-        nu = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state.nu, safe)
+        # Unstable coordinates keep their moments: their gradient is noise of huge magnitude.
+        mu = jax.tree.map(
+            lambda m, g, u: jnp.where(u, m, b1 * m + (1 - b1) * g), state.mu, safe, unstable
+        )
+        nu = jax.tree.map(
+            lambda v, g, u: jnp.where(u, v, b2 * v + (1 - b2) * g * g), state.nu, safe, unstable
+        )
         bound = max_step * state.step_scale
 
-        def adam_step(m, v):
+        def adam_step(m, v, u):
             m_hat = m / (1 - b1**count)
             v_hat = v / (1 - b2**count)
             step = state.step_scale * learning_rate * m_hat / (jnp.sqrt(v_hat) + eps)
-            return -jnp.clip(step, -bound, bound)
+            return jnp.where(u, -bound, -jnp.clip(step, -bound, bound))
 
-        accepted = jax.tree.map(adam_step, mu, nu)
+        accepted = jax.tree.map(adam_step, mu, nu, unstable)
         retract = jax.tree.map(lambda u: (shrink - 1) * u, state.last_update)
         pick = lambda a, r: jax.tree.map(lambda x, y: jnp.where(finite, x, y), a, r)
         updates = pick(accepted, retract)
@@ -160,6 +202,7 @@ def log_lr_adam(
             step_scale=jnp.where(finite, state.step_scale, state.step_scale * shrink),
             last_update=pick(accepted, jax.tree.map(lambda u: shrink * u, state.last_update)),
             rejections=state.rejections + jnp.where(finite, 0, 1).astype(jnp.int32),
+            unstable=jax.tree.map(lambda u: u & finite, unstable),
         )
         return updates, new_state
 

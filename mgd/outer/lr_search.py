@@ -1,0 +1,360 @@
+"""Learning-rate schedule search by metagradient descent (Contract 3 of ARCHITECTURE.md).
+
+Each meta-step trains with the current schedule, takes the exact metagradient of the validation
+objective with respect to the log learning rate at every knot (``setup.metagradient``: the replay
+engine through every training step), and moves the log rates one step of the outer optimizer
+(:func:`mgd.outer.lr_optimizer.log_lr_adam` by default).
+
+References:
+  Engstrom, Ilyas, Chen, Feldmann, Moses, Madry. "Optimizing ML Training with Metagradient
+  Descent", arXiv 2503.13751 (2025): 50 meta-steps from a constant schedule match the best of
+  more than 1,000 one-cycle schedules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from mgd.engine import NonFiniteCotangentError
+from mgd.outer.checkpointing import OuterCheckpointer
+from mgd.outer.lr_evaluate import lr_knots_of
+from mgd.outer.lr_optimizer import log_lr_adam
+from mgd.outer.lr_schedule import PiecewiseLinearSchedule, validate_knots
+from mgd.train import retrain_and_evaluate
+
+__all__ = ["LRSearchResult", "MetaStepRecord", "search_lr_schedule"]
+
+_WHERE = "search_lr_schedule"
+
+
+class MetaStepRecord(NamedTuple):
+    """One evaluated schedule of the search.
+
+    Attributes:
+      meta_step: index of the evaluation (0 is the initial schedule; the last entry, index
+        ``meta_steps``, is the final schedule, evaluated by a training run without gradient).
+      objective: the validation objective of the run (``nan``/``inf`` if it diverged).
+      lr: the learning rate at each knot, a tuple of ``m+1`` floats.
+      rejected: the run was not finite, so the step that led here was rejected and shrunk
+        (the next schedule lies between the previous one and this one).
+      step_scale: the outer optimizer's step scale after this meta-step (1 until a rejection;
+        ``nan`` for optimizers without one).
+      unstable_knots: knots whose metagradient exploded (a chaotic run), so the outer optimizer
+        lowered their rate instead of following the gradient (see ``log_lr_adam``).
+    """
+
+    meta_step: int
+    objective: float
+    lr: tuple[float, ...]
+    rejected: bool
+    step_scale: float
+    unstable_knots: int = 0
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LRSearchResult:
+    """What :func:`search_lr_schedule` returns.
+
+    Attributes:
+      schedule: the found schedule: the evaluated schedule with the lowest finite objective
+        (callable ``step -> lr``; ``.knots``, ``.lr``, ``.to_json()``).
+      history: one :class:`MetaStepRecord` per evaluated schedule, in order.
+      best_step: the ``meta_step`` of ``schedule`` in the history.
+      test: ``{"seeds", "accuracy", "loss"}`` of models retrained from scratch with
+        ``schedule`` on fresh seeds, on the test split (lists, one entry per seed); empty if
+        ``test_seeds`` was 0.
+      cost: work done by this call (resumed meta-steps excluded): ``metagradients``,
+        ``forward_steps`` and ``vjp_steps`` (summed engine stats), ``train_runs`` (runs without
+        gradient), ``seconds``; the test report's retraining is not included.
+    """
+
+    schedule: PiecewiseLinearSchedule
+    history: list[MetaStepRecord]
+    best_step: int
+    test: dict[str, list[float]]
+    cost: dict[str, float]
+
+    @property
+    def objectives(self) -> np.ndarray:
+        """The objective of every history entry, float64 ``(len(history),)``."""
+        return np.array([r.objective for r in self.history])
+
+    def schedules(self) -> list[PiecewiseLinearSchedule]:
+        """The schedule of every history entry, e.g. to plot its evolution."""
+        knots, num_steps = self.schedule.knots, self.schedule.num_steps
+        return [
+            PiecewiseLinearSchedule.from_lr(knots, r.lr, num_steps=num_steps) for r in self.history
+        ]
+
+
+def _initial_log_lr(init_schedule: Any, knots: tuple[int, ...], num_steps: int) -> np.ndarray:
+    """The initial log rate at each knot, validated (see ``init_schedule`` in the search)."""
+    if isinstance(init_schedule, PiecewiseLinearSchedule) and init_schedule.num_steps != num_steps:
+        raise ValueError(
+            f"{_WHERE}: init_schedule is for {init_schedule.num_steps} steps but the setup trains "
+            f"for {num_steps}; build the schedule with num_steps={num_steps}"
+        )
+    if callable(init_schedule):
+        rates = np.asarray(init_schedule(np.asarray(knots)), dtype=np.float64)
+    else:
+        rates = np.asarray(init_schedule, dtype=np.float64)
+    if rates.ndim == 0:
+        rates = np.full(len(knots), float(rates))
+    if rates.shape != (len(knots),):
+        raise ValueError(
+            f"{_WHERE}: init_schedule gives {rates.shape} rates but the setup has {len(knots)} "
+            "learning-rate knots; pass one float (a constant schedule), one rate per knot, or a "
+            "callable step -> lr"
+        )
+    bad = [(k, float(r)) for k, r in zip(knots, rates, strict=True) if not (0 < r < np.inf)]
+    if bad:
+        raise ValueError(
+            f"{_WHERE}: the initial schedule must be positive and finite, got (step, lr) "
+            f"{bad[:5]}; the search moves log(lr), which needs lr > 0"
+        )
+    return np.log(rates)
+
+
+def _check_test_seeds(test_seeds: int | Sequence[int], train_seed: int) -> list[int]:
+    if isinstance(test_seeds, int | np.integer):
+        if test_seeds < 0:
+            raise ValueError(f"{_WHERE}: test_seeds must be >= 0, got {test_seeds}")
+        # Offset far from the training seed so the defaults of nearby setups do not collide.
+        return [int(train_seed) + 1000 + i for i in range(test_seeds)]
+    seeds = [int(s) for s in test_seeds]
+    if train_seed in seeds:
+        raise ValueError(
+            f"{_WHERE}: test_seeds {seeds} include the search's own seed {train_seed}; test "
+            "models must be retrained with seeds the search never used"
+        )
+    return seeds
+
+
+def _metagradient(setup: Any, meta: dict, checkpoint: Any) -> tuple[jax.Array, jax.Array, Any]:
+    """``(value, d value / d log_lr, stats)``; a diverging run gives a non-finite value."""
+    try:
+        res = setup.metagradient(meta, checkpoint=checkpoint)
+    except NonFiniteCotangentError:
+        # The engine stops the reverse sweep at the first non-finite cotangent: a diverged run.
+        return jnp.float32(jnp.nan), jnp.full_like(meta["log_lr"], jnp.nan), None
+    return res.value, res.grad["log_lr"], res.stats
+
+
+def search_lr_schedule(
+    setup: Any,
+    *,
+    init_schedule: float | Sequence[float] | Callable[[np.ndarray], np.ndarray],
+    meta_steps: int,
+    optimizer: optax.GradientTransformation | None = None,
+    checkpoint: Any = None,
+    test_seeds: int | Sequence[int] = 3,
+    save_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> LRSearchResult:
+    r"""Finds a learning-rate schedule by metagradient descent on the validation objective.
+
+    **Parametrization.** The paper's: a piecewise-linear schedule with a parameter at each of a
+    few knots — here ``setup.meta_spec.lr_knots`` (or a knot at every step with
+    ``per_step_lr=True``) — interpolated linearly in *log* space
+    (:class:`~mgd.outer.lr_schedule.PiecewiseLinearSchedule`). Few knots (e.g. 6-11 evenly
+    spaced) give the one-cycle, cosine and step shapes enough freedom while each knot sees the
+    gradient of many steps, which averages out the noise of single steps; log space keeps every
+    rate positive and makes the outer optimizer's steps relative changes of the rate, the scale
+    learning rates live on (a 10x error is as far from 1e-3 as from 1e-1).
+
+    **Loop.** With :math:`x` the log rates at the knots and :math:`L(x)` the objective of the
+    run trained with them (``setup.objective``, by default the loss on the validation split that
+    ``mgd.load_digits`` and friends carve from the training data), meta-step :math:`i` computes
+    :math:`L(x_i)` and :math:`\nabla L(x_i)` through every training step with
+    ``setup.metagradient`` and sets :math:`x_{i+1} = x_i + u_i` with the outer optimizer's update
+    :math:`u_i`. After ``meta_steps`` meta-steps the last schedule is evaluated by one training
+    run, and the best evaluated schedule is returned. A non-finite objective or metagradient (the
+    inner run diverged) rejects the step that led there and shrinks later steps
+    (:func:`~mgd.outer.lr_optimizer.log_lr_adam`); the history marks it ``rejected``.
+
+    **Reporting.** The returned schedule is retrained from scratch on ``test_seeds`` (seeds the
+    search never used) and scored on the test split (``mgd.train.retrain_and_evaluate``); the
+    test split takes no part in the search.
+
+    **Cost.** ``meta_steps`` metagradients (each one forward and one reverse sweep plus the
+    checkpoint policy's replays) and one training run, plus ``len(test_seeds)`` runs for
+    reporting.
+
+    Args:
+      setup: a ``mgd.TrainingSetup`` whose ``meta_spec`` has ``lr_knots`` (or ``per_step_lr``)
+        and whose optimizer has learning rate 1.0, so ``exp(meta["log_lr"])`` is the absolute
+        rate. Other metaparameters stay at their ``init_meta()`` values.
+      init_schedule: the start: a positive float (a constant schedule), one positive rate per
+        knot (shape ``(m+1,)``), or a callable ``step -> lr`` (e.g. a
+        ``PiecewiseLinearSchedule`` or a grid entry's schedule) sampled at the knots.
+      meta_steps: metagradient steps, ``>= 1``.
+      optimizer: the outer optimizer on the log rates, an optax transformation;
+        default ``log_lr_adam()`` (Adam, learning rate 0.1, steps bounded by 0.5 in log space,
+        rejection of non-finite runs). A plain optax optimizer is accepted but cannot reject.
+      checkpoint: the engine's checkpoint policy (``mgd.StoreAll()``, ``mgd.KAryTree(k)``, ...);
+        ``None`` is the engine's default.
+      test_seeds: how many fresh seeds to retrain the found schedule with (int), or the seeds
+        themselves; 0 skips the test report.
+      save_dir: directory for an orbax checkpoint written after every meta-step (state of the
+        outer loop and its history), or ``None``.
+      resume: continue from the checkpoint in ``save_dir`` if there is one (a checkpoint made
+        with the same knots and ``num_steps``); ``meta_steps`` counts the resumed steps too.
+      progress: show a tqdm bar over meta-steps.
+
+    Returns:
+      An :class:`LRSearchResult` with ``schedule``, ``history``, ``best_step``, ``test`` and
+      ``cost``.
+
+    Raises:
+      ValueError: before any training: a setup without a learning-rate metaparameter; knots out
+        of order or outside ``[0, num_steps]``; an initial schedule with a rate that is not
+        positive and finite, or of the wrong shape; ``meta_steps < 1``; test seeds that include
+        the setup's seed; a ``save_dir`` holding a checkpoint without ``resume=True`` or one
+        made for other knots. After the first metagradient: an initial schedule whose run
+        diverges (nothing to fall back to).
+
+    Example:
+      >>> setup = mgd.TrainingSetup(model, optax.sgd(1.0, momentum=0.9), data, batch_size=64,
+      ...     num_steps=200, meta_spec=mgd.MetaSpec(lr_knots=tuple(range(0, 201, 20))))
+      ...     # doctest: +SKIP
+      >>> res = mgd.search_lr_schedule(setup, init_schedule=0.01, meta_steps=50)  # doctest: +SKIP
+      >>> res.schedule(100), res.history[-1].objective, res.test["accuracy"]  # doctest: +SKIP
+    """
+    knots = validate_knots(lr_knots_of(setup, where=_WHERE), setup.num_steps, where=_WHERE)
+    if (
+        isinstance(meta_steps, bool)
+        or not isinstance(meta_steps, int | np.integer)
+        or meta_steps < 1
+    ):
+        raise ValueError(f"{_WHERE}: meta_steps must be an int >= 1, got {meta_steps!r}")
+    x0 = _initial_log_lr(init_schedule, knots, setup.num_steps)
+    seeds = _check_test_seeds(test_seeds, setup.seed)
+    if optimizer is None:
+        optimizer = log_lr_adam()
+    optimizer = optax.with_extra_args_support(optimizer)
+
+    base = setup.init_meta()
+    x = jnp.asarray(x0, base["log_lr"].dtype)
+    opt_state = optimizer.init(x)
+    history: list[MetaStepRecord] = []
+    config = {"knots": list(knots), "num_steps": setup.num_steps, "init_lr": np.exp(x0).tolist()}
+
+    ckpt = OuterCheckpointer(save_dir) if save_dir is not None else None
+    if ckpt is not None and ckpt.latest_step() is not None:
+        if not resume:
+            raise ValueError(
+                f"{_WHERE}: {ckpt.directory} already holds a checkpoint (meta-step "
+                f"{ckpt.latest_step()}); pass resume=True to continue it or choose another save_dir"
+            )
+        _, state, saved = ckpt.restore({"log_lr": x, "opt_state": opt_state})
+        if (
+            saved["config"]["knots"] != config["knots"]
+            or saved["config"]["num_steps"] != setup.num_steps
+        ):
+            raise ValueError(
+                f"{_WHERE}: the checkpoint in {ckpt.directory} was made for knots "
+                f"{saved['config']['knots']} and num_steps={saved['config']['num_steps']}, not "
+                f"{config['knots']} and {setup.num_steps}; resume with the same setup or use "
+                "another save_dir"
+            )
+        x = jnp.asarray(state["log_lr"])
+        opt_state = jax.tree.map(jnp.asarray, state["opt_state"])
+        history = [MetaStepRecord(r[0], r[1], tuple(r[2]), *r[3:]) for r in saved["history"]]
+        if len(history) > meta_steps:
+            raise ValueError(
+                f"{_WHERE}: the checkpoint in {ckpt.directory} has {len(history)} meta-steps, "
+                f"more than meta_steps={meta_steps}; pass meta_steps >= {len(history)}"
+            )
+
+    def status_of(state) -> tuple[float, int]:
+        """(step scale, unstable knots) of a ``log_lr_adam`` state; (nan, 0) for others."""
+        inner = getattr(state, "inner_state", state)
+        unstable = getattr(inner, "unstable", None)
+        count = 0 if unstable is None else int(sum(np.sum(u) for u in jax.tree.leaves(unstable)))
+        return float(getattr(inner, "step_scale", np.nan)), count
+
+    cost: dict[str, float] = {"metagradients": 0, "forward_steps": 0, "vjp_steps": 0}
+    started = time.perf_counter()
+    bar = tqdm(
+        total=meta_steps,
+        initial=len(history),
+        desc="lr search",
+        unit="meta-step",
+        disable=not progress,
+    )
+    try:
+        for i in range(len(history), meta_steps):
+            value, grad, stats = _metagradient(setup, {**base, "log_lr": x}, checkpoint)
+            cost["metagradients"] += 1
+            if stats is not None:
+                cost["forward_steps"] += stats.forward_steps
+                cost["vjp_steps"] += stats.vjp_steps
+            finite = bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
+            if i == 0 and not finite:
+                raise ValueError(
+                    f"{_WHERE}: training with the initial schedule diverges (objective "
+                    f"{float(value)}); start from a lower learning rate"
+                )
+            updates, opt_state = optimizer.update(grad, opt_state, x, value=value)
+            history.append(
+                MetaStepRecord(
+                    i,
+                    float(value),
+                    tuple(np.exp(np.asarray(x, np.float64)).tolist()),
+                    not finite,
+                    *status_of(opt_state),
+                )
+            )
+            x = x + updates
+            if ckpt is not None:
+                ckpt.save(
+                    i + 1,
+                    {"log_lr": x, "opt_state": opt_state},
+                    {"config": config, "history": [list(r) for r in history]},
+                )
+            bar.update()
+            bar.set_postfix(objective=f"{float(value):.4g}", rejected=not finite)
+    finally:
+        bar.close()
+        if ckpt is not None:
+            ckpt.close()
+
+    # The last update has not been evaluated yet: one training run, no gradient.
+    final_meta = {**base, "log_lr": x}
+    value = setup.objective_fn(setup.train(final_meta), final_meta)
+    cost["train_runs"] = 1
+    cost["seconds"] = time.perf_counter() - started
+    history.append(
+        MetaStepRecord(
+            meta_steps,
+            float(value),
+            tuple(np.exp(np.asarray(x, np.float64)).tolist()),
+            not bool(jnp.isfinite(value)),
+            status_of(opt_state)[0],
+        )
+    )
+    objectives = np.array([r.objective if not r.rejected else np.inf for r in history])
+    best = int(np.argmin(objectives))
+    schedule = PiecewiseLinearSchedule.from_lr(knots, history[best].lr, num_steps=setup.num_steps)
+
+    test: dict[str, list[float]] = {}
+    if seeds:
+        best_meta = {**base, "log_lr": jnp.asarray(schedule.log_lr, base["log_lr"].dtype)}
+        report = retrain_and_evaluate(setup, seeds=seeds, meta=best_meta, split="test")
+        test = {
+            "seeds": seeds,
+            "accuracy": np.asarray(report["accuracy"]).tolist(),
+            "loss": np.asarray(report["loss"]).tolist(),
+        }
+    return LRSearchResult(schedule, history, best, test, cost)
