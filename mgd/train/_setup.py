@@ -240,6 +240,7 @@ class TrainingSetup:
         init_key = jax.random.fold_in(key, _INIT)
         params, model_state = self._model.init(init_key, arrays.x_train[:1])
         params = jax.tree.map(self._cast, params)
+        model_state = jax.tree.map(self._cast, model_state)
         return TrainState(
             jnp.zeros((), jnp.int32), params, self.optimizer.init(params), model_state
         )
