@@ -43,13 +43,34 @@ class SelectionOptimizer(NamedTuple):
 
 
 class CountDescentState(NamedTuple):
-    """State of :func:`count_descent`: the PRNG key (raw ``uint32[2]``) and meta-steps taken."""
+    """State of :func:`count_descent`.
+
+    Attributes:
+      key: raw ``uint32[2]`` PRNG key of the next mask.
+      count: int32 scalar, meta-steps taken.
+      trace: float ``(n,)``, the averaged normalized metagradient that is followed.
+    """
 
     key: jax.Array
     count: jax.Array
+    trace: jax.Array
 
 
-def count_descent(*, p: float = 0.2, step_size: float = 1.0, seed: int = 0) -> SelectionOptimizer:
+def _trace(grad: jax.Array, trace: jax.Array, count: jax.Array, momentum: float) -> jax.Array:
+    # Each metagradient is scaled to unit RMS so that steps with a large target loss (early on)
+    # do not dominate the average; the first step starts the trace.
+    g = grad / (jnp.sqrt(jnp.mean(grad**2)) + 1e-30)
+    return jnp.where(count == 0, g, momentum * trace + (1.0 - momentum) * g)
+
+
+def _check_momentum(name: str, momentum: float) -> None:
+    if not 0.0 <= momentum < 1.0:
+        raise ValueError(f"{name}: momentum must be in [0, 1), got {momentum}; 0 turns it off")
+
+
+def count_descent(
+    *, p: float = 0.2, step_size: float = 1.0, momentum: float = 0.0, seed: int = 0
+) -> SelectionOptimizer:
     """The paper's count update: ``c <- max(0, c - step_size * sign(g) * m)``, ``m ~ Bernoulli(p)``.
 
     Counts start at 1 (every candidate used once; ``init`` does not change the weights). Each
@@ -57,11 +78,14 @@ def count_descent(*, p: float = 0.2, step_size: float = 1.0, seed: int = 0) -> S
     their metagradient: examples whose upweighting raises the target loss are used less, the
     others more. The mask keeps the step small (a sign step on every weight at once overshoots,
     since the metagradient is a local, first-order signal) and makes successive steps explore
-    different candidates.
+    different candidates. With ``momentum > 0`` the sign is taken of an exponential average of
+    the metagradients (each scaled to unit RMS) instead of the latest one alone (an extension:
+    single metagradients are noisy, and a candidate's effect changes slowly between meta-steps).
 
     Args:
       p: probability that a candidate's count changes in a meta-step, in (0, 1].
       step_size: how much a count moves (1 for the paper's integer counts), > 0.
+      momentum: weight of the past in the averaged metagradient, in [0, 1); 0 is the paper's rule.
       seed: seed of the masks.
 
     Returns:
@@ -69,7 +93,7 @@ def count_descent(*, p: float = 0.2, step_size: float = 1.0, seed: int = 0) -> S
       ``(n,)`` and returns updates of shape ``(n,)``.
 
     Raises:
-      ValueError: ``p`` outside (0, 1] or ``step_size <= 0``.
+      ValueError: ``p`` outside (0, 1], ``step_size <= 0`` or ``momentum`` outside [0, 1).
 
     Example:
       >>> opt = count_descent(p=0.5)
@@ -82,28 +106,34 @@ def count_descent(*, p: float = 0.2, step_size: float = 1.0, seed: int = 0) -> S
         raise ValueError(f"count_descent: p must be in (0, 1], got {p}; e.g. p=0.2")
     if not step_size > 0:
         raise ValueError(f"count_descent: step_size must be > 0, got {step_size}; e.g. 1.0")
+    _check_momentum("count_descent", momentum)
 
     def init(weights: jax.Array) -> CountDescentState:
-        del weights
-        return CountDescentState(jax.random.PRNGKey(seed), jnp.zeros((), jnp.int32))
+        return CountDescentState(
+            jax.random.PRNGKey(seed), jnp.zeros((), jnp.int32), jnp.zeros_like(weights)
+        )
 
     def update(grad, state, weights):
         key, sub = jax.random.split(state.key)
+        trace = _trace(grad, state.trace, state.count, momentum)
         mask = jax.random.bernoulli(sub, p, grad.shape).astype(weights.dtype)
-        new = jnp.maximum(0.0, weights - step_size * jnp.sign(grad) * mask)
-        return new - weights, CountDescentState(key, state.count + 1)
+        new = jnp.maximum(0.0, weights - step_size * jnp.sign(trace) * mask)
+        return new - weights, CountDescentState(key, state.count + 1, trace)
 
     return SelectionOptimizer(init, update)
 
 
 class BudgetExchangeState(NamedTuple):
-    """State of :func:`budget_exchange`: the PRNG key (raw ``uint32[2]``) and meta-steps taken."""
+    """State of :func:`budget_exchange` (fields as in :class:`CountDescentState`)."""
 
     key: jax.Array
     count: jax.Array
+    trace: jax.Array
 
 
-def budget_exchange(*, num_exchange: int, p: float = 1.0, seed: int = 0) -> SelectionOptimizer:
+def budget_exchange(
+    *, num_exchange: int, p: float = 1.0, momentum: float = 0.0, seed: int = 0
+) -> SelectionOptimizer:
     """Fixed-budget update: swap the worst selected candidates for the best unselected ones.
 
     The weights are a subset indicator scaled to a constant (see :func:`subset_weights`): selected
@@ -113,12 +143,15 @@ def budget_exchange(*, num_exchange: int, p: float = 1.0, seed: int = 0) -> Sele
     unselected ones with the smallest ``g``, pairs them in rank order, and swaps a pair only where
     that lowers the first-order estimate of the loss (``g_out > g_in``). The subset keeps exactly
     its size. With ``p < 1`` only a random fraction ``p`` of the candidates is eligible in each
-    meta-step (the paper's Bernoulli mask, for exploration).
+    meta-step (the paper's Bernoulli mask, for exploration). With ``momentum > 0`` candidates are
+    ranked by an exponential average of the metagradients, each scaled to unit RMS, as in
+    :func:`count_descent`.
 
     Args:
       num_exchange: most pairs swapped per meta-step, >= 1 (at most half the subset is sensible:
         the metagradient is a local signal).
       p: probability that a candidate is eligible for exchange in a meta-step, in (0, 1].
+      momentum: weight of the past in the averaged metagradient, in [0, 1).
       seed: seed of the eligibility masks.
 
     Returns:
@@ -126,7 +159,7 @@ def budget_exchange(*, num_exchange: int, p: float = 1.0, seed: int = 0) -> Sele
       are all equal.
 
     Raises:
-      ValueError: ``num_exchange < 1`` or ``p`` outside (0, 1].
+      ValueError: ``num_exchange < 1``, ``p`` outside (0, 1] or ``momentum`` outside [0, 1).
 
     Example:
       >>> opt = budget_exchange(num_exchange=1)
@@ -142,14 +175,17 @@ def budget_exchange(*, num_exchange: int, p: float = 1.0, seed: int = 0) -> Sele
         )
     if not 0.0 < p <= 1.0:
         raise ValueError(f"budget_exchange: p must be in (0, 1], got {p}; 1.0 means all eligible")
+    _check_momentum("budget_exchange", momentum)
     num_exchange = int(num_exchange)
 
     def init(weights: jax.Array) -> BudgetExchangeState:
-        del weights
-        return BudgetExchangeState(jax.random.PRNGKey(seed), jnp.zeros((), jnp.int32))
+        return BudgetExchangeState(
+            jax.random.PRNGKey(seed), jnp.zeros((), jnp.int32), jnp.zeros_like(weights)
+        )
 
     def update(grad, state, weights):
         key, sub = jax.random.split(state.key)
+        grad = _trace(grad, state.trace, state.count, momentum)
         eligible = jax.random.bernoulli(sub, p, grad.shape)
         selected = weights > 0
         k = min(num_exchange, grad.shape[0])
@@ -163,7 +199,7 @@ def budget_exchange(*, num_exchange: int, p: float = 1.0, seed: int = 0) -> Sele
         value = jnp.max(weights)
         new = weights.at[out_idx].set(jnp.where(swap, 0.0, weights[out_idx]))
         new = new.at[in_idx].set(jnp.where(swap, value, new[in_idx]))
-        return new - weights, BudgetExchangeState(key, state.count + 1)
+        return new - weights, BudgetExchangeState(key, state.count + 1, grad)
 
     return SelectionOptimizer(init, update)
 
