@@ -1,0 +1,228 @@
+"""The MGD poisoning attack, its baselines, evaluation, experiment runner, script and configs."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optax
+import pytest
+
+from mgd.config import load_config
+from mgd.outer.poison import choose_poison_indices, poison_attack
+from mgd.outer.poison_baselines import label_flip_poison, random_noise_poison
+from mgd.outer.poison_eval import evaluate_poisons
+from mgd.outer.poison_experiment import (
+    GradientCancelingConfig,
+    PoisonAttackConfig,
+    PoisonConfig,
+    PoisonDataConfig,
+    PoisonVictimConfig,
+    run_poison_experiment,
+)
+from mgd.outer.poison_gc import gradient_canceling_poison
+from mgd.train import TrainingSetup, make_synthetic, models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data():
+    # Inputs in a known valid range, so the range constraint is exercised.
+    d = make_synthetic(num_train=64, num_val=32, num_test=32, input_shape=(6,), noise=0.7)
+    return d.replace(x_range=(-3.0, 3.0), x_train=np.clip(d.x_train, -3, 3))
+
+
+@pytest.fixture(scope="module")
+def setup(data):
+    model = models.MLP(models.MLPConfig(num_classes=3, hidden=(8,)))
+    return TrainingSetup(model, optax.sgd(0.2), data, batch_size=16, num_steps=12)
+
+
+def _val_loss(setup, data, seed):
+    victim = setup.replace(data=data)
+    return victim.evaluate(victim.train(seed=seed), "val")["loss"]
+
+
+def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
+    res = poison_attack(
+        setup,
+        fraction=0.25,
+        meta_steps=6,
+        step_size=0.05,
+        bound=0.2,
+        craft_seeds=(0,),
+        progress=False,
+    )
+    assert res.name == "mgd" and res.craft_seeds == (0,)
+    assert len(res.history["objective"]) == 6
+    assert _val_loss(setup, res.data, 0) > _val_loss(setup, data, 0)
+    # Only the poisoned inputs move, within the bound (a fraction of the range width 6) and
+    # the valid range; labels and held-out splits are untouched.
+    moved = np.any(res.data.x_train != data.x_train, axis=1)
+    assert set(np.flatnonzero(moved)) <= set(res.indices)
+    assert np.abs(res.perturbations).max() <= 0.2 * 6 + 1e-5
+    assert res.data.x_train.min() >= -3 and res.data.x_train.max() <= 3
+    np.testing.assert_array_equal(res.data.y_train, data.y_train)
+    np.testing.assert_array_equal(res.data.x_val, data.x_val)
+    np.testing.assert_allclose(
+        res.perturbations, res.data.x_train[res.indices] - data.x_train[res.indices]
+    )
+
+
+def test_attack_resumes_where_it_stopped(setup, tmp_path):
+    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0, 1), progress=False)
+    full = poison_attack(setup, meta_steps=4, **kwargs)
+    poison_attack(setup, meta_steps=2, resume_dir=tmp_path, **kwargs)
+    resumed = poison_attack(setup, meta_steps=4, resume_dir=tmp_path, **kwargs)
+    np.testing.assert_allclose(resumed.perturbations, full.perturbations, atol=1e-6)
+    assert resumed.history["objective"] == pytest.approx(full.history["objective"], rel=1e-5)
+
+
+def test_same_fraction_same_examples_across_attacks(setup, data):
+    flip = label_flip_poison(data, fraction=0.1, seed=3)
+    noise = random_noise_poison(data, fraction=0.1, seed=3)
+    np.testing.assert_array_equal(flip.indices, noise.indices)
+    np.testing.assert_array_equal(flip.indices, choose_poison_indices(64, 0.1, seed=3))
+
+
+def test_label_flip_changes_only_the_labels_of_the_fraction(data):
+    res = label_flip_poison(data, fraction=0.25)
+    assert res.indices.size == 16
+    changed = np.flatnonzero(res.data.y_train != data.y_train)
+    np.testing.assert_array_equal(changed, res.indices)
+    np.testing.assert_array_equal(res.data.x_train, data.x_train)
+
+
+@pytest.mark.parametrize("bound", [None, 0.1])
+def test_random_noise_uses_the_budget(data, bound):
+    res = random_noise_poison(data, fraction=0.25, bound=bound)
+    x = res.data.x_train[res.indices]
+    assert x.min() >= -3 and x.max() <= 3
+    if bound is not None:
+        # Each coordinate at +-bound * width unless the valid range clipped it.
+        clipped = (x == -3) | (x == 3)
+        np.testing.assert_allclose(np.abs(res.perturbations)[~clipped], 0.6, rtol=1e-5)
+    else:
+        assert np.abs(res.perturbations).mean() > 0.5
+
+
+def test_gradient_canceling_lowers_its_objective(setup):
+    res = gradient_canceling_poison(
+        setup, fraction=0.25, steps=15, step_size=0.05, target_steps=5, progress=False
+    )
+    h = res.history["objective"]
+    assert min(h[1:]) < h[0]
+    assert res.history["target_train_loss"][0] > res.history["clean_train_loss"][0]
+    assert res.craft_seeds == (setup.seed,)
+    assert res.data.x_train.min() >= -3 and res.data.x_train.max() <= 3
+
+
+def test_evaluation_pairs_seeds_and_rejects_crafting_seeds(setup, data):
+    flip = label_flip_poison(data, fraction=0.25)
+    report = evaluate_poisons(setup, [flip], seeds=(10, 11, 12), progress=False)
+    entry = report.attacks["label_flip"]
+    assert entry.accuracy.shape == (3,)
+    np.testing.assert_allclose(entry.drop, report.clean.accuracy - entry.accuracy)
+    metrics = report.to_dict()
+    assert set(metrics) == {"clean", "label_flip"}
+    assert {"test_accuracy_mean", "test_accuracy_std"} <= set(metrics["label_flip"])
+    crafted = dataclasses.replace(flip, craft_seeds=(11,))
+    with pytest.raises(ValueError, match="used to craft"):
+        evaluate_poisons(setup, [crafted], seeds=(10, 11, 12), progress=False)
+
+
+@pytest.mark.parametrize("fraction", [0.0, 1.0, 1.5, -0.1])
+def test_fraction_outside_open_unit_interval_is_rejected(setup, data, fraction):
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\)"):
+        poison_attack(setup, fraction=fraction, meta_steps=1, progress=False)
+    with pytest.raises(ValueError, match=r"fraction must lie in \(0, 1\)"):
+        label_flip_poison(data, fraction=fraction)
+
+
+@pytest.mark.parametrize("bound", [-0.1, 0.0, float("nan")])
+def test_negative_bound_is_rejected(setup, data, bound):
+    with pytest.raises(ValueError, match="bound must be a finite"):
+        poison_attack(setup, fraction=0.1, bound=bound, meta_steps=1, progress=False)
+    with pytest.raises(ValueError, match="bound must be a finite"):
+        random_noise_poison(data, fraction=0.1, bound=bound)
+
+
+@pytest.mark.parametrize(
+    "indices, match",
+    [([0, 64], "out of range"), ([-1, 3], "out of range"), ([2, 2], "repeat"), ([], "non-empty")],
+)
+def test_bad_indices_are_rejected(setup, data, indices, match):
+    with pytest.raises(ValueError, match=match):
+        poison_attack(setup, indices=np.array(indices, int), meta_steps=1, progress=False)
+    with pytest.raises(ValueError, match=match):
+        random_noise_poison(data, indices=np.array(indices, int))
+
+
+def test_fraction_and_indices_are_exclusive(setup):
+    with pytest.raises(ValueError, match="exactly one of fraction"):
+        poison_attack(setup, fraction=0.1, indices=[1], meta_steps=1, progress=False)
+
+
+def test_data_without_held_out_split_is_rejected(setup, data):
+    no_test = data.replace(x_test=data.x_test[:0], y_test=data.y_test[:0])
+    with pytest.raises(ValueError, match="no held-out test split"):
+        poison_attack(setup.replace(data=no_test), fraction=0.1, meta_steps=1, progress=False)
+    no_val = data.replace(x_val=data.x_val[:0], y_val=data.y_val[:0])
+    with pytest.raises(ValueError, match="no held-out val split"):
+        label_flip_poison(no_val, fraction=0.1)
+
+
+def _tiny_config(**attack) -> PoisonConfig:
+    return PoisonConfig(
+        data=PoisonDataConfig(name="synthetic", synthetic_shape=(6,), synthetic_sizes=(48, 24, 24)),
+        victim=PoisonVictimConfig(model={"name": "mlp", "hidden": [8]}, batch_size=16, num_steps=6),
+        attack=PoisonAttackConfig(fraction=0.1, meta_steps=2, craft_seeds=(0,), **attack),
+        gradient_canceling=GradientCancelingConfig(steps=2, target_steps=2),
+        victim_seeds=(7, 8, 9),
+    )
+
+
+def test_experiment_writes_metrics_and_plot(tmp_path):
+    exp = run_poison_experiment(_tiny_config(), out=tmp_path, progress=False)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(metrics) == {"clean", "mgd", "random_noise", "label_flip", "gradient_canceling"}
+    for entry in metrics.values():
+        assert len(entry["test_accuracy"]) == 3
+        assert 0 <= entry["test_accuracy_mean"] <= 1 and entry["test_accuracy_std"] >= 0
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+    assert set(exp.results) == set(metrics) - {"clean"}
+
+
+def test_victim_seeds_must_differ_from_crafting_seeds():
+    with pytest.raises(ValueError, match="also crafting seeds"):
+        dataclasses.replace(_tiny_config(), victim_seeds=(0, 8, 9))
+
+
+def test_script_reports_bad_input_in_one_line(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("attack:\n  fraction: 1.5\n")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "poison.py"),
+            "--config",
+            str(cfg),
+            "--out",
+            str(tmp_path / "out"),
+            "--quiet",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "fraction must lie in (0, 1)" in proc.stderr
+
+
+def test_digits_config_is_the_default_and_cifar_config_loads():
+    assert load_config(ROOT / "configs" / "poison" / "digits.yaml", PoisonConfig) == PoisonConfig()
+    cifar = load_config(ROOT / "configs" / "poison" / "cifar10.yaml", PoisonConfig)
+    assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"
