@@ -16,6 +16,18 @@ from mgd.engine import NonFiniteCotangentError as NonFiniteCotangentError
 from mgd.engine import StoreAll as StoreAll
 from mgd.engine import metagradient as metagradient
 
+# Data poisoning.
+from mgd.outer import PoisonConfig as PoisonConfig
+from mgd.outer import PoisonReport as PoisonReport
+from mgd.outer import PoisonResult as PoisonResult
+from mgd.outer import evaluate_poisons as evaluate_poisons
+from mgd.outer import gradient_canceling_poison as gradient_canceling_poison
+from mgd.outer import label_flip_poison as label_flip_poison
+from mgd.outer import poison_ascent as poison_ascent
+from mgd.outer import poison_attack as poison_attack
+from mgd.outer import random_noise_poison as random_noise_poison
+from mgd.outer import run_poison_experiment as run_poison_experiment
+
 # Smooth training.
 from mgd.train import Dataset as Dataset
 from mgd.train import MetaSpec as MetaSpec

@@ -1,3 +1,16 @@
 """Outer optimizers: metagradient descent on training metaparameters (data, schedules, inputs)."""
 
 from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
+from mgd.outer.poison import PoisonResult as PoisonResult
+from mgd.outer.poison import poison_attack as poison_attack
+from mgd.outer.poison_baselines import label_flip_poison as label_flip_poison
+from mgd.outer.poison_baselines import random_noise_poison as random_noise_poison
+from mgd.outer.poison_eval import PoisonReport as PoisonReport
+from mgd.outer.poison_eval import evaluate_poisons as evaluate_poisons
+from mgd.outer.poison_eval import plot_poison_report as plot_poison_report
+from mgd.outer.poison_eval import plot_poisoned_examples as plot_poisoned_examples
+from mgd.outer.poison_experiment import PoisonConfig as PoisonConfig
+from mgd.outer.poison_experiment import run_poison_experiment as run_poison_experiment
+from mgd.outer.poison_gc import gradient_canceling_poison as gradient_canceling_poison
+from mgd.outer.poison_update import poison_ascent as poison_ascent
+from mgd.outer.poison_update import project_perturbations as project_perturbations

@@ -19,7 +19,13 @@ from tqdm.auto import tqdm
 from mgd.outer.poison import PoisonResult
 from mgd.train import Dataset, TrainingSetup, retrain_and_evaluate
 
-__all__ = ["AttackAccuracy", "PoisonReport", "evaluate_poisons", "plot_poison_report"]
+__all__ = [
+    "AttackAccuracy",
+    "PoisonReport",
+    "evaluate_poisons",
+    "plot_poison_report",
+    "plot_poisoned_examples",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +223,57 @@ def plot_poison_report(report: PoisonReport, path: str | None = None, *, ax: Any
     for i, (m, e) in enumerate(zip(means, entries, strict=True)):
         label = f"{m:.1f}" if e is report.clean else f"{m:.1f}\n({-100 * e.drop_mean:+.1f})"
         ax.text(i, m + 1, label, ha="center", va="bottom", fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def plot_poisoned_examples(
+    result: PoisonResult, clean: Dataset, *, num: int = 6, path: str | None = None
+) -> Any:
+    """Shows poisoned training images next to their originals (rows: clean, poisoned, change).
+
+    Args:
+      result: a poisoning result; its first ``num`` poisoned examples are shown.
+      clean: the clean ``Dataset`` the poison was made from.
+      num: how many examples, ``>= 1``.
+      path: if given, the figure is saved there.
+
+    Returns:
+      The matplotlib figure. Images are mapped from the valid range to [0, 1] (per channel),
+      labels are the training labels (the label-flip baseline shows old -> new).
+    """
+    import matplotlib.pyplot as plt
+
+    idx = result.indices[: max(1, num)]
+    low, high = (np.broadcast_to(r, clean.input_shape) for r in clean.x_range)
+
+    def image(x):
+        x = np.clip((x - low) / (high - low), 0, 1)
+        if x.ndim == 1:  # vector inputs: one row of pixels
+            return x[None]
+        return x[..., 0] if x.ndim == 3 and x.shape[-1] == 1 else x
+
+    def change(before, after):
+        d = np.abs(after - before) / (high - low)
+        return d.max(axis=-1) if d.ndim == 3 else (d[None] if d.ndim == 1 else d)
+
+    fig, axes = plt.subplots(3, len(idx), figsize=(1.5 * len(idx), 4.8), squeeze=False)
+    for j, i in enumerate(idx):
+        before, after = clean.x_train[i], result.data.x_train[i]
+        y0, y1 = clean.y_train[i], result.data.y_train[i]
+        panels = (
+            (image(before), f"clean, y={y0}", "gray"),
+            (image(after), f"poisoned, y={y1}" if y1 == y0 else f"y={y0}->{y1}", "gray"),
+            (change(before, after), "|change|", "magma"),
+        )
+        for row, (img, title, cmap) in enumerate(panels):
+            ax = axes[row, j]
+            ax.imshow(img, cmap=cmap if img.ndim == 2 else None)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.suptitle(f"{result.name}: poisoned training examples", fontsize=10)
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)

@@ -49,6 +49,11 @@ from mgd.train import TrainingSetup, model_fns
 __all__ = ["gradient_canceling_poison"]
 
 
+def _norm(tree: Any) -> jax.Array:
+    # optax's global-norm helpers were renamed across the versions we support; this is stable.
+    return jnp.sqrt(sum(jnp.vdot(x, x) for x in jax.tree.leaves(tree)))
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -149,15 +154,15 @@ def gradient_canceling_poison(
     # Stage 1: the clean model and GradPC target parameters.
     clean_state = setup.replace(meta_spec=type(setup.meta_spec)()).train(seed=craft_seed)
     w_c, model_state = clean_state.params, clean_state.model_state
-    radius = target_radius * float(optax.tree_utils.tree_l2_norm(w_c))
+    radius = target_radius * float(_norm(w_c))
     alpha = 2.0 * radius / target_steps
     w_p = w_c
     for _ in tqdm(range(target_steps), desc="GC: GradPC target", disable=not progress):
         g = full_gradient(w_p, model_state, data.x_train, data.y_train)
-        scale = alpha / max(float(optax.tree_utils.tree_l2_norm(g)), 1e-12)
+        scale = alpha / max(float(_norm(g)), 1e-12)
         w_p = jax.tree.map(lambda w, gi, s=scale: w + s * gi, w_p, g)
         diff = jax.tree.map(jnp.subtract, w_p, w_c)
-        d_norm = float(optax.tree_utils.tree_l2_norm(diff))
+        d_norm = float(_norm(diff))
         if d_norm > radius:
             shrink = radius / d_norm
             w_p = jax.tree.map(lambda c, d, s=shrink: c + s * d, w_c, diff)
@@ -197,7 +202,7 @@ def gradient_canceling_poison(
         for sl in chunks:
             total = jax.tree.map(jnp.add, total, poison_grad_sum(delta[sl], x_p[sl], y_p[sl]))
         mean_grad = jax.tree.map(lambda t: t / n, total)
-        history["objective"].append(0.5 * float(optax.tree_utils.tree_l2_norm(mean_grad)) ** 2)
+        history["objective"].append(0.5 * float(_norm(mean_grad)) ** 2)
         # d f / d delta = J^T G / n, with J the Jacobian of the poisoned gradient sum.
         cot = jax.tree.map(lambda t: t / n, mean_grad)
         grad = jnp.concatenate([chunk_vjp(delta[sl], x_p[sl], y_p[sl], cot) for sl in chunks])
