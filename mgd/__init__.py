@@ -16,6 +16,10 @@ from mgd.engine import NonFiniteCotangentError as NonFiniteCotangentError
 from mgd.engine import StoreAll as StoreAll
 from mgd.engine import metagradient as metagradient
 
+# Learning-rate schedule search.
+from mgd.outer import LRSearchResult as LRSearchResult
+from mgd.outer import PiecewiseLinearSchedule as PiecewiseLinearSchedule
+from mgd.outer import search_lr_schedule as search_lr_schedule
 # Data poisoning.
 from mgd.outer import PoisonConfig as PoisonConfig
 from mgd.outer import PoisonReport as PoisonReport

@@ -208,7 +208,9 @@ def test_initial_run_diverging_is_an_error():
 
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):
-    kwargs = dict(init_schedule=[0.05, 0.2, 0.05], test_seeds=0, progress=False)
+    kwargs = dict(
+        init_schedule=[0.05, 0.2, 0.05], checkpoint=StoreAll(), test_seeds=0, progress=False
+    )
     whole = search_lr_schedule(tiny, meta_steps=4, **kwargs)
     search_lr_schedule(tiny, meta_steps=2, save_dir=tmp_path / "ck", **kwargs)
     with pytest.raises(ValueError, match="resume=True"):
@@ -230,7 +232,9 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
 
 
 def test_result_schedule_history_and_test_report(tiny):
-    res = search_lr_schedule(tiny, init_schedule=0.1, meta_steps=2, test_seeds=2, progress=False)
+    res = search_lr_schedule(
+        tiny, init_schedule=0.1, meta_steps=2, checkpoint=StoreAll(), test_seeds=2, progress=False
+    )
     assert [r.meta_step for r in res.history] == [0, 1, 2]
     assert res.schedule.knots == tiny.meta_spec.lr_knots
     np.testing.assert_allclose(res.schedule.lr, res.history[res.best_step].lr)

@@ -1,6 +1,15 @@
 """Outer optimizers: metagradient descent on training metaparameters (data, schedules, inputs)."""
 
 from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
+from mgd.outer.lr_evaluate import evaluate_schedules as evaluate_schedules
+from mgd.outer.lr_grid import GridSchedule as GridSchedule
+from mgd.outer.lr_grid import lr_schedule_grid as lr_schedule_grid
+from mgd.outer.lr_optimizer import LogLRAdamState as LogLRAdamState
+from mgd.outer.lr_optimizer import log_lr_adam as log_lr_adam
+from mgd.outer.lr_schedule import PiecewiseLinearSchedule as PiecewiseLinearSchedule
+from mgd.outer.lr_search import LRSearchResult as LRSearchResult
+from mgd.outer.lr_search import MetaStepRecord as MetaStepRecord
+from mgd.outer.lr_search import search_lr_schedule as search_lr_schedule
 from mgd.outer.poison import PoisonResult as PoisonResult
 from mgd.outer.poison import poison_attack as poison_attack
 from mgd.outer.poison_baselines import label_flip_poison as label_flip_poison
