@@ -19,7 +19,7 @@ from mgd.engine import metagradient as metagradient
 # Learning-rate schedule search.
 from mgd.outer import LRSearchResult as LRSearchResult
 from mgd.outer import PiecewiseLinearSchedule as PiecewiseLinearSchedule
-from mgd.outer import search_lr_schedule as search_lr_schedule
+
 # Data poisoning.
 from mgd.outer import PoisonConfig as PoisonConfig
 from mgd.outer import PoisonReport as PoisonReport
@@ -31,6 +31,7 @@ from mgd.outer import poison_ascent as poison_ascent
 from mgd.outer import poison_attack as poison_attack
 from mgd.outer import random_noise_poison as random_noise_poison
 from mgd.outer import run_poison_experiment as run_poison_experiment
+from mgd.outer import search_lr_schedule as search_lr_schedule  # LR schedule search.
 
 # Smooth training.
 from mgd.train import Dataset as Dataset
