@@ -13,6 +13,9 @@ from mgd.train._data import load_digits as load_digits
 from mgd.train._data import load_npz as load_npz
 from mgd.train._data import make_synthetic as make_synthetic
 from mgd.train._meta import MetaSpec as MetaSpec
+from mgd.train._metasmooth import MetasmoothnessResult as MetasmoothnessResult
+from mgd.train._metasmooth import metasmoothness as metasmoothness
+from mgd.train._metasmooth import sign_agreement as sign_agreement
 from mgd.train._model_fns import ModelFns as ModelFns
 from mgd.train._model_fns import model_fns as model_fns
 from mgd.train._optim import make_optimizer as make_optimizer
