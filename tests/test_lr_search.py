@@ -95,6 +95,12 @@ def test_initial_schedule_for_other_run_length():
         search_lr_schedule(setup, init_schedule=other, meta_steps=5)
 
 
+def test_resume_needs_save_dir():
+    setup = _untrainable(MetaSpec(lr_knots=(0, 10)))
+    with pytest.raises(ValueError, match="needs save_dir"):
+        search_lr_schedule(setup, init_schedule=0.1, meta_steps=5, resume=True)
+
+
 def test_test_seeds_must_be_fresh():
     setup = _untrainable(MetaSpec(lr_knots=(0, 10)))
     with pytest.raises(ValueError, match="never used"):

@@ -220,9 +220,9 @@ def search_lr_schedule(
       ValueError: before any training: a setup without a learning-rate metaparameter; knots out
         of order or outside ``[0, num_steps]``; an initial schedule with a rate that is not
         positive and finite, or of the wrong shape; ``meta_steps < 1``; test seeds that include
-        the setup's seed; a ``save_dir`` holding a checkpoint without ``resume=True`` or one
-        made for other knots. After the first metagradient: an initial schedule whose run
-        diverges (nothing to fall back to).
+        the setup's seed; ``resume=True`` without ``save_dir``; a ``save_dir`` holding a
+        checkpoint without ``resume=True`` or one made for other knots. After the first
+        metagradient: an initial schedule whose run diverges (nothing to fall back to).
 
     Example:
       >>> setup = mgd.TrainingSetup(model, optax.sgd(1.0, momentum=0.9), data, batch_size=64,
@@ -240,6 +240,8 @@ def search_lr_schedule(
         raise ValueError(f"{_WHERE}: meta_steps must be an int >= 1, got {meta_steps!r}")
     x0 = _initial_log_lr(init_schedule, knots, setup.num_steps)
     seeds = _check_test_seeds(test_seeds, setup.seed)
+    if resume and save_dir is None:
+        raise ValueError(f"{_WHERE}: resume=True needs save_dir, the directory to resume from")
     if optimizer is None:
         optimizer = log_lr_adam()
     optimizer = optax.with_extra_args_support(optimizer)
