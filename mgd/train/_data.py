@@ -18,7 +18,8 @@ _CIFAR_TEST_FILE = "test_batch"
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
-    a = np.ascontiguousarray(a)
+    # A read-only view: the caller's own array stays writable.
+    a = np.ascontiguousarray(a).view()
     a.setflags(write=False)
     return a
 
@@ -151,7 +152,7 @@ def _check_inputs(x, name: str) -> np.ndarray:
         raise ValueError(f"{name} must hold numbers, got dtype {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"{name} must have shape (n, *input_shape), got shape {x.shape}")
-    x = x.astype(np.float32)
+    x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
     return x
@@ -168,7 +169,7 @@ def _check_labels(y, name: str, num_classes: int) -> np.ndarray:
             f"{name} has labels in [{y.min()}, {y.max()}] outside [0, {num_classes}); "
             "labels must be 0..num_classes-1"
         )
-    return y.astype(np.int32)
+    return y.astype(np.int32, copy=False)
 
 
 def _check_indices(indices, size: int, name: str) -> np.ndarray:
@@ -235,15 +236,15 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Data
         raise ValueError(f"data file {str(path)!r} does not exist; pass an existing .npz file")
     try:
         with np.load(path, allow_pickle=False) as f:
-            missing = [k for k in _NPZ_KEYS if k not in f.files]
-            if missing:
-                raise ValueError(
-                    f"data file {str(path)!r} lacks key(s) {', '.join(missing)}; it needs "
-                    f"{', '.join(_NPZ_KEYS)}"
-                )
-            arrays = {k: f[k] for k in _NPZ_KEYS}
-    except (OSError, pickle.UnpicklingError, EOFError) as e:
+            arrays = {k: f[k] for k in _NPZ_KEYS if k in f.files}
+    except (OSError, ValueError, EOFError) as e:
         raise ValueError(f"data file {str(path)!r} is not a readable .npz file: {e}") from e
+    missing = [k for k in _NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(
+            f"data file {str(path)!r} lacks key(s) {', '.join(missing)}; it needs "
+            f"{', '.join(_NPZ_KEYS)}"
+        )
     for k in ("x_train", "x_target", "x_test"):
         if np.issubdtype(arrays[k].dtype, np.integer):
             arrays[k] = arrays[k] / float(np.iinfo(arrays[k].dtype).max)
