@@ -49,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--outer-lr", type=float, default=0.1, help="Adam step on log learning rates")
     p.add_argument("--lr-range", type=float, nargs=2, default=(0.01, 30.0), help="grid peaks")
     p.add_argument("--num-peaks", type=int, default=10, help="one-cycle peak rates in the grid")
+    p.add_argument("--seed", type=int, default=0, help="seed of init and batch order")
     p.add_argument("--test-seeds", type=int, default=3, help="fresh seeds for test accuracy")
     p.add_argument("--tolerance", type=float, default=0.03, help="allowed gap to the grid's best")
     p.add_argument("--out", type=Path, default=None, help="write results.json and a plot here")
@@ -66,7 +67,7 @@ def seconds(fn, repeats: int = 5) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    setup = digits_lr_setup(num_steps=args.num_steps, num_knots=args.num_knots)
+    setup = digits_lr_setup(num_steps=args.num_steps, num_knots=args.num_knots, seed=args.seed)
     # Compute is counted in training runs: a metagradient costs as much as `mg_runs` of them
     # (measured, compiled), so a search costs metagradients * mg_runs + its plain runs.
     unit = seconds(lambda: setup.train().params)
