@@ -208,7 +208,7 @@ def plot(path: Path, grid, grid_loss, searches) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(18, 4.5))
     steps = np.arange(grid[0].schedule.num_steps)
     for ax, (name, (_, res, _, _)) in zip(axes[:2], searches.items(), strict=True):
         cmap = plt.get_cmap("viridis")
@@ -221,7 +221,7 @@ def plot(path: Path, grid, grid_loss, searches) -> None:
             yscale="log",
             xlabel="training step",
             ylabel="learning rate",
-            title=f"search from {name} (dark -> light: meta-steps; dashed: grid's best 5)",
+            title=f"from {name}: meta-steps dark -> light, grid's best 5 dashed",
         )
     for name, (_, res, _, _) in searches.items():
         axes[2].plot(res.objectives, label=f"search from {name}")
