@@ -173,7 +173,14 @@ def _load_data(config):
 
     try:
         if config.data.name == "npz":
-            data = mgd.load_npz(config.data.path)
+            try:
+                data = mgd.load_npz(config.data.path)
+            except ValueError as e:
+                # Some numpy errors (e.g. a file that is not a zip) do not name the file.
+                message = str(e).strip().splitlines()[0]
+                if config.data.path not in message:
+                    message = f"cannot read data file {config.data.path!r}: {message}"
+                raise ValueError(message) from e
         else:
             data = mgd.load_digits(
                 val_fraction=config.data.target_fraction,
@@ -296,26 +303,27 @@ def _select(args: argparse.Namespace) -> int:
     if not (out / "config.yaml").exists():
         _write_yaml(out / "config.yaml", echo)
 
-    def log(entry: dict[str, Any]) -> None:
-        history.append(entry)
+    def log(history: list[dict[str, Any]]) -> None:
         _write_json(out / "history.json", history)
 
-    history: list[dict[str, Any]] = []
     policy = None if config.outer.replay_k is None else mgd.KAryTree(config.outer.replay_k)
-    result = select_data(
-        setup,
-        size=size,
-        meta_steps=config.outer.meta_steps,
-        optimizer=optimizer,
-        fixed_budget=config.outer.method == "exchange",
-        seed=config.seed,
-        checkpoint=policy,
-        checkpoint_dir=out / "checkpoints",
-        resume=args.resume,
-        fingerprint=fingerprint,
-        callback=log,
-        progress=progress,
-    )
+    try:
+        result = select_data(
+            setup,
+            size=size,
+            meta_steps=config.outer.meta_steps,
+            optimizer=optimizer,
+            fixed_budget=config.outer.method == "exchange",
+            seed=config.seed,
+            checkpoint=policy,
+            checkpoint_dir=out / "checkpoints",
+            resume=args.resume,
+            fingerprint=fingerprint,
+            callback=log,
+            progress=progress,
+        )
+    except ValueError as e:  # --resume on a directory written by a different run
+        _fail(str(e))
     _write_json(out / "history.json", result.history)
     selected_at = time.perf_counter()
 

@@ -65,7 +65,7 @@ def select_data(
     checkpoint_dir: str | Path | None = None,
     resume: bool = False,
     fingerprint: dict[str, Any] | None = None,
-    callback: Callable[[dict[str, Any]], None] | None = None,
+    callback: Callable[[list[dict[str, Any]]], None] | None = None,
     progress: bool = True,
 ) -> SelectionResult:
     """Chooses ``size`` candidates of the training pool that minimize the target objective.
@@ -100,7 +100,8 @@ def select_data(
       resume: continue from the latest checkpoint in ``checkpoint_dir`` if there is one.
       fingerprint: JSON-able description of the run stored with each checkpoint; resuming a
         checkpoint whose fingerprint differs is refused.
-      callback: called after every meta-step with its history entry (for logging).
+      callback: called after every meta-step (once it is checkpointed) with the history so far,
+        resumed steps included; the last entry is the new meta-step (for logging).
       progress: show a tqdm progress bar over meta-steps with the objective.
 
     Returns:
@@ -183,7 +184,7 @@ def select_data(
             bar.set_postfix(objective=f"{objective:.4f}")
             bar.update(1)
             if callback is not None:
-                callback(entry)
+                callback(history)
         bar.close()
     finally:
         if ckpt is not None:

@@ -1,0 +1,190 @@
+"""Dataset selection end to end: the outer loop, resuming, honest evaluation, the CLI."""
+
+import json
+
+import numpy as np
+import optax
+import pytest
+
+import mgd
+from mgd.cli import main
+from mgd.outer.selection import evaluate_selection, select_data
+from mgd.outer.selection_optim import budget_exchange, count_descent
+from mgd.train.models import MLP, MLPConfig
+
+
+def _setup(num_steps=40, noise=0.0):
+    data = mgd.make_synthetic(num_train=96, num_val=48, num_test=48, noise=1.5, seed=1)
+    noisy = np.zeros(data.num_train, bool)
+    if noise:
+        rng = np.random.default_rng(0)
+        noisy[rng.permutation(data.num_train)[: int(noise * data.num_train)]] = True
+        y = data.y_train.copy()
+        y[noisy] = (y[noisy] + 1) % data.num_classes
+        data = data.replace(y_train=y)
+    setup = mgd.TrainingSetup(
+        MLP(MLPConfig(num_classes=data.num_classes, hidden=(16,))),
+        optax.sgd(0.05, momentum=0.9),
+        data,
+        batch_size=16,
+        num_steps=num_steps,
+        meta_spec=mgd.MetaSpec(data_weights=True),
+    )
+    return setup, noisy
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_killed_run_resumes_to_the_same_selection(tmp_path):
+    setup, _ = _setup()
+
+    def run(directory, resume=False, callback=None):
+        opt = budget_exchange(num_exchange=6, p=0.7, momentum=0.5, seed=3)
+        return select_data(
+            setup,
+            size=32,
+            meta_steps=4,
+            optimizer=opt,
+            seed=3,
+            checkpoint_dir=directory,
+            resume=resume,
+            fingerprint={"run": 1},
+            callback=callback,
+            progress=False,
+        )
+
+    full = run(tmp_path / "a")
+
+    def stop_after_two(history):
+        if len(history) == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        run(tmp_path / "b", callback=stop_after_two)
+    resumed = run(tmp_path / "b", resume=True)
+    np.testing.assert_array_equal(resumed.indices, full.indices)
+    np.testing.assert_array_equal(resumed.weights, full.weights)
+    assert [h["objective"] for h in resumed.history] == [h["objective"] for h in full.history]
+
+    with pytest.raises(ValueError, match="different run"):
+        select_data(
+            setup,
+            size=32,
+            meta_steps=4,
+            seed=3,
+            checkpoint_dir=tmp_path / "b",
+            resume=True,
+            fingerprint={"run": 2},
+            progress=False,
+        )
+
+
+def test_exchange_keeps_size_and_logs_every_step():
+    setup, _ = _setup()
+    res = select_data(setup, size=40, meta_steps=3, progress=False)
+    assert len(res.history) == 3
+    for h in res.history:
+        assert len(h["indices"]) == 40 and np.isfinite(h["objective"])
+        assert h["vjp_steps"] == setup.num_steps  # an engine metagradient through every step
+    assert len(np.unique(res.indices)) == 40
+    assert res.history[res.best_step]["objective"] == min(h["objective"] for h in res.history)
+
+
+def test_count_descent_through_the_loop():
+    setup, _ = _setup()
+    res = select_data(
+        setup,
+        size=40,
+        meta_steps=2,
+        optimizer=count_descent(p=0.5),
+        fixed_budget=False,
+        progress=False,
+    )
+    assert len(res.indices) == 40
+    assert set(np.unique(res.weights)) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_noisy_labels_are_avoided_reduced():
+    # The reduced form of the README's noisy-digits result (which runs configs/select/
+    # digits_noisy.yaml at full size): 30% wrong labels, select half, fewer steps.
+    data = mgd.load_digits()
+    rng = np.random.default_rng(0)
+    noisy = np.zeros(data.num_train, bool)
+    noisy[rng.permutation(data.num_train)[: round(0.3 * data.num_train)]] = True
+    y = data.y_train.copy()
+    y[noisy] = (y[noisy] + rng.integers(1, 10, noisy.sum())) % 10
+    setup = mgd.TrainingSetup(
+        MLP(MLPConfig(hidden=(64,))),
+        optax.sgd(0.01, momentum=0.9),
+        data.replace(y_train=y),
+        batch_size=64,
+        num_steps=300,
+        meta_spec=mgd.MetaSpec(data_weights=True),
+    )
+    size = data.num_train // 2
+    opt = budget_exchange(num_exchange=size // 5, momentum=0.5)
+    res = select_data(setup, size=size, meta_steps=4, optimizer=opt, progress=False)
+    assert 1 - noisy[res.indices].mean() >= 0.9
+    metrics = evaluate_selection(setup, res.indices, seeds=[7], num_random=2, progress=False)
+    assert metrics["selected"]["accuracy"] > metrics["random"]["accuracy"]
+
+
+def test_evaluation_refuses_the_selection_seed():
+    setup, _ = _setup()
+    with pytest.raises(ValueError, match="fresh seeds"):
+        evaluate_selection(setup, np.arange(20), seeds=[setup.seed], progress=False)
+
+
+def test_cli_end_to_end_and_resume(tmp_path, capsys):
+    data = mgd.make_synthetic(num_train=96, num_val=48, num_test=48, noise=1.5, seed=1)
+    npz = tmp_path / "d.npz"
+    np.savez(
+        npz,
+        x_train=data.x_train,
+        y_train=data.y_train,
+        x_target=data.x_val,
+        y_target=data.y_val,
+        x_test=data.x_test,
+        y_test=data.y_test,
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "model: {hidden: [16]}\ntrain: {batch_size: 16, num_steps: 30}\n"
+        "eval: {num_seeds: 1, num_random: 2}\n"
+    )
+    out = tmp_path / "run"
+    argv = [
+        "select",
+        "--config",
+        str(cfg),
+        "--data",
+        str(npz),
+        "--fraction",
+        "0.5",
+        "--meta-steps",
+        "2",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "selected" in table and "random (x2)" in table
+    selection = json.loads((out / "selection.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert len(selection["indices"]) == 48 and selection["fraction"] == 0.5
+    assert selection["config"]["train"]["num_steps"] == 30
+    for key in ("selected", "random", "full"):
+        assert 0 <= metrics[key]["accuracy"] <= 1
+    assert len(metrics["random"]["accuracies"]) == 2
+    assert metrics["eval_seeds"] == [10_000]
+    assert (out / "objective.png").stat().st_size > 0
+    assert len(json.loads((out / "history.json").read_text())) == 2
+
+    assert main(argv + ["--resume"]) == 0  # a finished run: same selection again
+    assert json.loads((out / "selection.json").read_text())["indices"] == selection["indices"]
+    capsys.readouterr()
+    assert main([*argv[:-3], "--seed", "5", "--out", str(out), "--resume", "--quiet"]) == 2
+    assert "different run" in capsys.readouterr().err
