@@ -24,7 +24,10 @@ from mgd.outer import PiecewiseLinearSchedule as PiecewiseLinearSchedule
 from mgd.outer import PoisonConfig as PoisonConfig
 from mgd.outer import PoisonReport as PoisonReport
 from mgd.outer import PoisonResult as PoisonResult
+from mgd.outer import budget_exchange as budget_exchange  # Dataset selection.
+from mgd.outer import count_descent as count_descent
 from mgd.outer import evaluate_poisons as evaluate_poisons
+from mgd.outer import evaluate_selection as evaluate_selection
 from mgd.outer import gradient_canceling_poison as gradient_canceling_poison
 from mgd.outer import label_flip_poison as label_flip_poison
 from mgd.outer import poison_ascent as poison_ascent
@@ -32,6 +35,7 @@ from mgd.outer import poison_attack as poison_attack
 from mgd.outer import random_noise_poison as random_noise_poison
 from mgd.outer import run_poison_experiment as run_poison_experiment
 from mgd.outer import search_lr_schedule as search_lr_schedule  # LR schedule search.
+from mgd.outer import select_data as select_data
 
 # Smooth training.
 from mgd.train import Dataset as Dataset

@@ -1,17 +1,6 @@
 """Outer optimizers: metagradient descent on training metaparameters (data, schedules, inputs)."""
 
 from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
-from mgd.outer.selection import SelectionResult as SelectionResult
-from mgd.outer.selection import evaluate_selection as evaluate_selection
-from mgd.outer.selection import select_data as select_data
-from mgd.outer.selection_config import SelectConfig as SelectConfig
-from mgd.outer.selection_optim import BudgetExchangeState as BudgetExchangeState
-from mgd.outer.selection_optim import CountDescentState as CountDescentState
-from mgd.outer.selection_optim import SelectionOptimizer as SelectionOptimizer
-from mgd.outer.selection_optim import budget_exchange as budget_exchange
-from mgd.outer.selection_optim import count_descent as count_descent
-from mgd.outer.selection_optim import subset_weights as subset_weights
-from mgd.outer.selection_optim import top_k_subset as top_k_subset
 from mgd.outer.lr_evaluate import evaluate_schedules as evaluate_schedules
 from mgd.outer.lr_grid import GridSchedule as GridSchedule
 from mgd.outer.lr_grid import lr_schedule_grid as lr_schedule_grid
@@ -34,3 +23,14 @@ from mgd.outer.poison_experiment import run_poison_experiment as run_poison_expe
 from mgd.outer.poison_gc import gradient_canceling_poison as gradient_canceling_poison
 from mgd.outer.poison_update import poison_ascent as poison_ascent
 from mgd.outer.poison_update import project_perturbations as project_perturbations
+from mgd.outer.selection import SelectionResult as SelectionResult
+from mgd.outer.selection import evaluate_selection as evaluate_selection
+from mgd.outer.selection import select_data as select_data
+from mgd.outer.selection_config import SelectConfig as SelectConfig
+from mgd.outer.selection_optim import BudgetExchangeState as BudgetExchangeState
+from mgd.outer.selection_optim import CountDescentState as CountDescentState
+from mgd.outer.selection_optim import SelectionOptimizer as SelectionOptimizer
+from mgd.outer.selection_optim import budget_exchange as budget_exchange
+from mgd.outer.selection_optim import count_descent as count_descent
+from mgd.outer.selection_optim import subset_weights as subset_weights
+from mgd.outer.selection_optim import top_k_subset as top_k_subset
