@@ -73,10 +73,10 @@ def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
 
 
 def test_attack_resumes_where_it_stopped(setup, tmp_path):
-    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0, 1), progress=False)
-    full = poison_attack(setup, meta_steps=4, **kwargs)
-    poison_attack(setup, meta_steps=2, resume_dir=tmp_path, **kwargs)
-    resumed = poison_attack(setup, meta_steps=4, resume_dir=tmp_path, **kwargs)
+    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0,), progress=False)
+    full = poison_attack(setup, meta_steps=3, **kwargs)
+    poison_attack(setup, meta_steps=1, resume_dir=tmp_path, **kwargs)
+    resumed = poison_attack(setup, meta_steps=3, resume_dir=tmp_path, **kwargs)
     np.testing.assert_allclose(resumed.perturbations, full.perturbations, atol=1e-6)
     assert resumed.history["objective"] == pytest.approx(full.history["objective"], rel=1e-5)
 
@@ -226,3 +226,21 @@ def test_digits_config_is_the_default_and_cifar_config_loads():
     assert load_config(ROOT / "configs" / "poison" / "digits.yaml", PoisonConfig) == PoisonConfig()
     cifar = load_config(ROOT / "configs" / "poison" / "cifar10.yaml", PoisonConfig)
     assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"
+
+
+def test_digits_result_at_reduced_size():
+    # The digits config (scripts/poison.py's full setting) with fewer training steps,
+    # meta-steps, crafting and victim seeds, and the two cheap baselines: MGD must already
+    # degrade unseen victims and beat the baselines by 2x (full setting: see README).
+    cfg = PoisonConfig()
+    cfg = dataclasses.replace(
+        cfg,
+        victim=dataclasses.replace(cfg.victim, num_steps=100),
+        attack=dataclasses.replace(cfg.attack, meta_steps=20, craft_seeds=(0, 1, 2)),
+        baselines=("random_noise", "label_flip"),
+        victim_seeds=(100, 101, 102),
+    )
+    report = run_poison_experiment(cfg, progress=False).report
+    mgd_drop = report.attacks["mgd"].drop_mean
+    assert mgd_drop >= 0.01, report.table()
+    assert mgd_drop >= 2 * max(report.largest_baseline_drop("mgd"), 0.0), report.table()

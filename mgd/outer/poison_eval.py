@@ -17,7 +17,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from mgd.outer.poison import PoisonResult
-from mgd.train import Dataset, TrainingSetup, retrain_and_evaluate
+from mgd.train import Dataset, MetaSpec, TrainingSetup, retrain_and_evaluate
 
 __all__ = [
     "AttackAccuracy",
@@ -176,12 +176,11 @@ def evaluate_poisons(
                 "poison only the training pool"
             )
 
-    # Plain training: the poison is in the data, so victims need no metaparameters.
-    victim = setup.replace(meta_spec=type(setup.meta_spec)())
-    pools = {"clean": setup.data, **named}
     accuracy = {}
-    for name, data in tqdm(pools.items(), desc="victims", disable=not progress):
-        res = retrain_and_evaluate(victim.replace(data=data), seeds=seeds, split="test")
+    for name, (victim, meta) in tqdm(
+        _victim_runs(setup, named).items(), desc="victims", disable=not progress
+    ):
+        res = retrain_and_evaluate(victim, seeds=seeds, meta=meta, split="test")
         accuracy[name] = np.asarray(res["accuracy"], np.float64)
     clean = accuracy.pop("clean")
     return PoisonReport(
@@ -189,6 +188,46 @@ def evaluate_poisons(
         clean=AttackAccuracy("clean", clean, np.zeros_like(clean)),
         attacks={k: AttackAccuracy(k, a, clean - a) for k, a in accuracy.items()},
     )
+
+
+def _victim_runs(
+    setup: TrainingSetup, pools: dict[str, Dataset]
+) -> dict[str, tuple[TrainingSetup, dict | None]]:
+    """How to train the victims of each pool, compiling as few training functions as possible.
+
+    A setup compiles its training once and retrains with any metaparameters and seeds. Pools
+    that differ from the clean data only in some training inputs (every input-perturbing attack)
+    therefore share one setup on the *clean* data whose ``perturbations`` metaparameter carries
+    each pool's changes (``x_pool - x_clean`` on the union of changed examples; the training
+    layer's clip to the valid range leaves the already-valid poisoned inputs as they are), and
+    the clean victims are the same setup with zero perturbations. Other pools (changed labels)
+    get a setup of their own. Either way the victim is plain training on the pool's data.
+    """
+    clean = setup.data
+    plain = MetaSpec()
+    base = setup if setup.meta_spec == plain else setup.replace(meta_spec=plain)
+    x_only, other = {}, {}
+    for name, data in pools.items():
+        same_labels = np.array_equal(data.y_train, clean.y_train)
+        if same_labels and data.x_train.shape == clean.x_train.shape:
+            x_only[name] = data
+        else:
+            other[name] = data
+    axes = tuple(range(1, clean.x_train.ndim))
+    changed = [np.any(d.x_train != clean.x_train, axis=axes) for d in x_only.values()]
+    union = np.flatnonzero(np.any(changed, axis=0)) if changed else np.zeros(0, np.int64)
+    runs: dict[str, tuple[TrainingSetup, dict | None]] = {}
+    if union.size == 0:
+        runs["clean"] = (base, None)
+        runs.update({name: (base, None) for name in x_only})
+    else:
+        shared = base.replace(meta_spec=MetaSpec(perturb_indices=tuple(int(i) for i in union)))
+        zero = clean.x_train[union] - clean.x_train[union]
+        runs["clean"] = (shared, {"perturbations": zero})
+        for name, data in x_only.items():
+            runs[name] = (shared, {"perturbations": data.x_train[union] - clean.x_train[union]})
+    runs.update({name: (base.replace(data=data), None) for name, data in other.items()})
+    return runs
 
 
 def plot_poison_report(report: PoisonReport, path: str | None = None, *, ax: Any = None) -> Any:

@@ -44,7 +44,7 @@ from mgd.outer.poison import (
     resolve_indices,
 )
 from mgd.outer.poison_update import check_bound, poison_ascent
-from mgd.train import TrainingSetup, model_fns
+from mgd.train import MetaSpec, TrainingSetup, model_fns
 
 __all__ = ["gradient_canceling_poison"]
 
@@ -152,7 +152,10 @@ def gradient_canceling_poison(
         return total / n
 
     # Stage 1: the clean model and GradPC target parameters.
-    clean_state = setup.replace(meta_spec=type(setup.meta_spec)()).train(seed=craft_seed)
+    plain = MetaSpec()
+    # Reusing the given setup when it already trains plainly reuses its compiled training.
+    victim = setup if setup.meta_spec == plain else setup.replace(meta_spec=plain)
+    clean_state = victim.train(seed=craft_seed)
     w_c, model_state = clean_state.params, clean_state.model_state
     radius = target_radius * float(_norm(w_c))
     alpha = 2.0 * radius / target_steps
