@@ -250,3 +250,19 @@ def test_result_schedule_history_and_test_report(tiny):
     assert res.schedule(0) > 0 and res.schedules()[0].lr == pytest.approx(res.history[0].lr)
     assert res.test["seeds"] == [1000, 1001]
     assert len(res.test["accuracy"]) == 2 and all(0 <= a <= 1 for a in res.test["accuracy"])
+
+
+def test_per_step_setup_and_callable_start(tiny):
+    """A knot at every step (``per_step_lr``) and a start given as any callable step -> lr."""
+    per_step = tiny.replace(meta_spec=MetaSpec(per_step_lr=True))
+    start = lr_schedule_grid(tiny.num_steps, num_peaks=1, num_other=1)[0].schedule
+    res = search_lr_schedule(
+        per_step,
+        init_schedule=start,
+        meta_steps=1,
+        checkpoint=StoreAll(),
+        test_seeds=0,
+        progress=False,
+    )
+    assert res.schedule.knots == tuple(range(tiny.num_steps))
+    np.testing.assert_allclose(res.history[0].lr, start.rates(), rtol=1e-6)
