@@ -13,32 +13,25 @@ from mgd.outer.selection_optim import budget_exchange, count_descent
 from mgd.train.models import MLP, MLPConfig
 
 
-def _setup(num_steps=40, noise=0.0):
+@pytest.fixture(scope="module")
+def setup():
+    # One small setup for the module: its functions compile once for all tests.
     data = mgd.make_synthetic(num_train=96, num_val=48, num_test=48, noise=1.5, seed=1)
-    noisy = np.zeros(data.num_train, bool)
-    if noise:
-        rng = np.random.default_rng(0)
-        noisy[rng.permutation(data.num_train)[: int(noise * data.num_train)]] = True
-        y = data.y_train.copy()
-        y[noisy] = (y[noisy] + 1) % data.num_classes
-        data = data.replace(y_train=y)
-    setup = mgd.TrainingSetup(
+    return mgd.TrainingSetup(
         MLP(MLPConfig(num_classes=data.num_classes, hidden=(16,))),
         optax.sgd(0.05, momentum=0.9),
         data,
         batch_size=16,
-        num_steps=num_steps,
+        num_steps=40,
         meta_spec=mgd.MetaSpec(data_weights=True),
     )
-    return setup, noisy
 
 
 class _Stop(Exception):
     pass
 
 
-def test_killed_run_resumes_to_the_same_selection(tmp_path):
-    setup, _ = _setup()
+def test_killed_run_resumes_to_the_same_selection(tmp_path, setup):
 
     def run(directory, resume=False, callback=None):
         opt = budget_exchange(num_exchange=6, p=0.7, momentum=0.5, seed=3)
@@ -56,6 +49,12 @@ def test_killed_run_resumes_to_the_same_selection(tmp_path):
         )
 
     full = run(tmp_path / "a")
+    assert len(full.history) == 4
+    for h in full.history:  # every meta-step logged, the subset keeps its size
+        assert len(h["indices"]) == 32 and np.isfinite(h["objective"])
+        assert h["vjp_steps"] == setup.num_steps  # an engine metagradient through every step
+    assert len(np.unique(full.indices)) == 32
+    assert full.history[full.best_step]["objective"] == min(h["objective"] for h in full.history)
 
     def stop_after_two(history):
         if len(history) == 2:
@@ -81,19 +80,7 @@ def test_killed_run_resumes_to_the_same_selection(tmp_path):
         )
 
 
-def test_exchange_keeps_size_and_logs_every_step():
-    setup, _ = _setup()
-    res = select_data(setup, size=40, meta_steps=3, progress=False)
-    assert len(res.history) == 3
-    for h in res.history:
-        assert len(h["indices"]) == 40 and np.isfinite(h["objective"])
-        assert h["vjp_steps"] == setup.num_steps  # an engine metagradient through every step
-    assert len(np.unique(res.indices)) == 40
-    assert res.history[res.best_step]["objective"] == min(h["objective"] for h in res.history)
-
-
-def test_count_descent_through_the_loop():
-    setup, _ = _setup()
+def test_count_descent_through_the_loop(setup):
     res = select_data(
         setup,
         size=40,
@@ -131,8 +118,7 @@ def test_noisy_labels_are_avoided_reduced():
     assert metrics["selected"]["accuracy"] > metrics["random"]["accuracy"]
 
 
-def test_evaluation_refuses_the_selection_seed():
-    setup, _ = _setup()
+def test_evaluation_refuses_the_selection_seed(setup):
     with pytest.raises(ValueError, match="fresh seeds"):
         evaluate_selection(setup, np.arange(20), seeds=[setup.seed], progress=False)
 
@@ -183,8 +169,8 @@ def test_cli_end_to_end_and_resume(tmp_path, capsys):
     assert (out / "objective.png").stat().st_size > 0
     assert len(json.loads((out / "history.json").read_text())) == 2
 
-    assert main(argv + ["--resume"]) == 0  # a finished run: same selection again
-    assert json.loads((out / "selection.json").read_text())["indices"] == selection["indices"]
     capsys.readouterr()
+    # Resuming with another seed would mix two runs: refused, nothing overwritten.
     assert main([*argv[:-3], "--seed", "5", "--out", str(out), "--resume", "--quiet"]) == 2
     assert "different run" in capsys.readouterr().err
+    assert json.loads((out / "selection.json").read_text()) == selection
