@@ -155,3 +155,25 @@ def test_non_finite_rejects_and_shrinks():
 def test_bad_optimizer_options(kwargs, match):
     with pytest.raises(ValueError, match=match):
         log_lr_adam(**kwargs)
+
+
+def test_chaotic_run_lowers_every_rate_and_keeps_moments():
+    opt = log_lr_adam(0.1, max_step=0.5, unstable_ratio=1e3)
+    x = jnp.zeros(3)
+    state = opt.init(x)
+    u, state = opt.update(jnp.array([1.0, -1.0, 2.0]), state, x, value=jnp.float32(1.0))
+    mu, nu = state.mu, state.nu
+    # One exploded coordinate (|g| / |L| = 1e6): the whole schedule steps down by the bound.
+    u, state = opt.update(jnp.array([1e6, -0.5, 0.1]), state, x + u, value=jnp.float32(1.0))
+    np.testing.assert_allclose(u, -0.5)
+    np.testing.assert_array_equal(state.mu, mu)
+    np.testing.assert_array_equal(state.nu, nu)
+    assert bool(jnp.all(state.unstable)) and int(state.rejections) == 0
+    # A well-behaved gradient afterwards is followed again, unfrozen by the 1e6.
+    u, state = opt.update(jnp.array([1.0, -1.0, 2.0]), state, x, value=jnp.float32(1.0))
+    assert not bool(jnp.any(state.unstable))
+    assert float(jnp.min(jnp.abs(u))) > 0.05
+    # With the rule off, the same gradient is an ordinary (bounded) Adam step.
+    off = log_lr_adam(0.1, unstable_ratio=None)
+    u, _ = off.update(jnp.array([1e6, -0.5, 0.1]), off.init(x), x, value=jnp.float32(1.0))
+    np.testing.assert_allclose(u, [-0.1, 0.1, -0.1], rtol=1e-4)

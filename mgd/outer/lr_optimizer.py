@@ -31,8 +31,8 @@ class LogLRAdamState(NamedTuple):
       last_update: the update most recently returned (same structure as the parameters), which
         a rejection retracts.
       rejections: rejected steps so far (int32 scalar).
-      unstable: which coordinates the last update treated as unstable (bool, same structure
-        as the parameters).
+      unstable: which coordinates the last update lowered because the run was chaotic (bool,
+        same structure as the parameters; all or none).
     """
 
     count: jax.Array
@@ -87,15 +87,19 @@ def log_lr_adam(
     descent) training is chaotic: a perturbation of the rate grows exponentially through the
     remaining steps, so the exact metagradient reaches magnitudes like 1e12 while its sign
     changes with the batch order — the objective is rough at every scale the outer step could
-    resolve. A coordinate is *unstable* when its relative sensitivity exceeds ``unstable_ratio``,
+    resolve. The run counts as chaotic when some coordinate's relative sensitivity exceeds
+    ``unstable_ratio``,
 
-    .. math::  |g_i| > \kappa\, |L|,
+    .. math::  \max_i |g_i| > \kappa\, |L|,
 
-    i.e. a 1/``unstable_ratio`` relative change of the rate would change the objective :math:`L`
-    by 100%; in well-behaved runs :math:`|g_i| / |L|` is O(1-10). An unstable coordinate steps
-    *down* by the full bound, :math:`u_i = -s\delta`, the standard remedy for instability, and its
-    moments are left untouched so the exploded gradient does not freeze Adam's later steps (a
-    single 1e12 in :math:`\hat v` would). Needs ``value``; ``None`` switches the rule off.
+    i.e. a 1/``unstable_ratio`` relative change of one rate would change the objective :math:`L`
+    by 100%; in well-behaved runs :math:`|g_i| / |L|` is O(1-10). Then *every* coordinate steps
+    down by the full bound, :math:`u = -s\delta`: the standard remedy for instability, applied
+    to the whole schedule because the exploded gradients flag the knots *before* the chaotic
+    phase (a perturbation there is amplified by it) rather than locate it, and lowering only
+    some knots makes the schedule jagged. The moments are left untouched, so the exploded
+    gradient does not freeze Adam's later steps (a single 1e12 in :math:`\hat v` would). Needs
+    ``value``; ``None`` switches the rule off.
 
     Args:
       learning_rate: Adam's step size, in log-rate units per meta-step (0.1: about 10% change).
@@ -105,8 +109,8 @@ def log_lr_adam(
       max_step: bound on each coordinate's step, in log-rate units (0.5: at most x1.65).
       shrink: factor in ``(0, 1)`` applied to the rejected step and to all later steps.
       unstable_ratio: threshold :math:`\kappa` of the relative sensitivity ``|g_i| / |value|``
-        above which coordinate ``i`` is lowered instead of following its gradient; ``None``
-        turns the rule off.
+        above which the run counts as chaotic and all rates are lowered instead of following
+        the gradient; ``None`` turns the rule off.
 
     Returns:
       ``optax.GradientTransformationExtraArgs(init, update)``; ``update(grads, state,
