@@ -22,7 +22,7 @@ from jax import lax
 
 from mgd.engine import policies
 from mgd.engine.storage import AbstractStateStore, DeviceStore
-from mgd.engine.validation import check_inputs
+from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
 StepFn = Callable[[PyTree, PyTree, jax.Array], PyTree]
@@ -205,6 +205,7 @@ def metagradient(
       >>> float(res.value)  # (0.8 ** 10) ** 2
       0.011529...
     """
+    check_num_steps(num_steps)
     policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
     init_state, meta = check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy)
     plan = policy.plan(num_steps)
@@ -263,6 +264,7 @@ def _non_finite_message(num_steps: int, t: int) -> str:
     where = f"at the objective (step {t})" if t == num_steps else f"at step {t}"
     return (
         f"the state cotangent became non-finite (NaN or Inf) {where}, the first such step in "
-        "reverse order; check the learning rate, the data and the objective, or pass "
-        "check_finite=False to skip this check"
+        "reverse order; a common cause is Adam-family optimizers with eps_root=0 where a "
+        "gradient is exactly zero (pass e.g. optax.adam(lr, eps_root=1e-8)); else check the "
+        "learning rate, the data and the objective, or pass check_finite=False to skip this check"
     )

@@ -17,6 +17,14 @@ def _as_arrays(tree: PyTree) -> PyTree:
     return jax.tree.map(jnp.asarray, tree)
 
 
+def check_num_steps(num_steps) -> None:
+    """Raises unless ``num_steps`` is a Python int ``>= 1``."""
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
+        raise TypeError(f"num_steps must be a Python int, got {type(num_steps).__name__}")
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+
+
 def check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy):
     """Validates the arguments of `mgd.metagradient`.
 
@@ -26,10 +34,7 @@ def check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy):
     Raises:
       ValueError, TypeError: naming the offending argument or leaf (see `mgd.metagradient`).
     """
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int):
-        raise TypeError(f"num_steps must be a Python int, got {type(num_steps).__name__}")
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    check_num_steps(num_steps)
     if not isinstance(policy, AbstractCheckpointPolicy):
         raise TypeError(
             f"checkpoint must be a policy such as mgd.KAryTree(k) or None, got {policy!r}"
