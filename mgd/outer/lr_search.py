@@ -164,14 +164,15 @@ def search_lr_schedule(
 ) -> LRSearchResult:
     r"""Finds a learning-rate schedule by metagradient descent on the validation objective.
 
-    **Parametrization.** The paper's: a piecewise-linear schedule with a parameter at each of a
+    **Parametrization.** The paper's piecewise-linear schedule: a free parameter at each of a
     few knots — here ``setup.meta_spec.lr_knots`` (or a knot at every step with
     ``per_step_lr=True``) — interpolated linearly in *log* space
-    (:class:`~mgd.outer.lr_schedule.PiecewiseLinearSchedule`). Few knots (e.g. 6-11 evenly
-    spaced) give the one-cycle, cosine and step shapes enough freedom while each knot sees the
-    gradient of many steps, which averages out the noise of single steps; log space keeps every
-    rate positive and makes the outer optimizer's steps relative changes of the rate, the scale
-    learning rates live on (a 10x error is as far from 1e-3 as from 1e-1).
+    (:class:`~mgd.outer.lr_schedule.PiecewiseLinearSchedule`). The paper does not publish its
+    knot placement or interpolation space; we choose evenly spaced knots and log space. Few
+    knots (e.g. 6-11) give the one-cycle, cosine and step shapes enough freedom while each knot
+    sees the gradient of many steps, which averages out the noise of single steps; log space
+    keeps every rate positive and makes the outer optimizer's steps relative changes of the
+    rate, the scale learning rates live on (a 10x error is as far from 1e-3 as from 1e-1).
 
     **Loop.** With :math:`x` the log rates at the knots and :math:`L(x)` the objective of the
     run trained with them (``setup.objective``, by default the loss on the validation split that
