@@ -34,6 +34,9 @@ _ACTIVATIONS = {
     "silu": nn.silu,
 }
 _POOLS = ("max", "avg")
+# PyTorch's default convolution init (kaiming-uniform, a = sqrt(5)), as in the reference ResNet-9
+# implementations.
+_CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def _check_common(cls: str, num_classes: int, output_scale: float, activation: str | None = None):
@@ -206,7 +209,7 @@ class _ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.channels, (3, 3), use_bias=False)(x)
+        x = nn.Conv(self.channels, (3, 3), use_bias=False, kernel_init=_CONV_INIT)(x)
         bn = nn.BatchNorm(use_running_average=not train, momentum=self.config.bn_momentum)
         if self.config.bn_before_activation:
             return nn.relu(bn(x))
