@@ -250,6 +250,7 @@ def poison_attack(
 
     Example:
       >>> data = mgd.load_digits()
+      >>> model = mgd.train.models.MLP()
       >>> setup = mgd.TrainingSetup(model, optax.sgd(0.1), data, batch_size=64, num_steps=100)
       >>> res = mgd.poison_attack(setup, fraction=0.025, meta_steps=50)  # doctest: +SKIP
       >>> report = mgd.evaluate_poisons(setup, [res], seeds=(100, 101, 102))  # doctest: +SKIP

@@ -186,7 +186,7 @@ def evaluate_poisons(
     return PoisonReport(
         seeds=seeds,
         clean=AttackAccuracy("clean", clean, np.zeros_like(clean)),
-        attacks={k: AttackAccuracy(k, a, clean - a) for k, a in accuracy.items()},
+        attacks={k: AttackAccuracy(k, accuracy[k], clean - accuracy[k]) for k in named},
     )
 
 
