@@ -327,12 +327,16 @@ def _select(args: argparse.Namespace) -> int:
     _write_json(out / "history.json", result.history)
     selected_at = time.perf_counter()
 
-    # One training run of the inner model, timed after compilation: the unit of meta-step cost.
+    # One training run of the inner model, timed after compilation: the unit of meta-step cost
+    # (median of three: the machine may be shared).
     meta = {"data_weights": jax.numpy.asarray(result.weights)}
     jax.block_until_ready(setup.train(meta, seed=config.seed))
-    run_started = time.perf_counter()
-    jax.block_until_ready(setup.train(meta, seed=config.seed))
-    train_run_s = time.perf_counter() - run_started
+    run_seconds = []
+    for _ in range(3):
+        run_started = time.perf_counter()
+        jax.block_until_ready(setup.train(meta, seed=config.seed))
+        run_seconds.append(time.perf_counter() - run_started)
+    train_run_s = float(np.median(run_seconds))
 
     eval_started = time.perf_counter()
     seeds = [10_000 + 100 * config.seed + j for j in range(config.eval.num_seeds)]
