@@ -46,6 +46,18 @@ def test_count_descent_is_reproducible_from_its_state():
     np.testing.assert_array_equal(a, c)
 
 
+def test_momentum_follows_the_averaged_metagradient():
+    opt = count_descent(p=1.0, momentum=0.75)
+    w = jnp.full(2, 5.0)
+    w1, state = _step(opt, jnp.array([1.0, -1.0]), w)
+    np.testing.assert_array_equal(w1, [4.0, 6.0])
+    # A reversed, small metagradient: the average (scaled to unit RMS) still points the old way.
+    w2, _ = _step(opt, jnp.array([-0.1, 0.1]), w1, state)
+    np.testing.assert_array_equal(w2, [3.0, 7.0])
+    w2_plain, _ = _step(count_descent(p=1.0), jnp.array([-0.1, 0.1]), w1)
+    np.testing.assert_array_equal(w2_plain, [5.0, 5.0])
+
+
 def test_exchange_swaps_worst_selected_for_best_unselected():
     w = jnp.array([2.0, 2.0, 2.0, 0.0, 0.0, 0.0])
     g = jnp.array([0.9, -0.5, 0.2, -0.8, 0.1, 0.5])
@@ -103,6 +115,8 @@ def test_subset_weights_keep_the_budget():
         (budget_exchange, {"num_exchange": 0}, "num_exchange"),
         (budget_exchange, {"num_exchange": 2.5}, "num_exchange"),
         (budget_exchange, {"num_exchange": 2, "p": 0.0}, "p must be in"),
+        (budget_exchange, {"num_exchange": 2, "momentum": 1.0}, "momentum"),
+        (count_descent, {"momentum": -0.1}, "momentum"),
     ],
 )
 def test_bad_options(factory, kwargs, match):
