@@ -56,16 +56,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def seconds(fn, repeats: int = 5) -> float:
-    """Wall time of ``fn()``: the fastest of ``repeats`` calls after one that compiles it (the
-    minimum is the least disturbed by other processes on a shared machine)."""
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def fastest_seconds(fns, repeats: int = 7) -> list[float]:
+    """Wall time of each ``fn()``: the fastest of ``repeats`` calls after one that compiles it.
+
+    The calls are interleaved and the minimum taken, so load from other processes on a shared
+    machine disturbs the ratio of the times as little as possible.
+    """
+    for fn in fns:
         jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, t in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            t.append(time.perf_counter() - start)
+    return [min(t) for t in times]
 
 
 def main(argv=None) -> int:
@@ -73,9 +78,11 @@ def main(argv=None) -> int:
     setup = digits_lr_setup(num_steps=args.num_steps, num_knots=args.num_knots, seed=args.seed)
     # Compute is counted in training runs: a metagradient costs as much as `mg_runs` of them
     # (measured, compiled), so a search costs metagradients * mg_runs + its plain runs.
-    unit = seconds(lambda: setup.train().params)
     meta = setup.init_meta()
-    mg_runs = seconds(lambda: setup.metagradient(meta, checkpoint=StoreAll()).grad) / unit
+    unit, mg_seconds = fastest_seconds(
+        [lambda: setup.train().params, lambda: setup.metagradient(meta, checkpoint=StoreAll()).grad]
+    )
+    mg_runs = mg_seconds / unit
     print(
         f"setting: NormalizedMLP on digits, SGD, T={setup.num_steps}, "
         f"knots {setup.meta_spec.lr_knots}"
