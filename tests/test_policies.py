@@ -60,7 +60,8 @@ def test_kary_tree_costs_match_closed_forms(k):
         cost = mgd.KAryTree(k).cost(T)
         d = policies.ceil_log(T, k)
         assert cost.vjp_steps == T
-        assert cost.forward_steps == _kary_forward_closed_form(T, k), (T, k)
+        assert cost.replay_steps == _kary_forward_closed_form(T, k), (T, k)
+        assert cost.forward_steps == cost.replay_steps + T
         assert cost.peak_states <= max(d - 1, 0) * (k - 1) + 1 + min(k, T), (T, k)
         assert cost.peak_states <= k * d + 2
         # At most two compiled blocks: full leaves, and the run's last leaf with the objective.
@@ -73,7 +74,7 @@ def test_kary_tree_costs_match_closed_forms(k):
 def test_kary_tree_power_of_k(k, d):
     T = k**d
     cost = mgd.KAryTree(k).cost(T)
-    assert cost.forward_steps == (d - 1) * (T - T // k)
+    assert cost.replay_steps == (d - 1) * (T - T // k)
     assert cost.peak_states == (d - 1) * (k - 1) + 1 + k
 
 
@@ -93,7 +94,7 @@ def test_binomial_is_optimal(slots):
     for T in range(1, 80):
         cost = mgd.Binomial(slots).cost(T)
         assert (
-            cost.forward_steps == policies.binomial_forward_steps(T, slots) == _revolve_dp(T, slots)
+            cost.replay_steps == policies.binomial_replay_steps(T, slots) == _revolve_dp(T, slots)
         ), (T, slots)
         assert cost.peak_states <= slots + 1
         assert cost.vjp_steps == T
@@ -101,7 +102,7 @@ def test_binomial_is_optimal(slots):
 
 def test_binomial_closed_form_at_scale():
     for T, s in [(1000, 5), (10_000, 10), (100_000, 20)]:
-        assert mgd.Binomial(s).cost(T).forward_steps == policies.binomial_forward_steps(T, s)
+        assert mgd.Binomial(s).cost(T).replay_steps == policies.binomial_replay_steps(T, s)
 
 
 @pytest.mark.parametrize("T", [50, 100, 1000, 4096])
@@ -114,11 +115,11 @@ def test_binomial_never_replays_more_than_kary_tree_at_equal_storage(T, k):
     leaf_advances = sum(a.n - 1 for a in tree_plan if isinstance(a, Reverse))
     binomial = mgd.Binomial(tree.peak_states - 1).cost(T)
     assert binomial.peak_states <= tree.peak_states
-    assert binomial.forward_steps <= tree.forward_steps + leaf_advances
+    assert binomial.replay_steps <= tree.replay_steps + leaf_advances
 
 
 def test_store_all_cost():
-    assert mgd.StoreAll().cost(100) == policies.PlanCost(0, 100, 101, frozenset({(100, True)}))
+    assert mgd.StoreAll().cost(100) == policies.PlanCost(100, 0, 100, 101, frozenset({(100, True)}))
 
 
 @pytest.mark.parametrize(
@@ -145,6 +146,8 @@ def test_default_policy_matches_its_documentation(T):
     doc = inspect.getdoc(policies.default_policy)
     assert "KAryTree(max(2, ceil(sqrt(T))))" in doc
     assert "KAryTree(max(2, ceil(sqrt(T))))" in inspect.getdoc(mgd.metagradient)
+    # With a memory budget the rule is policy_for_budget's (tests/test_budget.py checks it).
+    assert "policy_for_budget" in doc and "policy_for_budget" in inspect.getdoc(mgd.metagradient)
     assert policies.default_policy(T) == mgd.KAryTree(max(2, math.ceil(math.sqrt(T))))
 
 
