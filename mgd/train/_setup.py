@@ -20,6 +20,8 @@ from mgd.train._model_fns import ModelFns, model_fns
 
 __all__ = ["TrainState", "TrainingSetup"]
 
+# Inputs larger than this stay on the host for step_fn / objective_fn (see _closure_arrays).
+_EMBED_LIMIT_BYTES = 64 * 2**20
 # Independent streams of one seed: parameter init, batch order, augmentation.
 _INIT, _ORDER, _AUGMENT = 0, 1, 2
 
@@ -249,7 +251,7 @@ class TrainingSetup:
         return leaf.astype(self.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
 
     def _batch_inputs(self, arrays: _Arrays, index: jax.Array, meta: dict) -> jax.Array:
-        x = arrays.x_train[index]
+        x = self._host_gather("x_train", index) if arrays.x_train is None else arrays.x_train[index]
         if self.meta_spec.perturb_indices is None:
             return x
         slot = arrays.slot[index]
@@ -310,7 +312,8 @@ class TrainingSetup:
 
     def _objective(self, arrays: _Arrays, state: TrainState, meta: dict) -> jax.Array:
         del meta  # The objective depends on meta only through the trained state.
-        x, y = arrays.x_val, arrays.y_val
+        x = self._host_gather("x_val", None) if arrays.x_val is None else arrays.x_val
+        y = arrays.y_val
         if callable(self.objective):
             # A user objective sees the whole split at once (it need not be a mean).
             logits, _ = self._model.apply(state.params, state.model_state, x, False)
@@ -341,6 +344,29 @@ class TrainingSetup:
         """The state before training (parameters from the setup's seed), a ``TrainState``."""
         return self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays)
 
+    def _host_gather(self, field: str, index: jax.Array | None) -> jax.Array:
+        # Rows of a large host-side input array, fetched by a callback so that functions the
+        # engine jits do not embed the data set as a compile-time constant.
+        host = getattr(self.data, field)
+        shape = host.shape if index is None else (*index.shape, *host.shape[1:])
+
+        def fetch(*idx):
+            rows = host if not idx else host[np.asarray(idx[0])]
+            return np.asarray(rows, self.dtype)
+
+        out = jax.ShapeDtypeStruct(shape, self.dtype)
+        return jax.pure_callback(fetch, out, *(() if index is None else (index,)))
+
+    @functools.cached_property
+    def _closure_arrays(self) -> _Arrays:
+        # step_fn and objective_fn close over the data; jit would embed closed-over arrays in the
+        # program (slow to compile, twice the memory), so inputs above _EMBED_LIMIT_BYTES stay on
+        # the host and are fetched per batch instead. train() passes the data as arguments.
+        arrays = self._arrays
+        if self.data.x_train.nbytes + self.data.x_val.nbytes > _EMBED_LIMIT_BYTES:
+            arrays = arrays._replace(x_train=None, x_val=None)
+        return arrays
+
     @functools.cached_property
     def step_fn(self) -> Callable[[TrainState, dict, jax.Array], TrainState]:
         """``step_fn(state, meta, t) -> state``: one training step, pure and jittable.
@@ -348,7 +374,7 @@ class TrainingSetup:
         ``t`` is the step index (int32 scalar); the step fetches batch ``t`` of the setup's
         batch order itself. The same function object is returned on every access.
         """
-        arrays, batches, augment_key = self._arrays, self._batches, self._augment_key
+        arrays, batches, augment_key = self._closure_arrays, self._batches, self._augment_key
 
         def step_fn(state, meta, t):
             return self._step(arrays, batches, augment_key, state, meta, t)
@@ -358,7 +384,7 @@ class TrainingSetup:
     @functools.cached_property
     def objective_fn(self) -> Callable[[TrainState, dict], jax.Array]:
         """``objective_fn(state, meta) -> scalar``: the objective on the validation split."""
-        arrays = self._arrays
+        arrays = self._closure_arrays
 
         def objective_fn(state, meta):
             return self._objective(arrays, state, meta)
