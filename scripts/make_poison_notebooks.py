@@ -21,13 +21,14 @@ import sys
 import time
 from pathlib import Path
 
-# Run from a checkout without installing: the repository root is the notebook folder's parent.
-ROOT = Path.cwd().parent if Path.cwd().name == "notebooks" else Path.cwd()
 try:
     import mgd
-except ImportError:
-    sys.path.insert(0, str(ROOT))
+except ImportError:  # a checkout without installing: find the repository above the notebook
+    here = Path.cwd().resolve()
+    sys.path.insert(0, str(next(p for p in (here, *here.parents) if (p / "mgd").is_dir())))
     import mgd
+# The checkout holding the configs (an editable install or a checkout on sys.path).
+ROOT = Path(mgd.__file__).resolve().parents[1]
 
 import matplotlib.pyplot as plt
 from mgd.config import load_config
@@ -64,7 +65,7 @@ if SMOKE:
         data=dataclasses.replace(cfg.data, num_train=300),
         victim=dataclasses.replace(cfg.victim, num_steps=20),
         attack=dataclasses.replace(cfg.attack, meta_steps=3, craft_seeds=(0,)),
-        gradient_canceling=dataclasses.replace(cfg.gradient_canceling, steps=3, target_steps=2),
+        gradient_canceling=dataclasses.replace(cfg.gradient_canceling, steps=2, target_steps=1),
         victim_seeds=(100, 101, 102),
     )
 cfg.attack"""
@@ -132,7 +133,10 @@ CIFAR = [
     new_code_cell(SETUP),
     new_code_cell(
         """\
-cfg = load_config(ROOT / "configs" / "poison" / "cifar10.yaml", mgd.PoisonConfig)
+config_file = ROOT / "configs" / "poison" / "cifar10.yaml"
+if not config_file.exists():
+    raise FileNotFoundError(f"{config_file} not found: run this notebook from an mgd checkout")
+cfg = load_config(config_file, mgd.PoisonConfig)
 have_cifar = bool(cfg.data.path or os.environ.get("MGD_CIFAR10_DIR"))
 # MGD_POISON_TIMING=1: the paper's ResNet-9 and schedule on synthetic CIFAR-shaped data of the
 # paper's size (40,000 training images), a few meta-steps: the metagradient cost on a GPU.
