@@ -148,6 +148,10 @@ def _check_config(config) -> None:
             f"eval.num_random must be >= 1, got {config.eval.num_random}",
         ),
         (
+            config.eval.num_steps is None or config.eval.num_steps >= 1,
+            f"eval.num_steps must be >= 1 or null, got {config.eval.num_steps}",
+        ),
+        (
             config.train.num_steps >= 1,
             f"train.num_steps must be >= 1, got {config.train.num_steps}",
         ),
@@ -340,8 +344,12 @@ def _select(args: argparse.Namespace) -> int:
 
     eval_started = time.perf_counter()
     seeds = [10_000 + 100 * config.seed + j for j in range(config.eval.num_seeds)]
+    # The evaluation recipe: the selection's, trained for eval.num_steps when set.
+    eval_setup = (
+        setup if config.eval.num_steps is None else setup.replace(num_steps=config.eval.num_steps)
+    )
     metrics = evaluate_selection(
-        setup,
+        eval_setup,
         result.indices,
         seeds=seeds,
         num_random=config.eval.num_random,

@@ -116,10 +116,15 @@ class EvalConfig:
     Attributes:
       num_seeds: models trained on the selected subset and on the full pool (one per seed).
       num_random: random subsets of the same size, one model each (mean and std reported).
+      num_steps: training steps of the evaluation models (``None``: ``train.num_steps``). The
+        selection's metagradients go through ``train.num_steps``; the models that report its
+        value may be trained longer, as final models usually are. The selected subset, the
+        random subsets and the full pool all get this same recipe.
     """
 
     num_seeds: int = 3
     num_random: int = 5
+    num_steps: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)
