@@ -56,21 +56,24 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def fastest_seconds(fns, repeats: int = 7) -> list[float]:
-    """Wall time of each ``fn()``: the fastest of ``repeats`` calls after one that compiles it.
+def mean_seconds(fns, counts, rounds: int = 3) -> list[float]:
+    """Mean wall time of each ``fn()``, after one call that compiles it.
 
-    The calls are interleaved and the minimum taken, so load from other processes on a shared
-    machine disturbs the ratio of the times as little as possible.
+    Each round calls ``fns[i]`` ``counts[i]`` times back to back (choose counts so every block
+    takes about equally long); rounds alternate between the functions, so load from other
+    processes on a shared machine slows both alike and their ratio stays fair. (A minimum over
+    single calls would not: a short call slips between other processes' work more easily.)
     """
     for fn in fns:
         jax.block_until_ready(fn())
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times, strict=True):
+    totals = [0.0 for _ in fns]
+    for _ in range(rounds):
+        for i, (fn, n) in enumerate(zip(fns, counts, strict=True)):
             start = time.perf_counter()
-            jax.block_until_ready(fn())
-            t.append(time.perf_counter() - start)
-    return [min(t) for t in times]
+            for _ in range(n):
+                jax.block_until_ready(fn())
+            totals[i] += time.perf_counter() - start
+    return [t / (rounds * n) for t, n in zip(totals, counts, strict=True)]
 
 
 def main(argv=None) -> int:
@@ -79,8 +82,12 @@ def main(argv=None) -> int:
     # Compute is counted in training runs: a metagradient costs as much as `mg_runs` of them
     # (measured, compiled), so a search costs metagradients * mg_runs + its plain runs.
     meta = setup.init_meta()
-    unit, mg_seconds = fastest_seconds(
-        [lambda: setup.train().params, lambda: setup.metagradient(meta, checkpoint=StoreAll()).grad]
+    unit, mg_seconds = mean_seconds(
+        [
+            lambda: setup.train().params,
+            lambda: setup.metagradient(meta, checkpoint=StoreAll()).grad,
+        ],
+        counts=(20, 5),
     )
     mg_runs = mg_seconds / unit
     print(
