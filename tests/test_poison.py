@@ -186,7 +186,11 @@ def _tiny_config(**attack) -> PoisonConfig:
 
 
 def test_experiment_writes_metrics_and_plot(tmp_path):
+    # Left over from an earlier run in the same folder: a run without resume discards it.
+    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
     exp = run_poison_experiment(_tiny_config(), out=tmp_path, progress=False)
+    assert len(exp.results["mgd"].history["objective"]) == 2
+    assert not (tmp_path / "checkpoints" / "5").exists()
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"clean", "mgd", "random_noise", "label_flip", "gradient_canceling"}
     for entry in metrics.values():

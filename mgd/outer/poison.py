@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,19 @@ def apply_perturbations(data: Dataset, indices: np.ndarray, perturbations: Any) 
     return data.replace(x_train=x)
 
 
+# The engine compiles per step function and a setup's step function is built once per setup
+# object, so each (setup, spec, seed) gets one crafting setup for the process: meta-steps, and
+# later attacks with the same setup (a resumed run, a re-run notebook cell), compile only once.
+_CRAFTING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _crafting_setup(setup: TrainingSetup, spec: Any, seed: int) -> TrainingSetup:
+    cache = _CRAFTING.setdefault(setup, {})
+    if (spec, seed) not in cache:
+        cache[(spec, seed)] = setup.replace(meta_spec=spec, seed=seed)
+    return cache[(spec, seed)]
+
+
 def poison_attack(
     setup: TrainingSetup,
     *,
@@ -289,9 +303,7 @@ def poison_attack(
 
     # Keep the recipe's other metaparameters (e.g. a learning-rate schedule) at their defaults.
     spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
-    # One setup object per crafting seed, built once: the engine compiles per step function, so
-    # reusing the same objects compiles each seed's training once instead of every meta-step.
-    crafting = {s: setup.replace(meta_spec=spec, seed=s) for s in dict.fromkeys(seeds)}
+    crafting = {s: _crafting_setup(setup, spec, s) for s in dict.fromkeys(seeds)}
     meta = crafting[seeds[0]].init_meta()
     state = optimizer.init(meta["perturbations"])
     start, history = 0, {"objective": [], "craft_seed": []}

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -303,7 +304,8 @@ def run_poison_experiment(
         each with ``test_accuracy_mean``, ``test_accuracy_std``, per-seed accuracies and the
         paired drop), ``accuracy.png``, ``run.json`` (config echo, seeds, timings, crafting
         histories) and ``poisons.npz`` (indices and perturbations per attack).
-      resume: continue an interrupted MGD attack from ``out/checkpoints`` (needs ``out``).
+      resume: continue an interrupted MGD attack from ``out/checkpoints`` (needs ``out``);
+        without it, checkpoints of an earlier run in ``out`` are discarded.
       progress: show progress bars.
 
     Returns:
@@ -320,6 +322,10 @@ def run_poison_experiment(
     seconds: dict[str, float] = {}
     results: dict[str, PoisonResult] = {}
 
+    ckpt_dir = None if out is None else Path(out) / "checkpoints"
+    if ckpt_dir is not None and not resume and ckpt_dir.exists():
+        # A fresh run must not pick up the meta-steps of an earlier run in the same folder.
+        shutil.rmtree(ckpt_dir)
     t0 = time.perf_counter()
     results["mgd"] = poison_attack(
         setup,
@@ -333,7 +339,7 @@ def run_poison_experiment(
         craft_seeds=att.craft_seeds,
         seed=att.subset_seed,
         checkpoint=None if att.replay_k is None else KAryTree(att.replay_k),
-        resume_dir=None if out is None else Path(out) / "checkpoints",
+        resume_dir=ckpt_dir,
         progress=progress,
     )
     seconds["mgd"] = time.perf_counter() - t0
