@@ -224,13 +224,14 @@ def poison_attack(
     attacker does not know. The crafting runs clip poisoned inputs to the valid range as the
     victims' data does, so what is optimized is exactly what is evaluated.
 
-    Cost per meta-step: one metagradient, about 3-4 training runs of ``setup`` (the engine's
-    forward pass, replay and per-step VJPs; see ``mgd.metagradient``).
+    Cost per meta-step: one metagradient, a few training runs of ``setup`` (the engine's
+    forward pass, replays and per-step VJPs; see ``mgd.metagradient``).
 
     Args:
       setup: the victim's training recipe on the *clean* data (model, optimizer, batch size,
-        steps); its ``objective`` (default ``"val_loss"``) is what the attack maximizes. Its
-        metaparameter spec is replaced by one with ``perturb_indices``.
+        steps); its ``objective`` (default ``"val_loss"``) is what the attack maximizes. The
+        attack switches on ``perturb_indices`` in its ``meta_spec``; other metaparameters
+        stay at their defaults (plain training).
       meta_steps: number of meta-steps (outer iterations), ``>= 1``; the paper uses ~800.
       fraction: poisoned fraction of the training pool, in (0, 1) (the paper: 0.025); the
         examples are a seeded random subset. Give this or ``indices``.
