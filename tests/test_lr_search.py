@@ -110,17 +110,19 @@ def test_test_seeds_must_be_fresh():
 # --- the result, at reduced size ------------------------------------------------------------
 
 
-def _fastest_seconds(fns, repeats=5):
-    """Fastest of ``repeats`` interleaved calls of each fn, after compiling: robust to load."""
+def _mean_seconds(fns, counts, rounds=2):
+    """Mean time per call of each fn over alternating blocks of calls (as scripts/lr_search.py
+    does), after compiling: load from other processes slows both alike."""
     for fn in fns:
         jax.block_until_ready(fn())
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, t in zip(fns, times, strict=True):
+    totals = [0.0 for _ in fns]
+    for _ in range(rounds):
+        for i, (fn, n) in enumerate(zip(fns, counts, strict=True)):
             start = time.perf_counter()
-            jax.block_until_ready(fn())
-            t.append(time.perf_counter() - start)
-    return [min(t) for t in times]
+            for _ in range(n):
+                jax.block_until_ready(fn())
+            totals[i] += time.perf_counter() - start
+    return [t / (rounds * n) for t, n in zip(totals, counts, strict=True)]
 
 
 def test_reduced_search_matches_grid_from_both_sides():
@@ -135,13 +137,14 @@ def test_reduced_search_matches_grid_from_both_sides():
     constants = [i for i, g in enumerate(grid) if g.family == "constant"]
     best_constant = grid[constants[int(np.nanargmin(losses[constants]))]].params["lr"]
     meta_steps = 30
-    # Compute in training runs: a metagradient costs `mg_runs` runs (interleaved timings).
+    # Compute in training runs: a metagradient costs `mg_runs` runs (timed in alternating blocks).
     meta = setup.init_meta()
-    unit, mg_seconds = _fastest_seconds(
+    unit, mg_seconds = _mean_seconds(
         [
             lambda: setup.train(meta).params,
             lambda: setup.metagradient(meta, checkpoint=StoreAll()).grad,
-        ]
+        ],
+        counts=(12, 3),
     )
     mg_runs = mg_seconds / unit
     assert meta_steps * mg_runs + 1 < len(grid), (mg_runs, len(grid))
