@@ -59,24 +59,6 @@ def _unrolled_objective(setup):
     return jax.jit(objective)
 
 
-# The augmented run replays (k-ary tree): replays must see the same batches and crops.
-@pytest.mark.parametrize(
-    "augment, policy",
-    [(False, mgd.StoreAll()), (Augment(crop_padding=1), mgd.KAryTree(2))],
-    ids=["plain", "augment"],
-)
-def test_metagradient_matches_unrolled_grad(x64, augment, policy):
-    setup = _setup(augment=augment, dtype=jnp.float64)
-    meta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _random_meta(setup))
-    res = setup.metagradient(meta, checkpoint=policy)
-    value, grad = jax.value_and_grad(_unrolled_objective(setup))(meta)
-    np.testing.assert_allclose(res.value, value, rtol=1e-12)
-    for k in meta:
-        assert res.grad[k].dtype == jnp.float64
-        assert np.any(np.abs(grad[k]) > 0), k
-        np.testing.assert_allclose(res.grad[k], grad[k], rtol=1e-8, atol=1e-12, err_msg=k)
-
-
 class _BatchNormMLP(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
@@ -85,13 +67,28 @@ class _BatchNormMLP(nn.Module):
         return nn.Dense(3)(jnp.tanh(x))
 
 
-def test_metagradient_with_batch_norm_model(x64):
-    setup = _setup(model=_BatchNormMLP(), num_steps=4, meta_spec=MetaSpec(data_weights=True))
-    setup = setup.replace(dtype=jnp.float64)
-    meta = {"data_weights": jnp.linspace(0.5, 1.5, 30)}
-    res = setup.metagradient(meta, checkpoint=mgd.StoreAll())
-    grad = jax.grad(_unrolled_objective(setup))(meta)
-    np.testing.assert_allclose(res.grad["data_weights"], grad["data_weights"], rtol=1e-8)
+# The plain run trains a batch-norm model (state beyond params); the augmented run replays
+# (k-ary tree): replays must see the same batches and crops.
+@pytest.mark.parametrize(
+    "model, augment, policy",
+    [
+        (_BatchNormMLP(), False, mgd.StoreAll()),
+        (None, Augment(crop_padding=1), mgd.KAryTree(2)),
+    ],
+    ids=["batchnorm", "augment"],
+)
+def test_metagradient_matches_unrolled_grad(x64, model, augment, policy):
+    setup = _setup(augment=augment, dtype=jnp.float64)
+    if model is not None:
+        setup = setup.replace(model=model)
+    meta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _random_meta(setup))
+    res = setup.metagradient(meta, checkpoint=policy)
+    value, grad = jax.value_and_grad(_unrolled_objective(setup))(meta)
+    np.testing.assert_allclose(res.value, value, rtol=1e-12)
+    for k in meta:
+        assert res.grad[k].dtype == jnp.float64
+        assert np.any(np.abs(grad[k]) > 0), k
+        np.testing.assert_allclose(res.grad[k], grad[k], rtol=1e-8, atol=1e-12, err_msg=k)
 
 
 def test_train_equals_step_fn_loop():
@@ -286,12 +283,16 @@ def test_large_data_stays_on_host_with_same_metagradient(monkeypatch):
     # the data set in the compiled program; the numbers must not change.
     from mgd.train import _setup as setup_module
 
-    device = _setup()
+    spec = MetaSpec(data_weights=True, perturb_indices=(1, 4))
+    device = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3)
     assert device._closure_arrays.x_train is not None  # Built now, before the patch.
     monkeypatch.setattr(setup_module, "_EMBED_LIMIT_BYTES", 0)
-    host = _setup()
+    host = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3)
     assert host._closure_arrays.x_train is None
-    meta = _random_meta(device)
+    meta = {
+        "data_weights": jnp.linspace(0.5, 1.5, 30),
+        "perturbations": jnp.full((2, 5, 5, 1), 0.1),
+    }
     for a, b in zip(
         jax.value_and_grad(_unrolled_objective(host))(meta),
         jax.value_and_grad(_unrolled_objective(device))(meta),
