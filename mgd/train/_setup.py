@@ -478,13 +478,15 @@ class TrainingSetup:
         steps = jnp.arange(self.num_steps, dtype=jnp.int32)
         return np.asarray(jax.vmap(lambda t: self.meta_spec.learning_rate(meta, t))(steps))
 
-    def metagradient(self, meta: dict | None = None, *, checkpoint: Any = None):
+    def metagradient(self, meta: dict | None = None, *, checkpoint: Any = None, **engine_options):
         """The exact metagradient of the objective through all ``num_steps`` training steps.
 
         Args:
           meta: metaparameters as from ``init_meta()``; ``None`` is ``init_meta()``.
           checkpoint: the engine's checkpoint policy (``mgd.StoreAll()``, ``mgd.KAryTree(k)``,
             ``mgd.Binomial(slots)``); ``None`` lets the engine choose.
+          **engine_options: further keyword options of ``mgd.metagradient`` (e.g.
+            ``check_finite``, ``store``), passed through.
 
         Returns:
           ``mgd.metagradient``'s result: ``.value`` (objective), ``.grad`` (same dict as
@@ -500,4 +502,5 @@ class TrainingSetup:
             self._checked_meta(meta),
             self.num_steps,
             checkpoint=checkpoint,
+            **engine_options,
         )
