@@ -8,13 +8,18 @@ search, data poisoning).
 
 # Replay engine.
 from mgd.engine import AbstractCheckpointPolicy as AbstractCheckpointPolicy
+from mgd.engine import AbstractStateStore as AbstractStateStore
 from mgd.engine import Binomial as Binomial
+from mgd.engine import DeviceStore as DeviceStore
+from mgd.engine import DiskStore as DiskStore
+from mgd.engine import HostStore as HostStore
 from mgd.engine import KAryTree as KAryTree
 from mgd.engine import MetagradientResult as MetagradientResult
 from mgd.engine import MetagradientStats as MetagradientStats
 from mgd.engine import NonFiniteCotangentError as NonFiniteCotangentError
 from mgd.engine import StoreAll as StoreAll
 from mgd.engine import metagradient as metagradient
+from mgd.engine import policy_for_budget as policy_for_budget
 
 # Learning-rate schedule search.
 from mgd.outer import LRSearchResult as LRSearchResult

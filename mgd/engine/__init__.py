@@ -4,7 +4,12 @@ from mgd.engine.policies import AbstractCheckpointPolicy as AbstractCheckpointPo
 from mgd.engine.policies import Binomial as Binomial
 from mgd.engine.policies import KAryTree as KAryTree
 from mgd.engine.policies import StoreAll as StoreAll
+from mgd.engine.policies import policy_for_budget as policy_for_budget
 from mgd.engine.replay import MetagradientResult as MetagradientResult
 from mgd.engine.replay import MetagradientStats as MetagradientStats
 from mgd.engine.replay import NonFiniteCotangentError as NonFiniteCotangentError
 from mgd.engine.replay import metagradient as metagradient
+from mgd.engine.storage import AbstractStateStore as AbstractStateStore
+from mgd.engine.storage import DeviceStore as DeviceStore
+from mgd.engine.storage import DiskStore as DiskStore
+from mgd.engine.storage import HostStore as HostStore

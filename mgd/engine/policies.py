@@ -17,8 +17,10 @@ slot 0 before the plan starts):
 
 Costs are counted in training states and step evaluations:
 
-- ``forward_steps``: steps run by ``Advance`` (the forward half of each reversed step is
-  counted by ``vjp_steps`` instead; every plan has ``vjp_steps == T``).
+- ``forward_steps``: every ``step_fn`` evaluation: the ``replay_steps`` run by ``Advance``
+  plus the forward half of each differentiated block (``T`` in all, since every plan has
+  ``vjp_steps == T``). A plan that never replays costs ``T``: one training run.
+- ``replay_steps``: steps run by ``Advance`` only (Griewank's count of forward steps).
 - ``peak_states``: the most states held at once: the stored slots plus the states live in the
   current action (1 while advancing; ``n`` for ``Reverse(n)``, whose block keeps the inputs of
   its ``n`` steps for the backward pass).
@@ -69,7 +71,8 @@ class PlanCost(NamedTuple):
     """What a plan costs, counted by `simulate`.
 
     Attributes:
-      forward_steps: steps run by ``Advance`` actions.
+      forward_steps: every ``step_fn`` evaluation, ``replay_steps + vjp_steps``.
+      replay_steps: steps run by ``Advance`` actions.
       vjp_steps: steps back-propagated by ``Reverse`` actions (always ``T``).
       peak_states: most training states held at once (see the module docstring).
       block_lengths: the distinct ``(n, is_final)`` of the ``Reverse`` actions, i.e. the
@@ -77,6 +80,7 @@ class PlanCost(NamedTuple):
     """
 
     forward_steps: int
+    replay_steps: int
     vjp_steps: int
     peak_states: int
     block_lengths: frozenset[tuple[int, bool]]
@@ -136,7 +140,7 @@ def simulate(plan: list[Action], num_steps: int) -> PlanCost:
                 raise ValueError(f"action {i}: unknown action {action!r}")
     if reversed_down_to != 0:
         raise ValueError(f"plan ends with steps [0, {reversed_down_to}) not reversed")
-    return PlanCost(forward, vjp, peak, frozenset(blocks))
+    return PlanCost(forward + vjp, forward, vjp, peak, frozenset(blocks))
 
 
 def ceil_log(n: int, k: int) -> int:
@@ -171,7 +175,8 @@ class StoreAll(AbstractCheckpointPolicy):
     This is reverse mode through the unrolled loop (what ``jax.grad`` of a ``lax.scan`` does):
     the fastest schedule and the memory-hungry baseline.
 
-    Costs for ``T`` steps: ``forward_steps = 0``, ``peak_states = T + 1``.
+    Costs for ``T`` steps: ``replay_steps = 0`` (``forward_steps = T``: one training run),
+    ``peak_states = T + 1``.
     """
 
     def plan(self, num_steps: int) -> list[Action]:
@@ -191,7 +196,7 @@ class KAryTree(AbstractCheckpointPolicy):
     Costs for ``T`` steps, with ``d = ceil(log_k T)``:
 
     - ``peak_states = (d - 1)(k - 1) + 1 + min(k, T) <= k d + 2``;
-    - ``forward_steps = (d - 1) T (1 - 1/k)`` when ``T = k**d`` (in general
+    - ``replay_steps = (d - 1) T (1 - 1/k)`` when ``T = k**d`` (in general
       ``sum_{j=1}^{d-1}`` of the steps outside the last ``k**j``-block of their
       ``k**(j+1)``-segment): the run is replayed about ``d - 1`` times on top of the
       reverse sweep.
@@ -252,7 +257,7 @@ def binomial_beta(slots: int, repetitions: int) -> int:
     return math.comb(slots + repetitions, slots) if repetitions >= 0 else 0
 
 
-def binomial_forward_steps(num_steps: int, slots: int) -> int:
+def binomial_replay_steps(num_steps: int, slots: int) -> int:
     """Griewank's minimal number of forward steps to reverse ``num_steps`` with ``slots`` states.
 
     ``t(T, s) = r T - beta(s + 1, r - 1)`` where ``r`` is the least integer with
@@ -273,8 +278,9 @@ class Binomial(AbstractCheckpointPolicy):
     With ``slots`` stored states (the initial state included) it reverses ``T`` steps with the
     fewest possible forward steps, reversing one step at a time:
 
-    - ``forward_steps = r T - C(slots + r, r - 1)``, ``r`` the least integer with
-      ``C(slots + r, slots) >= T`` (see `binomial_forward_steps`);
+    - ``replay_steps = r T - C(slots + r, r - 1)``, ``r`` the least integer with
+      ``C(slots + r, slots) >= T`` (see `binomial_replay_steps`), and
+      ``forward_steps = replay_steps + T``;
     - ``peak_states = slots + 1``.
 
     Prefer it to `KAryTree` when memory is tight: at equal peak storage it never replays more.
@@ -286,8 +292,8 @@ class Binomial(AbstractCheckpointPolicy):
       ValueError: if ``slots < 1`` or is not an integer.
 
     Example:
-      >>> mgd.Binomial(4).cost(100).forward_steps
-      235
+      >>> mgd.Binomial(4).cost(100).replay_steps
+      374
 
     References:
       Griewank & Walther. "Algorithm 799: Revolve: an implementation of checkpointing for the
@@ -339,6 +345,80 @@ def default_policy(num_steps: int) -> AbstractCheckpointPolicy:
     """The policy ``checkpoint=None`` resolves to: ``KAryTree(max(2, ceil(sqrt(T))))``.
 
     A depth-2 tree: one replay of the run on top of the reverse sweep, about ``2 sqrt(T)``
-    states held at once.
+    states held at once. With a ``memory_budget``, `policy_for_budget` decides instead:
+    ``StoreAll()`` if ``T + 1`` states fit, else ``KAryTree(max(2, ceil(sqrt(T))))`` if its
+    peak fits, else ``Binomial(budget // state_bytes - 1)``.
     """
     return KAryTree(max(2, math.isqrt(max(num_steps, 2) - 1) + 1))
+
+
+def policy_for_budget(
+    num_steps: int, state_bytes: int, budget_bytes: int
+) -> AbstractCheckpointPolicy:
+    """The policy ``metagradient(..., memory_budget=budget)`` resolves to: fastest that fits.
+
+    ``n`` states fit if ``n * state_bytes <= budget``, counting ``peak_states`` (`simulate`:
+    stored slots plus the states live in the current action, ``n`` for a differentiated block
+    of ``n`` steps). The rule returns the first of:
+
+    1. ``StoreAll()`` if ``T + 1`` states fit (no replay);
+    2. the default ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits (one replay, about
+       ``2 sqrt(T)`` states);
+    3. ``Binomial(budget // state_bytes - 1)``: the most slots that fit, hence the fewest
+       forward steps any schedule achieves in that memory (``r T - C(s + r, r - 1)``).
+
+    Args:
+      num_steps: ``T``, the number of training steps, ``>= 1``.
+      state_bytes: the size of one training state in bytes (the sum of its leaves' ``nbytes``).
+      budget_bytes: the memory the checkpointed states may use, in bytes.
+
+    Returns:
+      A checkpoint policy whose ``cost(T).peak_states * state_bytes <= budget_bytes``.
+
+    Raises:
+      ValueError: if the budget is below ``2 * state_bytes``, what ``Binomial(1)`` (the
+        smallest schedule: the initial state and the current one) needs; the message says how
+        many bytes are needed.
+
+    Example:
+      >>> mgd.policy_for_budget(10_000, state_bytes=1000, budget_bytes=50_000)
+      Binomial(slots=49)
+    """
+    for name, value in [("state_bytes", state_bytes), ("budget_bytes", budget_bytes)]:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
+    fits = budget_bytes // state_bytes if state_bytes else math.inf  # states the budget holds
+    if fits < 2:
+        raise ValueError(
+            f"memory budget of {budget_bytes} bytes is too small: the smallest schedule, "
+            f"Binomial(1), holds 2 training states of {state_bytes} bytes, so it needs "
+            f"{2 * state_bytes} bytes; raise memory_budget to at least that"
+        )
+    if num_steps + 1 <= fits:
+        return StoreAll()
+    tree = default_policy(num_steps)
+    if tree.cost(num_steps).peak_states <= fits:
+        return tree
+    return Binomial(fits - 1)
+
+
+def next_restores(plan: list[Action]) -> dict[int, int]:
+    """For each ``Reverse`` in ``plan``, the slot the plan restores next, where known.
+
+    Maps the ``Reverse``'s index to the slot of the first ``Restore`` after it, unless that
+    slot is stored or freed in between; the executor hands it to the store's ``prefetch``.
+    """
+    hints: dict[int, int] = {}
+    pending: list[int] = []  # Reverse indices waiting for the next Restore
+    touched: set[int] = set()  # slots stored or freed since the oldest pending Reverse
+    for i, action in enumerate(plan):
+        match action:
+            case Reverse():
+                pending.append(i)
+            case Store(slot) | Free(slot) if pending:
+                touched.add(slot)
+            case Restore(slot):
+                if slot not in touched:
+                    hints.update(dict.fromkeys(pending, slot))
+                pending, touched = [], set()
+    return hints

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from mgd.engine import policies
-from mgd.engine.storage import AbstractStateStore, DeviceStore
+from mgd.engine.storage import AbstractStateStore, make_store
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -34,13 +34,15 @@ class MetagradientStats:
     """Work done by one `metagradient` call (see `mgd.engine.policies` for the counting).
 
     Attributes:
-      forward_steps: ``step_fn`` evaluations outside differentiated blocks (replays).
-      vjp_steps: steps back-propagated (each also evaluates ``step_fn`` once, in its block's
-        forward half); always ``num_steps``.
+      forward_steps: every ``step_fn`` evaluation, the first run included: ``replay_steps``
+        plus the forward half of each differentiated block (``num_steps`` of them).
+      replay_steps: ``step_fn`` evaluations outside differentiated blocks (recomputation).
+      vjp_steps: steps back-propagated; always ``num_steps``.
       peak_states: most training states held at once.
     """
 
     forward_steps: int
+    replay_steps: int
     vjp_steps: int
     peak_states: int
 
@@ -159,7 +161,8 @@ def metagradient(
     *,
     checkpoint: policies.AbstractCheckpointPolicy | None = None,
     check_finite: bool = True,
-    store: AbstractStateStore | None = None,
+    store: AbstractStateStore | str | None = None,
+    memory_budget: int | None = None,
 ) -> MetagradientResult:
     """Exact reverse-mode metagradient of a training run: ``d objective(A(meta)) / d meta``.
 
@@ -179,12 +182,21 @@ def metagradient(
       num_steps: ``T``, the number of training steps, ``>= 1``.
       checkpoint: the checkpoint policy: `mgd.StoreAll`, `mgd.KAryTree` or `mgd.Binomial`.
         ``None`` resolves to `mgd.engine.policies.default_policy`:
-        ``KAryTree(max(2, ceil(sqrt(T))))``.
+        ``KAryTree(max(2, ceil(sqrt(T))))``; with ``memory_budget``, to
+        `mgd.policy_for_budget`: ``StoreAll()`` if ``T + 1`` states fit the budget, else
+        ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else
+        ``Binomial(budget // state_bytes - 1)``.
       check_finite: raise `NonFiniteCotangentError` naming the first step (in reverse order)
         at which the state cotangent became NaN or Inf. Costs one device-to-host sync per
         differentiated block; turn off for speed.
-      store: where stored states live; defaults to `mgd.engine.storage.DeviceStore` (the
-        device memory they were computed in).
+      store: where stored states live: ``"device"`` (``None``, the default: the device memory
+        they were computed in), ``"host"`` (`mgd.engine.HostStore`, host memory), ``"disk"``
+        (`mgd.engine.DiskStore`, a temporary directory removed when the call ends), or any
+        `mgd.engine.AbstractStateStore`. Off-device stores copy each stored state out once and
+        back on each restore, overlapped with compute; the gradient is the same bits.
+      memory_budget: bytes the held training states may use (``peak_states`` times the
+        state's size, its leaves' ``nbytes``), counted whichever store holds them; only with
+        ``checkpoint=None``.
 
     Returns:
       A `MetagradientResult` with ``value`` (scalar), ``grad`` (structure of ``meta``) and
@@ -192,7 +204,9 @@ def metagradient(
 
     Raises:
       ValueError: ``num_steps < 1``; ``step_fn`` changes the state's structure or a leaf's
-        shape; ``objective_fn`` does not return a scalar.
+        shape; ``objective_fn`` does not return a scalar; ``memory_budget`` is below what
+        ``Binomial(1)`` needs (two states) or is given with a ``checkpoint``; ``store`` is an
+        unknown name or ``DiskStore`` an unwritable directory.
       TypeError: a ``meta`` leaf is not floating point; ``step_fn`` changes a leaf's dtype;
         the objective is not floating point; ``checkpoint`` is not a policy.
       NonFiniteCotangentError: with ``check_finite``, when the reverse sweep goes non-finite.
@@ -206,10 +220,18 @@ def metagradient(
       0.011529...
     """
     check_num_steps(num_steps)
-    policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
+    store = make_store(store)
+    if memory_budget is None:
+        policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
+    elif checkpoint is not None:
+        raise ValueError("pass either checkpoint or memory_budget, not both")
+    else:
+        shapes = jax.eval_shape(lambda s: s, init_state)
+        state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
+        policy = policies.policy_for_budget(num_steps, state_bytes, memory_budget)
     init_state, meta = check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy)
     plan = policy.plan(num_steps)
-    store = DeviceStore() if store is None else store
+    prefetch_at = policies.next_restores(plan)
 
     grad = jax.tree.map(jnp.zeros_like, meta)
     value = ct_diff = None
@@ -218,7 +240,7 @@ def metagradient(
     forward = vjp = 0
     peak = held = 1
     try:
-        for action in plan:
+        for i, action in enumerate(plan):
             match action:
                 case policies.Advance(n):
                     state = _advance(step_fn, state, meta, jnp.int32(t), jnp.int32(n))
@@ -235,6 +257,8 @@ def metagradient(
                     store.delete(slot)
                     held -= 1
                 case policies.Reverse(n):
+                    if i in prefetch_at:  # Bring the next restored state in during this block.
+                        store.prefetch(prefetch_at[i])
                     if t + n == num_steps:
                         value, ct_diff, grad_final, finite = _final_block(
                             step_fn, objective_fn, state, meta, jnp.int32(t), length=n
@@ -257,7 +281,7 @@ def metagradient(
                     peak = max(peak, held + n)
     finally:
         store.clear()
-    return MetagradientResult(value, grad, MetagradientStats(forward, vjp, peak))
+    return MetagradientResult(value, grad, MetagradientStats(forward + vjp, forward, vjp, peak))
 
 
 def _non_finite_message(num_steps: int, t: int) -> str:

@@ -1,16 +1,37 @@
 """Where the replay engine keeps checkpointed training states.
 
-A store maps a plan's slot numbers to ``(step index, state)`` pairs. The executor only calls
-``put``, ``get``, ``delete`` and ``clear``, so stores that keep states in host memory or on
-disk slot in without touching the reverse sweep.
+A store maps a plan's slot numbers to ``(step index, state)`` pairs. The executor calls
+``put``, ``get``, ``delete`` and ``clear``, and ``prefetch`` when it knows which slot the plan
+restores next, so stores that keep states in host memory or on disk slot in without touching
+the reverse sweep:
+
+- `DeviceStore`: states stay in device memory (no copies);
+- `HostStore`: states go to host memory (a ``pinned_host`` memory kind where the backend has
+  one, else numpy arrays), freeing device memory for the differentiated blocks;
+- `DiskStore`: states go to raw numpy files in a temporary directory, removed by ``clear``.
+
+Off-device stores keep each leaf's sharding and put it back exactly where it was. Their copies
+overlap with compute: ``put`` only dispatches the device-to-host copy (JAX's asynchronous
+dispatch, or a writer thread), and ``prefetch`` starts bringing the next restored state back
+while the current block is still running.
 """
 
 from __future__ import annotations
 
 import abc
+import os
+import pathlib
+import shutil
+import tempfile
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+import jax
+import numpy as np
+
 PyTree = Any
+
+_HOST_KIND = "pinned_host"
 
 
 class AbstractStateStore(abc.ABC):
@@ -31,6 +52,13 @@ class AbstractStateStore(abc.ABC):
     @abc.abstractmethod
     def clear(self) -> None:
         """Drops every state; called when a metagradient finishes or fails."""
+
+    def prefetch(self, slot: int) -> None:  # noqa: B027 (optional hook, a no-op by default)
+        """Hints that ``get(slot)`` comes next: a store may start moving it to the device.
+
+        Called by the executor while the preceding block still computes. The default does
+        nothing; off-device stores start the host-to-device copy here.
+        """
 
 
 class DeviceStore(AbstractStateStore):
@@ -53,3 +81,198 @@ class DeviceStore(AbstractStateStore):
 
     def clear(self) -> None:
         self._states.clear()
+
+
+def _has_host_memory(sharding: jax.sharding.Sharding) -> bool:
+    try:
+        return all(
+            _HOST_KIND in {m.kind for m in d.addressable_memories()} for d in sharding.device_set
+        )
+    except (NotImplementedError, AttributeError, jax.errors.JaxRuntimeError):
+        return False
+
+
+class _OffDeviceStore(AbstractStateStore):
+    """Shared bookkeeping of `HostStore` and `DiskStore`: slots, shardings and prefetches.
+
+    Subclasses implement ``_save(slot, leaves) -> handle`` (start moving the leaves off the
+    device) and ``_load(handle, shardings) -> leaves`` (bring them back onto ``shardings``).
+    """
+
+    def __init__(self):
+        # slot -> (step, treedef, shardings, handle)
+        self._slots: dict[int, tuple[int, Any, list, Any]] = {}
+        self._prefetched: dict[int, list] = {}
+
+    def put(self, slot: int, step: int, state: PyTree) -> None:
+        leaves, treedef = jax.tree.flatten(state)
+        shardings = [leaf.sharding for leaf in leaves]
+        self._slots[slot] = (step, treedef, shardings, self._save(slot, leaves))
+
+    def prefetch(self, slot: int) -> None:
+        if slot in self._slots and slot not in self._prefetched:
+            _, _, shardings, handle = self._slots[slot]
+            self._prefetched[slot] = self._load(handle, shardings)
+
+    def get(self, slot: int) -> tuple[int, PyTree]:
+        step, treedef, shardings, handle = self._slots[slot]
+        leaves = self._prefetched.pop(slot, None)
+        if leaves is None:
+            leaves = self._load(handle, shardings)
+        return step, jax.tree.unflatten(treedef, _resolve(leaves))
+
+    def delete(self, slot: int) -> None:
+        self._prefetched.pop(slot, None)
+        self._discard(self._slots.pop(slot)[3])
+
+    def clear(self) -> None:
+        self._prefetched.clear()
+        self._slots.clear()
+
+    @abc.abstractmethod
+    def _save(self, slot: int, leaves: list) -> Any: ...
+
+    @abc.abstractmethod
+    def _load(self, handle: Any, shardings: list) -> Any: ...
+
+    def _discard(self, handle: Any) -> None:  # noqa: B027 (host handles need no cleanup)
+        pass
+
+
+def _resolve(leaves):
+    """The leaves of a load: a list, or a future of one from a background thread."""
+    return leaves.result() if isinstance(leaves, Future) else leaves
+
+
+class HostStore(_OffDeviceStore):
+    """Keeps states in host memory, freeing device memory for the differentiated blocks.
+
+    Where the backend has a ``pinned_host`` memory kind (GPUs, TPUs and recent CPU backends),
+    each leaf is `jax.device_put` to its own sharding with that memory kind: the copy is
+    dispatched asynchronously, so it overlaps with the next steps, and ``get`` puts the leaf
+    back onto its original sharding. Elsewhere a background thread copies the leaves to numpy
+    arrays (`jax.device_get`).
+
+    Costs per stored state: one device-to-host copy on ``put`` and one host-to-device copy on
+    each ``get``, of the state's size; host memory holds the stored states, the device only the
+    current state, the differentiated block and at most one prefetched state. The values are
+    the same bits as with `DeviceStore`.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mgd-host")
+
+    def _save(self, slot: int, leaves: list) -> Any:
+        if all(_has_host_memory(leaf.sharding) for leaf in leaves):
+            return [jax.device_put(x, x.sharding.with_memory_kind(_HOST_KIND)) for x in leaves]
+        for leaf in leaves:
+            leaf.copy_to_host_async()
+        return self._pool.submit(jax.device_get, leaves)
+
+    def _load(self, handle: Any, shardings: list) -> list:
+        return jax.device_put(_resolve(handle), shardings)
+
+
+class DiskStore(_OffDeviceStore):
+    """Keeps states in raw numpy files in a temporary directory, removed by ``clear``.
+
+    A background thread writes each stored state (one file per leaf) while the replay goes on;
+    ``prefetch`` reads the next restored state back in the background. The temporary directory
+    is made under ``directory`` at the first ``put`` and removed, files and all, by ``clear``,
+    which the executor calls when a metagradient finishes or fails.
+
+    Costs per stored state: one device-to-host copy and one file write on ``put``, one file
+    read and one host-to-device copy on each ``get``; disk holds the stored states, the device
+    only the current state, the differentiated block and at most one prefetched state. The
+    values are the same bits as with `DeviceStore`.
+
+    Args:
+      directory: where to make the temporary directory; ``None`` is the system's temporary
+        directory (`tempfile.gettempdir`, e.g. ``$TMPDIR``).
+
+    Raises:
+      ValueError: if ``directory`` does not exist or is not writable (checked when built,
+        before any training).
+    """
+
+    def __init__(self, directory: str | os.PathLike | None = None):
+        super().__init__()
+        self.directory = pathlib.Path(tempfile.gettempdir() if directory is None else directory)
+        if not self.directory.is_dir() or not os.access(self.directory, os.W_OK | os.X_OK):
+            raise ValueError(
+                f"DiskStore(directory={str(self.directory)!r}): not a writable directory; "
+                "pass an existing directory you can write to"
+            )
+        self._root: pathlib.Path | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mgd-disk")
+
+    @property
+    def path(self) -> pathlib.Path | None:
+        """The temporary directory holding the stored states, or ``None`` when empty."""
+        return self._root
+
+    def _save(self, slot: int, leaves: list) -> Future:
+        if self._root is None:
+            self._root = pathlib.Path(tempfile.mkdtemp(prefix="mgd-states-", dir=self.directory))
+        for leaf in leaves:
+            leaf.copy_to_host_async()
+        return self._pool.submit(self._write, self._root / f"slot{slot}", leaves)
+
+    @staticmethod
+    def _write(folder: pathlib.Path, leaves: list) -> list[tuple[pathlib.Path, tuple, Any]]:
+        # Raw bytes plus (shape, dtype) kept in memory: unlike .npy headers, this round-trips
+        # every JAX dtype (bfloat16, float8) bit for bit.
+        folder.mkdir()
+        files = []
+        for i, leaf in enumerate(leaves):
+            array = np.asarray(leaf)
+            array.tofile(folder / f"{i}.bin")
+            files.append((folder / f"{i}.bin", array.shape, array.dtype))
+        return files
+
+    def _load(self, handle: Future, shardings: list) -> Future:
+        def read():
+            arrays = [np.fromfile(p, dtype=d).reshape(s) for p, s, d in handle.result()]
+            return jax.device_put(arrays, shardings)
+
+        return self._pool.submit(read)
+
+    def _discard(self, handle: Future) -> None:
+        self._pool.submit(lambda: shutil.rmtree(handle.result()[0][0].parent, ignore_errors=True))
+
+    def clear(self) -> None:
+        super().clear()
+        root, self._root = self._root, None
+        if root is not None:
+            # Wait for pending writes, so that none recreates a file after the directory is gone.
+            self._pool.submit(lambda: None).result()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+_STORES = {"device": DeviceStore, "host": HostStore, "disk": DiskStore}
+
+
+def make_store(store: AbstractStateStore | str | None) -> AbstractStateStore:
+    """The store named by ``metagradient``'s ``store`` argument.
+
+    Args:
+      store: ``None`` or ``"device"`` (`DeviceStore`), ``"host"`` (`HostStore`), ``"disk"``
+        (`DiskStore` in the system's temporary directory), or a store, returned as is.
+
+    Raises:
+      ValueError: for an unknown name.
+      TypeError: for anything else that is not an `AbstractStateStore`.
+    """
+    if store is None:
+        return DeviceStore()
+    if isinstance(store, AbstractStateStore):
+        return store
+    if isinstance(store, str):
+        if store not in _STORES:
+            raise ValueError(
+                f"store={store!r} is not a known store; pass one of {sorted(_STORES)} or an "
+                "AbstractStateStore such as mgd.engine.DiskStore(directory)"
+            )
+        return _STORES[store]()
+    raise TypeError(f"store must be a name such as 'host' or an AbstractStateStore, got {store!r}")
