@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from mgd import engine
 from mgd.train._augment import Augment
 from mgd.train._data import Dataset
 from mgd.train._meta import MetaSpec
@@ -492,10 +493,7 @@ class TrainingSetup:
           ``mgd.metagradient``'s result: ``.value`` (objective), ``.grad`` (same dict as
           ``meta``), ``.stats``.
         """
-        # Imported here: the engine package is a sibling layer and imports nothing from train.
-        from mgd.engine import metagradient
-
-        return metagradient(
+        return engine.metagradient(
             self.step_fn,
             self.objective_fn,
             self.init_state(),
