@@ -21,15 +21,13 @@ from mgd.engine import StoreAll as StoreAll
 from mgd.engine import metagradient as metagradient
 from mgd.engine import policy_for_budget as policy_for_budget
 
-# Learning-rate schedule search.
+# Outer optimizers: dataset selection, learning-rate schedule search, data poisoning.
 from mgd.outer import LRSearchResult as LRSearchResult
 from mgd.outer import PiecewiseLinearSchedule as PiecewiseLinearSchedule
-
-# Data poisoning.
 from mgd.outer import PoisonConfig as PoisonConfig
 from mgd.outer import PoisonReport as PoisonReport
 from mgd.outer import PoisonResult as PoisonResult
-from mgd.outer import budget_exchange as budget_exchange  # Dataset selection.
+from mgd.outer import budget_exchange as budget_exchange
 from mgd.outer import count_descent as count_descent
 from mgd.outer import evaluate_poisons as evaluate_poisons
 from mgd.outer import evaluate_selection as evaluate_selection
@@ -39,7 +37,7 @@ from mgd.outer import poison_ascent as poison_ascent
 from mgd.outer import poison_attack as poison_attack
 from mgd.outer import random_noise_poison as random_noise_poison
 from mgd.outer import run_poison_experiment as run_poison_experiment
-from mgd.outer import search_lr_schedule as search_lr_schedule  # LR schedule search.
+from mgd.outer import search_lr_schedule as search_lr_schedule
 from mgd.outer import select_data as select_data
 
 # Smooth training.
