@@ -12,13 +12,21 @@ that configuration's own):
   mode keeps every step's residuals), the unlimited-memory floor;
 - ``mgd.StoreAll()``, ``mgd.KAryTree(k)`` for a few k, and ``mgd.Binomial(slots)``.
 
-Time is the best of ``--repeats`` calls after a compiling warm-up call. Memory is the peak of
+Time is the best of ``--repeats`` calls after a compiling warm-up call (``--repeats 0``: the
+warm-up call itself, compilation included, for runs too long to repeat). Memory is the peak of
 the process's resident set size sampled every 2 ms during the warm-up call, minus the resident
 size before it (the memory the call itself needs, compilation included), and ``ru_maxrss``.
+
+``--policies-vs-T`` measures instead, for T in ``--steps`` (default 1e3, 1e4, 1e5) and a smaller
+MLP (64-32-10): training, ``StoreAll`` (up to T = 10,000; beyond, its T + 1 states do not fit
+a laptop), ``KAryTree(ceil(sqrt T))``, ``KAryTree(10)`` (peak storage logarithmic in T),
+``Binomial(20)``, and the two trees with their stored states offloaded to host memory
+(``store="host"``) and to disk (``store="disk"``).
 
 Usage:
   python scripts/bench_replay.py                       # T = 1,000 and 10,000
   python scripts/bench_replay.py --steps 1000 --repeats 1
+  python scripts/bench_replay.py --policies-vs-T --repeats 1
 """
 
 from __future__ import annotations
@@ -31,8 +39,12 @@ import threading
 import time
 
 
-def _measure(config: str, num_steps: int, repeats: int, queue) -> None:
-    """Runs one configuration in this (child) process and reports time and memory."""
+def _measure(config: str, num_steps: int, repeats: int, hidden: int, queue) -> None:
+    """Runs one configuration in this (child) process and reports time and memory.
+
+    ``config`` is ``train``, ``unroll`` or a policy expression, optionally followed by
+    ``|host`` or ``|disk`` for the store.
+    """
     import jax
     import jax.numpy as jnp
     import optax
@@ -42,8 +54,9 @@ def _measure(config: str, num_steps: int, repeats: int, queue) -> None:
 
     data = mgd.load_digits()
     optimizer = optax.adam(1e-3, eps_root=1e-8)
+    model = mgd.train.models.MLP(mgd.train.models.MLPConfig(hidden=(hidden,)))
     setup = mgd.TrainingSetup(
-        mgd.train.models.MLP(), optimizer, data, batch_size=32, num_steps=num_steps,
+        model, optimizer, data, batch_size=32, num_steps=num_steps,
         meta_spec=mgd.MetaSpec(data_weights=True),
     )  # fmt: skip
     meta = setup.init_meta()
@@ -64,8 +77,9 @@ def _measure(config: str, num_steps: int, repeats: int, queue) -> None:
 
         run = lambda: unrolled_grad(meta)
     else:
-        policy = eval(config, {"mgd": mgd})  # e.g. "mgd.KAryTree(32)", from this script only.
-        run = lambda: setup.metagradient(meta, checkpoint=policy)
+        expression, _, store = config.partition("|")
+        policy = eval(expression, {"mgd": mgd})  # e.g. "mgd.KAryTree(32)", from this script.
+        run = lambda: setup.metagradient(meta, checkpoint=policy, store=store or None)
 
     process = psutil.Process()
     baseline = process.memory_info().rss
@@ -79,23 +93,28 @@ def _measure(config: str, num_steps: int, repeats: int, queue) -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    jax.block_until_ready(run())
+    start = time.perf_counter()
+    result = jax.block_until_ready(run())
+    times = [time.perf_counter() - start]  # Kept only with --repeats 0 (compilation included).
     done.set()
     sampler.join()
-    times = []
+    times = times if repeats == 0 else []
     for _ in range(repeats):
         start = time.perf_counter()
         jax.block_until_ready(run())
         times.append(time.perf_counter() - start)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    queue.put((min(times), peak[0] - baseline, max_rss))
+    stats = getattr(result, "stats", None)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state0))
+    queue.put((min(times), peak[0] - baseline, max_rss, stats, state_bytes))
 
 
-def measure(config: str, num_steps: int, repeats: int):
-    """Time (s), peak extra memory (bytes) and max RSS (bytes) of a configuration."""
+def measure(config: str, num_steps: int, repeats: int, hidden: int = 256):
+    """Time (s), peak extra memory (bytes), max RSS (bytes), the metagradient's stats (or
+    ``None``) and the training state's size (bytes) of a configuration."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_measure, args=(config, num_steps, repeats, queue))
+    child = context.Process(target=_measure, args=(config, num_steps, repeats, hidden, queue))
     child.start()
     child.join()
     if child.exitcode != 0:
@@ -104,11 +123,61 @@ def measure(config: str, num_steps: int, repeats: int):
     return queue.get()
 
 
+def policies_vs_steps(steps: list[int], repeats: int) -> None:
+    """Prints, for each T, time and memory of the policies and stores on a 64-32-10 MLP."""
+    mib = 2**20
+    print("| T | configuration | store | time (s) | x train | peak extra memory (MiB) | "
+          "max RSS (MiB) | peak states | replay steps / T | stored on device (MiB) |")  # fmt: skip
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for T in steps:
+        trees = [f"mgd.KAryTree({math.isqrt(T - 1) + 1})", "mgd.KAryTree(10)"]
+        configs = ["train"] + (["mgd.StoreAll()"] if T <= 10_000 else []) + trees
+        configs += ["mgd.Binomial(20)"] + [f"{t}|{s}" for s in ["host", "disk"] for t in trees]
+        train = None
+        for config in configs:
+            result = measure(config, T, repeats, hidden=32)
+            if result is None:
+                continue
+            seconds, extra, max_rss, stats, state_bytes = result
+            train = seconds if config == "train" else train
+            policy, _, store = config.partition("|")
+            peak = replay = on_device = ""
+            if stats is not None:
+                peak, replay = str(stats.peak_states), f"{stats.replay_steps / T:.2f}"
+                # Off-device stores keep only the states of the current action on the device
+                # (plus one prefetched); the device store keeps all held states there.
+                states = stats.peak_states if not store else _live_states(policy, T) + 1
+                on_device = f"{states * state_bytes / mib:.2f}"
+            print(
+                f"| {T:,} | {policy} | {store or 'device' if stats else ''} | {seconds:.2f} | "
+                f"{seconds / train:.2f} | {extra / mib:.1f} | {max_rss / mib:.0f} | {peak} | "
+                f"{replay} | {on_device} |",
+                flush=True,
+            )
+
+
+def _live_states(policy_expression: str, num_steps: int) -> int:
+    """Most states live in one action of the policy's plan: 1, or ``n`` for ``Reverse(n)``."""
+    import mgd
+
+    plan = eval(policy_expression, {"mgd": mgd}).plan(num_steps)
+    return max(a.n if isinstance(a, mgd.engine.policies.Reverse) else 1 for a in plan)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument("--steps", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--policies-vs-T",
+        action="store_true",
+        help="time and memory of the policies and state stores vs T on a small MLP",
+    )
     args = parser.parse_args()
+    if args.policies_vs_T:
+        policies_vs_steps(args.steps or [1000, 10_000, 100_000], args.repeats)
+        return
+    args.steps = args.steps or [1000, 10_000]
 
     mib = 2**20
     for T in args.steps:
@@ -125,7 +194,7 @@ def main() -> None:
             results[config] = measure(config, T, args.repeats)
             if results[config] is None:
                 continue
-            seconds, extra, max_rss = results[config]
+            seconds, extra, max_rss = results[config][:3]
             train = results["train"][0]
             unroll = results["unroll"][0] if results.get("unroll") else math.nan
             print(
