@@ -18,6 +18,7 @@ from mgd.train._augment import Augment
 from mgd.train._data import Dataset
 from mgd.train._meta import MetaSpec
 from mgd.train._model_fns import ModelFns, model_fns
+from mgd.train._sharding import check_mesh, replicate, shard_batch
 
 __all__ = ["TrainState", "TrainingSetup"]
 
@@ -113,6 +114,11 @@ class TrainingSetup:
         ``Augment``.
       dtype: floating dtype of parameters, inputs and metaparameters (``jnp.float64`` needs x64).
       eval_batch_size: chunk size of the objective and of ``evaluate`` (bounds their memory).
+      mesh: a `jax.sharding.Mesh` to train on several devices: each batch is split over its
+        ``data_axis`` (which must divide ``batch_size``), parameters and optimizer state are
+        replicated; metagradients equal the single-device ones up to float rounding. ``None``:
+        one device.
+      data_axis: the mesh axis batches are split over.
 
     Example:
       >>> data = mgd.load_digits()
@@ -136,6 +142,8 @@ class TrainingSetup:
     augment: bool | Augment = False
     dtype: Any = jnp.float32
     eval_batch_size: int = 1024
+    mesh: jax.sharding.Mesh | None = None
+    data_axis: str = "data"
 
     def __post_init__(self):
         if not isinstance(self.data, Dataset):
@@ -179,6 +187,7 @@ class TrainingSetup:
         if not jnp.issubdtype(self.dtype, jnp.floating):
             raise ValueError(f"TrainingSetup: dtype must be a floating dtype, got {self.dtype}")
         _ = self._model  # Fails now, not at first use, on a model of the wrong kind.
+        check_mesh(self.mesh, self.data_axis, self.batch_size)
 
     def replace(self, **changes: Any) -> TrainingSetup:
         """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed."""
@@ -277,6 +286,7 @@ class TrainingSetup:
         weight = batches.mask[t]
         if spec.data_weights:
             weight = weight * meta["data_weights"][index]
+        x, y, weight = shard_batch((x, y, weight), self.mesh, self.data_axis)
 
         def loss_fn(params):
             logits, model_state = self._model.apply(params, state.model_state, x, True)
@@ -343,7 +353,9 @@ class TrainingSetup:
 
     def init_state(self) -> TrainState:
         """The state before training (parameters from the setup's seed), a ``TrainState``."""
-        return self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays)
+        return replicate(
+            self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays), self.mesh
+        )
 
     def _host_gather(self, field: str, index: jax.Array | None) -> jax.Array:
         # Rows of a large host-side input array, fetched by a callback so that functions the
