@@ -58,6 +58,7 @@ def test_disk_store_files_exist_during_the_run_and_prefetch_is_used(tmp_path):
     _grad(store, mgd.KAryTree(3))
     (root,) = store.roots
     assert root.parent == tmp_path and not root.exists()
+    assert store._pool is None  # The background thread ended with the call.
     # KAryTree(3) at T = 9: the two restores of stored segment starts are announced.
     assert store.prefetches == [3, 0]
 

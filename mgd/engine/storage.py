@@ -103,6 +103,14 @@ class _OffDeviceStore(AbstractStateStore):
         # slot -> (step, treedef, shardings, handle)
         self._slots: dict[int, tuple[int, Any, list, Any]] = {}
         self._prefetched: dict[int, list] = {}
+        self._pool: ThreadPoolExecutor | None = None
+
+    def _submit(self, fn, *args) -> Future:
+        # One background thread per call of metagradient, ended by clear(): one thread keeps
+        # copies in order, and outer loops calling metagradient thousands of times leak none.
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="mgd-store")
+        return self._pool.submit(fn, *args)
 
     def put(self, slot: int, step: int, state: PyTree) -> None:
         leaves, treedef = jax.tree.flatten(state)
@@ -128,6 +136,9 @@ class _OffDeviceStore(AbstractStateStore):
     def clear(self) -> None:
         self._prefetched.clear()
         self._slots.clear()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)  # Pending writes finish before the files go.
+            self._pool = None
 
     @abc.abstractmethod
     def _save(self, slot: int, leaves: list) -> Any: ...
@@ -159,16 +170,12 @@ class HostStore(_OffDeviceStore):
     the same bits as with `DeviceStore`.
     """
 
-    def __init__(self):
-        super().__init__()
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mgd-host")
-
     def _save(self, slot: int, leaves: list) -> Any:
         if all(_has_host_memory(leaf.sharding) for leaf in leaves):
             return [jax.device_put(x, x.sharding.with_memory_kind(_HOST_KIND)) for x in leaves]
         for leaf in leaves:
             leaf.copy_to_host_async()
-        return self._pool.submit(jax.device_get, leaves)
+        return self._submit(jax.device_get, leaves)
 
     def _load(self, handle: Any, shardings: list) -> list:
         return jax.device_put(_resolve(handle), shardings)
@@ -205,7 +212,6 @@ class DiskStore(_OffDeviceStore):
                 "pass an existing directory you can write to"
             )
         self._root: pathlib.Path | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mgd-disk")
 
     @property
     def path(self) -> pathlib.Path | None:
@@ -217,7 +223,7 @@ class DiskStore(_OffDeviceStore):
             self._root = pathlib.Path(tempfile.mkdtemp(prefix="mgd-states-", dir=self.directory))
         for leaf in leaves:
             leaf.copy_to_host_async()
-        return self._pool.submit(self._write, self._root / f"slot{slot}", leaves)
+        return self._submit(self._write, self._root / f"slot{slot}", leaves)
 
     @staticmethod
     def _write(folder: pathlib.Path, leaves: list) -> list[tuple[pathlib.Path, tuple, Any]]:
@@ -236,17 +242,15 @@ class DiskStore(_OffDeviceStore):
             arrays = [np.fromfile(p, dtype=d).reshape(s) for p, s, d in handle.result()]
             return jax.device_put(arrays, shardings)
 
-        return self._pool.submit(read)
+        return self._submit(read)
 
     def _discard(self, handle: Future) -> None:
-        self._pool.submit(lambda: shutil.rmtree(handle.result()[0][0].parent, ignore_errors=True))
+        self._submit(lambda: shutil.rmtree(handle.result()[0][0].parent, ignore_errors=True))
 
     def clear(self) -> None:
         super().clear()
         root, self._root = self._root, None
         if root is not None:
-            # Wait for pending writes, so that none recreates a file after the directory is gone.
-            self._pool.submit(lambda: None).result()
             shutil.rmtree(root, ignore_errors=True)
 
 
