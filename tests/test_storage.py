@@ -83,7 +83,7 @@ def test_host_store_keeps_shardings_and_moves_states_off_device():
     w = jax.device_put(jnp.arange(8.0), sharding)
     store = mgd.HostStore()
     store.put(1, 5, {"w": w})
-    kinds = {leaf.sharding.memory_kind for leaf in jax.tree.leaves(store._slots[1][3])}
+    kinds = {leaf.sharding.memory_kind for leaf in store._slots[1][3].result()}
     assert kinds == {"pinned_host"}
     store.prefetch(1)
     step, state = store.get(1)
