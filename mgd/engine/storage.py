@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import abc
 import functools
+import math
 import os
 import pathlib
 import shutil
@@ -185,7 +186,7 @@ class HostStore(_OffDeviceStore):
 class DiskStore(_OffDeviceStore):
     """Keeps states in raw numpy files in a temporary directory, removed by ``clear``.
 
-    A background thread writes each stored state (one file per leaf) while the replay goes on;
+    A background thread writes each stored state (one file) while the replay goes on;
     ``prefetch`` reads the next restored state back in the background. The temporary directory
     is made under ``directory`` at the first ``put`` and removed, files and all, by ``clear``,
     which the executor calls when a metagradient finishes or fails.
@@ -224,29 +225,33 @@ class DiskStore(_OffDeviceStore):
             self._root = pathlib.Path(tempfile.mkdtemp(prefix="mgd-states-", dir=self.directory))
         for leaf in leaves:
             leaf.copy_to_host_async()
-        return self._submit(self._write, self._root / f"slot{slot}", leaves)
+        return self._submit(self._write, self._root / f"slot{slot}.bin", leaves)
 
     @staticmethod
-    def _write(folder: pathlib.Path, leaves: list) -> list[tuple[pathlib.Path, tuple, Any]]:
-        # Raw bytes plus (shape, dtype) kept in memory: unlike .npy headers, this round-trips
-        # every JAX dtype (bfloat16, float8) bit for bit.
-        folder.mkdir()
-        files = []
-        for i, leaf in enumerate(leaves):
-            array = np.asarray(leaf)
-            array.tofile(folder / f"{i}.bin")
-            files.append((folder / f"{i}.bin", array.shape, array.dtype))
-        return files
+    def _write(path: pathlib.Path, leaves: list) -> tuple[pathlib.Path, list[tuple[tuple, Any]]]:
+        # One file per state (file creation, not bytes, dominates for small states), raw bytes
+        # plus (shape, dtype) kept in memory: unlike .npy headers, this round-trips every JAX
+        # dtype (bfloat16, float8) bit for bit.
+        arrays = [np.asarray(leaf) for leaf in leaves]
+        with open(path, "wb") as f:
+            for array in arrays:
+                array.tofile(f)
+        return path, [(a.shape, a.dtype) for a in arrays]
 
     def _load(self, handle: Future, shardings: list) -> Future:
         def read():
-            arrays = [np.fromfile(p, dtype=d).reshape(s) for p, s, d in handle.result()]
+            path, specs = handle.result()
+            data, offset, arrays = path.read_bytes(), 0, []
+            for shape, dtype in specs:
+                count = math.prod(shape)
+                arrays.append(np.frombuffer(data, dtype, count, offset).reshape(shape))
+                offset += count * dtype.itemsize
             return jax.device_put(arrays, shardings)
 
         return self._submit(read)
 
     def _discard(self, handle: Future) -> None:
-        self._submit(lambda: shutil.rmtree(handle.result()[0][0].parent, ignore_errors=True))
+        self._submit(lambda: handle.result()[0].unlink(missing_ok=True))
 
     def clear(self) -> None:
         super().clear()
