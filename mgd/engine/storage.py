@@ -11,9 +11,9 @@ the reverse sweep:
 - `DiskStore`: states go to raw numpy files in a temporary directory, removed by ``clear``.
 
 Off-device stores keep each leaf's sharding and put it back exactly where it was. Their copies
-overlap with compute: ``put`` only dispatches the device-to-host copy (JAX's asynchronous
-dispatch, or a writer thread), and ``prefetch`` starts bringing the next restored state back
-while the current block is still running.
+overlap with compute: ``put`` hands the device-to-host copy to a background thread and returns,
+and ``prefetch`` starts bringing the next restored state back while the current block is still
+running.
 """
 
 from __future__ import annotations
