@@ -220,7 +220,6 @@ def metagradient(
       0.011529...
     """
     check_num_steps(num_steps)
-    store = make_store(store)
     if memory_budget is None:
         policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
     elif checkpoint is not None:
@@ -230,6 +229,9 @@ def metagradient(
         state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
         policy = policies.policy_for_budget(num_steps, state_bytes, memory_budget)
     init_state, meta = check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy)
+    # Built after validation: a disk store makes a directory that only the sweep's `finally`
+    # removes.
+    store = make_store(store)
     plan = policy.plan(num_steps)
     prefetch_at = policies.next_restores(plan)
 
