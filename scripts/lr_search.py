@@ -28,12 +28,11 @@ import sys
 import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
 from mgd.engine import StoreAll
 from mgd.outer.lr_digits import digits_lr_setup
-from mgd.outer.lr_evaluate import evaluate_schedules, per_step_setup
+from mgd.outer.lr_evaluate import evaluate_schedules, mean_seconds, per_step_setup
 from mgd.outer.lr_grid import lr_schedule_grid
 from mgd.outer.lr_optimizer import log_lr_adam
 from mgd.outer.lr_schedule import PiecewiseLinearSchedule
@@ -54,26 +53,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.03, help="allowed gap to the grid's best")
     p.add_argument("--out", type=Path, default=None, help="write results.json and a plot here")
     return p.parse_args(argv)
-
-
-def mean_seconds(fns, counts, rounds: int = 3) -> list[float]:
-    """Mean wall time of each ``fn()``, after one call that compiles it.
-
-    Each round calls ``fns[i]`` ``counts[i]`` times back to back (choose counts so every block
-    takes about equally long); rounds alternate between the functions, so load from other
-    processes on a shared machine slows both alike and their ratio stays fair. (A minimum over
-    single calls would not: a short call slips between other processes' work more easily.)
-    """
-    for fn in fns:
-        jax.block_until_ready(fn())
-    totals = [0.0 for _ in fns]
-    for _ in range(rounds):
-        for i, (fn, n) in enumerate(zip(fns, counts, strict=True)):
-            start = time.perf_counter()
-            for _ in range(n):
-                jax.block_until_ready(fn())
-            totals[i] += time.perf_counter() - start
-    return [t / (rounds * n) for t, n in zip(totals, counts, strict=True)]
 
 
 def main(argv=None) -> int:

@@ -1,16 +1,14 @@
 """search_lr_schedule: bad input, the reduced-size result, divergence, checkpoints, reporting."""
 
-import time
 import types
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from mgd.engine import StoreAll
 from mgd.outer.lr_digits import digits_lr_setup
-from mgd.outer.lr_evaluate import evaluate_schedules
+from mgd.outer.lr_evaluate import evaluate_schedules, mean_seconds
 from mgd.outer.lr_grid import lr_schedule_grid
 from mgd.outer.lr_optimizer import log_lr_adam
 from mgd.outer.lr_schedule import PiecewiseLinearSchedule
@@ -110,21 +108,6 @@ def test_test_seeds_must_be_fresh():
 # --- the result, at reduced size ------------------------------------------------------------
 
 
-def _mean_seconds(fns, counts, rounds=2):
-    """Mean time per call of each fn over alternating blocks of calls (as scripts/lr_search.py
-    does), after compiling: load from other processes slows both alike."""
-    for fn in fns:
-        jax.block_until_ready(fn())
-    totals = [0.0 for _ in fns]
-    for _ in range(rounds):
-        for i, (fn, n) in enumerate(zip(fns, counts, strict=True)):
-            start = time.perf_counter()
-            for _ in range(n):
-                jax.block_until_ready(fn())
-            totals[i] += time.perf_counter() - start
-    return [t / (rounds * n) for t, n in zip(totals, counts, strict=True)]
-
-
 def test_reduced_search_matches_grid_from_both_sides():
     """The claim of scripts/lr_search.py at reduced size: 100 steps, 6 knots, width 64, the
     412-schedule grid, 30 meta-steps; from 10x below and 10x above the best constant rate the
@@ -139,12 +122,13 @@ def test_reduced_search_matches_grid_from_both_sides():
     meta_steps = 30
     # Compute in training runs: a metagradient costs `mg_runs` runs (timed in alternating blocks).
     meta = setup.init_meta()
-    unit, mg_seconds = _mean_seconds(
+    unit, mg_seconds = mean_seconds(
         [
             lambda: setup.train(meta).params,
             lambda: setup.metagradient(meta, checkpoint=StoreAll()).grad,
         ],
         counts=(12, 3),
+        rounds=2,
     )
     mg_runs = mg_seconds / unit
     assert meta_steps * mg_runs + 1 < len(grid), (mg_runs, len(grid))

@@ -8,6 +8,7 @@ schedules, instead of being recompiled or re-dispatched per schedule.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,3 +114,23 @@ def evaluate_schedules(
         padded = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)]) if pad else chunk
         out.append(np.asarray(run_chunk(padded))[: chunk.shape[0]])
     return np.concatenate(out).astype(np.float64)
+
+
+def mean_seconds(fns, counts, rounds: int = 3) -> list[float]:
+    """Mean wall time of each ``fn()``, after one call that compiles it.
+
+    Each round calls ``fns[i]`` ``counts[i]`` times back to back (choose counts so every block
+    takes about equally long); rounds alternate between the functions, so load from other
+    processes on a shared machine slows both alike and their ratio stays fair. (A minimum over
+    single calls would not: a short call slips between other processes' work more easily.)
+    """
+    for fn in fns:
+        jax.block_until_ready(fn())
+    totals = [0.0 for _ in fns]
+    for _ in range(rounds):
+        for i, (fn, n) in enumerate(zip(fns, counts, strict=True)):
+            start = time.perf_counter()
+            for _ in range(n):
+                jax.block_until_ready(fn())
+            totals[i] += time.perf_counter() - start
+    return [t / (rounds * n) for t, n in zip(totals, counts, strict=True)]
