@@ -18,6 +18,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from mgd.engine import policies
@@ -47,9 +48,13 @@ class MetagradientStats:
     peak_states: int
 
 
+@functools.partial(
+    jax.tree_util.register_dataclass, data_fields=["value", "grad"], meta_fields=["stats"]
+)
 @dataclasses.dataclass(frozen=True)
 class MetagradientResult:
-    """What `metagradient` returns.
+    """What `metagradient` returns: a pytree (``value`` and ``grad`` are its leaves, ``stats``
+    static), so ``jax.block_until_ready(result)`` waits for the whole computation.
 
     Attributes:
       value: the objective at the final training state, a scalar array.
@@ -135,17 +140,17 @@ def _locate_non_finite(step_fn, objective_fn, state, meta, t0: int, n: int, ct_d
     """
     states = [state]
     for t in range(t0, t0 + n):
-        states.append(_advance(step_fn, states[-1], meta, jnp.int32(t), jnp.int32(1)))
+        states.append(_advance(step_fn, states[-1], meta, np.int32(t), np.int32(1)))
     if ct_diff is None:
         _, ct_diff, _, finite = _final_block(
-            step_fn, objective_fn, states[-1], meta, jnp.int32(t0 + n), length=0
+            step_fn, objective_fn, states[-1], meta, np.int32(t0 + n), length=0
         )
         if not bool(finite):
             return t0 + n
     grad = jax.tree.map(jnp.zeros_like, meta)
     for t in reversed(range(t0, t0 + n)):
         ct_diff, grad, finite = _reverse_block(
-            step_fn, states[t - t0], meta, jnp.int32(t), ct_diff, grad, length=1
+            step_fn, states[t - t0], meta, np.int32(t), ct_diff, grad, length=1
         )
         if not bool(finite):
             return t
@@ -187,8 +192,9 @@ def metagradient(
         ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else
         ``Binomial(budget // state_bytes - 1)``.
       check_finite: raise `NonFiniteCotangentError` naming the first step (in reverse order)
-        at which the state cotangent became NaN or Inf. Costs one device-to-host sync per
-        differentiated block; turn off for speed.
+        at which the state cotangent became NaN or Inf. Costs one device-to-host sync at the
+        end of the sweep (and, only when it fails, a second sweep checking block by block to
+        find the step); turn off to skip even that.
       store: where stored states live: ``"device"`` (``None``, the default: the device memory
         they were computed in), ``"host"`` (`mgd.engine.HostStore`, host memory), ``"disk"``
         (`mgd.engine.DiskStore`, a temporary directory removed when the call ends), or any
@@ -233,61 +239,82 @@ def metagradient(
     # removes.
     store = make_store(store)
     plan = policy.plan(num_steps)
-    prefetch_at = policies.next_restores(plan)
+    try:
+        result, finite = _sweep(step_fn, objective_fn, init_state, meta, num_steps, plan, store)
+        # One device-to-host sync for the whole sweep: per-block checks would stall the
+        # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
+        # re-run, checking each block, to name the step.
+        if check_finite and not bool(jnp.all(jnp.stack(finite))):
+            store.clear()
+            _sweep(step_fn, objective_fn, init_state, meta, num_steps, plan, store, locate=True)
+            raise NonFiniteCotangentError(_non_finite_message(num_steps, None))
+    finally:
+        store.clear()
+    return result
 
+
+def _sweep(
+    step_fn, objective_fn, init_state, meta, num_steps, plan, store, *, locate=False
+) -> tuple[MetagradientResult, list[jax.Array]]:
+    """Executes ``plan``; returns the result and each block's "cotangent is finite" flag.
+
+    With ``locate``, checks each block's flag as it comes and raises
+    `NonFiniteCotangentError` naming the first non-finite step in reverse order.
+    """
+    prefetch_at = policies.next_restores(plan)
     grad = jax.tree.map(jnp.zeros_like, meta)
     value = ct_diff = None
+    finite_flags = []
     state, t = init_state, 0
     store.put(0, 0, init_state)
     forward = vjp = 0
     peak = held = 1
-    try:
-        for i, action in enumerate(plan):
-            match action:
-                case policies.Advance(n):
-                    state = _advance(step_fn, state, meta, jnp.int32(t), jnp.int32(n))
-                    t += n
-                    forward += n
-                    peak = max(peak, held + 1)
-                case policies.Store(slot):
-                    store.put(slot, t, state)
-                    held += 1
-                    peak = max(peak, held + 1)
-                case policies.Restore(slot):
-                    t, state = store.get(slot)
-                case policies.Free(slot):
-                    store.delete(slot)
-                    held -= 1
-                case policies.Reverse(n):
-                    if i in prefetch_at:  # Bring the next restored state in during this block.
-                        store.prefetch(prefetch_at[i])
-                    if t + n == num_steps:
-                        value, ct_diff, grad_final, finite = _final_block(
-                            step_fn, objective_fn, state, meta, jnp.int32(t), length=n
-                        )
-                        grad = jax.tree.map(jnp.add, grad, grad_final)
-                        if check_finite and not bool(finite):
-                            bad = _locate_non_finite(step_fn, objective_fn, state, meta, t, n, None)
-                            raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
-                    else:
-                        ct_in = ct_diff
-                        ct_diff, grad, finite = _reverse_block(
-                            step_fn, state, meta, jnp.int32(t), ct_diff, grad, length=n
-                        )
-                        if check_finite and not bool(finite):
-                            bad = _locate_non_finite(
-                                step_fn, objective_fn, state, meta, t, n, ct_in
-                            )
-                            raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
-                    vjp += n
-                    peak = max(peak, held + n)
-    finally:
-        store.clear()
-    return MetagradientResult(value, grad, MetagradientStats(forward + vjp, forward, vjp, peak))
+    for i, action in enumerate(plan):
+        match action:
+            case policies.Advance(n):
+                state = _advance(step_fn, state, meta, np.int32(t), np.int32(n))
+                t += n
+                forward += n
+                peak = max(peak, held + 1)
+            case policies.Store(slot):
+                store.put(slot, t, state)
+                held += 1
+                peak = max(peak, held + 1)
+            case policies.Restore(slot):
+                t, state = store.get(slot)
+            case policies.Free(slot):
+                store.delete(slot)
+                held -= 1
+            case policies.Reverse(n):
+                if i in prefetch_at:  # Bring the next restored state in during this block.
+                    store.prefetch(prefetch_at[i])
+                ct_in = ct_diff
+                if t + n == num_steps:
+                    value, ct_diff, grad_final, finite = _final_block(
+                        step_fn, objective_fn, state, meta, np.int32(t), length=n
+                    )
+                    grad = jax.tree.map(jnp.add, grad, grad_final)
+                else:
+                    ct_diff, grad, finite = _reverse_block(
+                        step_fn, state, meta, np.int32(t), ct_diff, grad, length=n
+                    )
+                finite_flags.append(finite)
+                if locate and not bool(finite):
+                    bad = _locate_non_finite(step_fn, objective_fn, state, meta, t, n, ct_in)
+                    raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
+                vjp += n
+                peak = max(peak, held + n)
+    stats = MetagradientStats(forward + vjp, forward, vjp, peak)
+    return MetagradientResult(value, grad, stats), finite_flags
 
 
-def _non_finite_message(num_steps: int, t: int) -> str:
-    where = f"at the objective (step {t})" if t == num_steps else f"at step {t}"
+def _non_finite_message(num_steps: int, t: int | None) -> str:
+    if t is None:  # Non-finite in the sweep, not reproduced when re-run block by block.
+        where = "in the reverse sweep (not reproduced when re-run to find the step)"
+    elif t == num_steps:
+        where = f"at the objective (step {t})"
+    else:
+        where = f"at step {t}"
     return (
         f"the state cotangent became non-finite (NaN or Inf) {where}, the first such step in "
         "reverse order; a common cause is Adam-family optimizers with eps_root=0 where a "
