@@ -103,6 +103,19 @@ def test_train_equals_step_fn_loop():
     jax.tree.map(np.testing.assert_array_equal, trained, state)
 
 
+def test_step_fn_first_used_inside_jit_leaks_no_tracer():
+    # The setup builds its batch order and data arrays lazily; a first access from inside a
+    # user's jitted function must not cache tracers of that trace.
+    setup = _setup(augment=Augment(crop_padding=2))
+    meta = _random_meta(setup)
+    state = setup.init_state()
+    one_step = jax.jit(lambda s, m: setup.objective_fn(setup.step_fn(s, m, jnp.int32(0)), m))
+    inside = one_step(state, meta)
+    outside = setup.objective_fn(setup.step_fn(state, meta, jnp.int32(0)), meta)
+    np.testing.assert_allclose(inside, outside, rtol=1e-6)
+    assert isinstance(setup.metagradient(meta).value, jax.Array)
+
+
 def test_train_new_seed_changes_run_without_recompiling():
     setup = _setup()
     a = setup.train()

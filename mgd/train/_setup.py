@@ -199,7 +199,12 @@ class TrainingSetup:
     def _model(self) -> ModelFns:
         return model_fns(self.model)
 
+    # The cached arrays below are built under `jax.ensure_compile_time_eval`: a first access
+    # may come from inside a user's jitted function (e.g. calling `step_fn` there), and a
+    # tracer cached here would leak into every later call.
+
     @functools.cached_property
+    @jax.ensure_compile_time_eval()
     def _arrays(self) -> _Arrays:
         d, dt = self.data, self.dtype
         slot = np.full(d.num_train, -1, np.int32)
@@ -219,10 +224,12 @@ class TrainingSetup:
         )
 
     @functools.cached_property
+    @jax.ensure_compile_time_eval()
     def _batches(self) -> _Batches:
         return jax.jit(self._make_batches)(jax.random.PRNGKey(self.seed))
 
     @functools.cached_property
+    @jax.ensure_compile_time_eval()
     def _augment_key(self) -> jax.Array:
         return jax.random.fold_in(jax.random.PRNGKey(self.seed), _AUGMENT)
 
