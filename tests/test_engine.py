@@ -203,6 +203,17 @@ def test_fewer_steps_than_k(x64, T):
     assert res.stats.peak_states == T + 1
 
 
+def test_result_is_a_pytree_of_value_and_grad():
+    # So that jax.block_until_ready(result) waits for the whole sweep (benchmarks rely on it).
+    problem = make_problem("sgd", T_SMALL)
+    res = jax.block_until_ready(mgd.metagradient(*problem, T_SMALL))
+    leaves = jax.tree.leaves(res)
+    assert len(leaves) == 1 + len(jax.tree.leaves(res.grad))
+    assert leaves[0] is res.value
+    rebuilt = jax.tree.map(lambda x: x, res)
+    assert rebuilt.stats == res.stats
+
+
 def test_integer_and_meta_independent_state_leaves(x64):
     # Adam's state holds an int32 step counter; the extra leaves do not depend on meta.
     step_fn, objective_fn, state, meta = make_problem("adam", T_SMALL)
