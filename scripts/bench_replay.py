@@ -12,8 +12,12 @@ that configuration's own):
   mode keeps every step's residuals), the unlimited-memory floor;
 - ``mgd.StoreAll()``, ``mgd.KAryTree(k)`` for a few k, and ``mgd.Binomial(slots)``.
 
-Time is the best of ``--repeats`` calls after a compiling warm-up call (``--repeats 0``: the
-warm-up call itself, compilation included, for runs too long to repeat). Memory is the peak of
+Time is the best of ``--repeats`` calls (default 5) after a compiling warm-up call
+(``--repeats 0``: the warm-up call itself, compilation included, for runs too long to repeat).
+Plain training is timed again inside every configuration's process, alternating call for call
+with the configuration, and ``x train`` divides by that same-process time; ``x unroll`` divides
+two such ratios. So each ratio compares runs made under the same conditions, and the variance
+between processes (allocator state, cache, clock: up to 15% here) cancels. Memory is the peak of
 the process's resident set size sampled every 2 ms during the warm-up call, minus the resident
 size before it (the memory the call itself needs, compilation included), and ``ru_maxrss``.
 
@@ -95,23 +99,38 @@ def _measure(config: str, num_steps: int, repeats: int, hidden: int, queue) -> N
     sampler.start()
     start = time.perf_counter()
     result = jax.block_until_ready(run())
-    times = [time.perf_counter() - start]  # Kept only with --repeats 0 (compilation included).
+    first = time.perf_counter() - start  # Compilation included: used only with --repeats 0.
     done.set()
     sampler.join()
-    times = times if repeats == 0 else []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(run())
-        times.append(time.perf_counter() - start)
     max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    # Plain training is timed in this same process, alternating with the configuration, so
+    # that the "x train" ratio compares runs under the same conditions (allocator state, cache,
+    # clock), not two processes minutes apart.
+    train = lambda: setup.train(meta)
+    times, train_times = [first], [_seconds(train)]  # With --repeats 0, both compile included.
+    if repeats:
+        times, train_times = [], []
+        for _ in range(repeats):
+            times.append(_seconds(run))
+            train_times.append(_seconds(train))
     stats = getattr(result, "stats", None)
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(state0))
-    queue.put((min(times), peak[0] - baseline, max_rss, stats, state_bytes))
+    queue.put((min(times), min(train_times), peak[0] - baseline, max_rss, stats, state_bytes))
+
+
+def _seconds(fn) -> float:
+    import jax
+
+    start = time.perf_counter()
+    jax.block_until_ready(fn())
+    return time.perf_counter() - start
 
 
 def measure(config: str, num_steps: int, repeats: int, hidden: int = 256):
-    """Time (s), peak extra memory (bytes), max RSS (bytes), the metagradient's stats (or
-    ``None``) and the training state's size (bytes) of a configuration."""
+    """Time (s), plain training's time in the same process (s), peak extra memory (bytes),
+    max RSS (bytes), the metagradient's stats (or ``None``) and the training state's size
+    (bytes) of a configuration."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(target=_measure, args=(config, num_steps, repeats, hidden, queue))
@@ -126,20 +145,19 @@ def measure(config: str, num_steps: int, repeats: int, hidden: int = 256):
 def policies_vs_steps(steps: list[int], repeats: int) -> None:
     """Prints, for each T, time and memory of the policies and stores on a 64-32-10 MLP."""
     mib = 2**20
-    print("| T | configuration | store | time (s) | x train | peak extra memory (MiB) | "
-          "max RSS (MiB) | peak states | replay steps / T | stored on device (MiB) |")  # fmt: skip
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| T | configuration | store | time (s) | train, same process (s) | x train | "
+          "peak extra memory (MiB) | max RSS (MiB) | peak states | replay steps / T | "
+          "stored on device (MiB) |")  # fmt: skip
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for T in steps:
         trees = [f"mgd.KAryTree({math.isqrt(T - 1) + 1})", "mgd.KAryTree(10)"]
         configs = ["train"] + (["mgd.StoreAll()"] if T <= 10_000 else []) + trees
         configs += ["mgd.Binomial(20)"] + [f"{t}|{s}" for s in ["host", "disk"] for t in trees]
-        train = None
         for config in configs:
             result = measure(config, T, repeats, hidden=32)
             if result is None:
                 continue
-            seconds, extra, max_rss, stats, state_bytes = result
-            train = seconds if config == "train" else train
+            seconds, train, extra, max_rss, stats, state_bytes = result
             policy, _, store = config.partition("|")
             peak = replay = on_device = ""
             if stats is not None:
@@ -150,8 +168,8 @@ def policies_vs_steps(steps: list[int], repeats: int) -> None:
                 on_device = f"{states * state_bytes / mib:.2f}"
             print(
                 f"| {T:,} | {policy} | {store or 'device' if stats else ''} | {seconds:.2f} | "
-                f"{seconds / train:.2f} | {extra / mib:.1f} | {max_rss / mib:.0f} | {peak} | "
-                f"{replay} | {on_device} |",
+                f"{train:.2f} | {seconds / train:.2f} | {extra / mib:.1f} | {max_rss / mib:.0f} | "
+                f"{peak} | {replay} | {on_device} |",
                 flush=True,
             )
 
@@ -167,7 +185,7 @@ def _live_states(policy_expression: str, num_steps: int) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, nargs="+", default=None)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
         "--policies-vs-T",
         action="store_true",
@@ -187,28 +205,30 @@ def main() -> None:
         configs += [f"mgd.Binomial({2 * sqrt_k})"]
         results = {}
         print(f"\n## T = {T:,} steps\n")
-        print("| configuration | time (s) | x train | x unroll | peak extra memory (MiB) | "
-              "max RSS (MiB) |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|")
+        print("| configuration | time (s) | train, same process (s) | x train | x unroll | "
+              "peak extra memory (MiB) | max RSS (MiB) |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        x_train = {}  # configuration -> time / plain training time in its own process
         for config in configs:
             results[config] = measure(config, T, args.repeats)
             if results[config] is None:
                 continue
-            seconds, extra, max_rss = results[config][:3]
-            train = results["train"][0]
-            unroll = results["unroll"][0] if results.get("unroll") else math.nan
+            seconds, train, extra, max_rss = results[config][:4]
+            x_train[config] = seconds / train
+            # Ratio of ratios: each side is normalized by training timed in its own process.
+            x_unroll = x_train[config] / x_train.get("unroll", math.nan)
             print(
-                f"| {config} | {seconds:.3f} | {seconds / train:.2f} | {seconds / unroll:.2f} | "
-                f"{extra / mib:.1f} | {max_rss / mib:.0f} |",
+                f"| {config} | {seconds:.3f} | {train:.3f} | {x_train[config]:.2f} | "
+                f"{x_unroll:.2f} | {extra / mib:.1f} | {max_rss / mib:.0f} |",
                 flush=True,
             )
-        tree, store_all = results[f"mgd.KAryTree({sqrt_k})"], results["mgd.StoreAll()"]
-        if None in (tree, store_all, results["train"], results["unroll"]):
+        tree, store_all = f"mgd.KAryTree({sqrt_k})", "mgd.StoreAll()"
+        if None in (results[tree], results[store_all], results["unroll"]):
             continue
         print(
-            f"\nKAryTree({sqrt_k}) (k ~ sqrt T): time {tree[0] / results['unroll'][0]:.2f}x "
-            f"unroll (target <= 1.5 at T = 1,000), {tree[0] / results['train'][0]:.2f}x train "
-            f"(target <= 5); peak extra memory {tree[1] / store_all[1]:.3f}x StoreAll's "
+            f"\nKAryTree({sqrt_k}) (k ~ sqrt T): time {x_train[tree] / x_train['unroll']:.2f}x "
+            f"unroll (target <= 1.5 at T = 1,000), {x_train[tree]:.2f}x train (target <= 5); "
+            f"peak extra memory {results[tree][2] / results[store_all][2]:.3f}x StoreAll's "
             "(target <= 0.1 at T = 10,000)"
         )
 
