@@ -1,5 +1,6 @@
-"""Data parallelism: a TrainingSetup on a 4-device mesh splits batches over the data axis and
-gives the single-device metagradient up to float rounding; bad meshes fail before training."""
+"""Several devices: a TrainingSetup on a 4-device mesh splits batches over the data axis and,
+with param_axis, shards the state (FSDP); either way it gives the single-device metagradient up to
+float rounding; bad meshes fail before training."""
 
 import functools
 
@@ -12,6 +13,9 @@ from jax.sharding import Mesh
 import mgd
 
 T, BATCH = 12, 32
+# Hidden width 8: the MLP's kernels (64, 8) and (8, 10) and biases (8,) and (10,) cover every
+# case of the parameter-sharding rule on 4- and 2-way axes (see test_param_axis_shards_the_state).
+HIDDEN = 8
 
 
 def _mesh(shape=(4,), names=("data",)):
@@ -23,7 +27,7 @@ def _mesh(shape=(4,), names=("data",)):
 @functools.cache
 def _setup(**kwargs):
     return mgd.TrainingSetup(
-        mgd.train.models.MLP(mgd.train.models.MLPConfig(hidden=(16,))),
+        mgd.train.models.MLP(mgd.train.models.MLPConfig(hidden=(HIDDEN,))),
         optax.adam(0.01, eps_root=1e-8),
         mgd.load_digits(),
         batch_size=BATCH,
@@ -33,9 +37,26 @@ def _setup(**kwargs):
     )
 
 
+@functools.cache
+def _single_device_metagradient():
+    setup = _setup()
+    return setup.metagradient(setup.init_meta(), checkpoint=mgd.KAryTree(4))
+
+
+def _assert_single_device_metagradient(setup):
+    # float32 sums over shards and devices run in another order than on one device, and Adam's
+    # division by sqrt(nu) amplifies the difference over the steps: ~5e-6 of each gradient's
+    # scale is measured, so 1e-4 of the scale is rounding while any real error is O(scale).
+    expected = _single_device_metagradient()
+    res = setup.metagradient(setup.init_meta(), checkpoint=mgd.KAryTree(4))
+    np.testing.assert_allclose(res.value, expected.value, rtol=1e-5)
+    for key, grad in expected.grad.items():
+        scale = np.max(np.abs(grad))
+        np.testing.assert_allclose(res.grad[key], grad, atol=1e-4 * scale, err_msg=key)
+
+
 def test_metagradient_on_a_mesh_equals_single_device():
-    mesh = _mesh()
-    single, sharded = _setup(), _setup(mesh=mesh)
+    sharded = _setup(mesh=_mesh())
     state = sharded.init_state()
     for leaf in jax.tree.leaves(state):
         assert leaf.sharding.is_fully_replicated and len(leaf.sharding.device_set) == 4
@@ -43,14 +64,7 @@ def test_metagradient_on_a_mesh_equals_single_device():
     meta = sharded.init_meta()
     hlo = jax.jit(sharded.step_fn).lower(state, meta, np.int32(0)).compile().as_text()
     assert "all-reduce" in hlo
-    expected = single.metagradient(meta, checkpoint=mgd.KAryTree(4))
-    res = sharded.metagradient(meta, checkpoint=mgd.KAryTree(4))
-    np.testing.assert_allclose(res.value, expected.value, rtol=1e-5)
-    for key in meta:
-        scale = np.max(np.abs(expected.grad[key]))
-        np.testing.assert_allclose(
-            res.grad[key], expected.grad[key], atol=1e-4 * scale, err_msg=key
-        )
+    _assert_single_device_metagradient(sharded)
 
 
 def test_two_dimensional_mesh_uses_the_named_axis():
@@ -63,12 +77,52 @@ def test_two_dimensional_mesh_uses_the_named_axis():
     )
 
 
+# Per-device shapes of the MLP's parameters: each is split along its largest dimension that the
+# param axis divides, and replicated if none does ((10,) on 4 devices).
+_FSDP_SHARDS = {("Dense_0", "kernel"): (16, 8), ("Dense_0", "bias"): (2,)}
+_FSDP_SHARDS |= {("Dense_1", "kernel"): (2, 10), ("Dense_1", "bias"): (10,)}
+_MODEL_AXIS_SHARDS = {("Dense_0", "kernel"): (32, 8), ("Dense_0", "bias"): (4,)}
+_MODEL_AXIS_SHARDS |= {("Dense_1", "kernel"): (8, 5), ("Dense_1", "bias"): (5,)}
+
+
+def _assert_sharded(state, shards):
+    for (layer, name), shape in shards.items():
+        leaf = state.params[layer][name]
+        assert len(leaf.sharding.device_set) == 4, (layer, name)
+        assert {s.data.shape for s in leaf.addressable_shards} == {shape}, (layer, name)
+    # Adam's mu and nu mirror the parameters, so they get the parameters' layout.
+    for moments in (state.opt_state[0].mu, state.opt_state[0].nu):
+        specs = jax.tree.map(lambda p, m: p.sharding.spec == m.sharding.spec, state.params, moments)
+        assert all(jax.tree.leaves(specs))
+
+
+@pytest.mark.parametrize(
+    ("shape", "names", "param_axis", "shards"),
+    [
+        pytest.param((4,), ("data",), "data", _FSDP_SHARDS, id="fsdp-1d"),
+        pytest.param((2, 2), ("data", "model"), "model", _MODEL_AXIS_SHARDS, id="data-x-model"),
+    ],
+)
+def test_param_axis_shards_the_state(shape, names, param_axis, shards):
+    setup = _setup(mesh=_mesh(shape, names), param_axis=param_axis)
+    _assert_sharded(setup.init_state(), shards)
+    trained = setup.train()
+    _assert_sharded(trained, shards)
+    expected = _setup().train()
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), trained, expected
+    )
+    _assert_single_device_metagradient(setup)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "error", "match"),
     [
         ({"batch_size": 30}, ValueError, "batch_size=30 is not divisible by the mesh's 'data'"),
         ({"data_axis": "batch"}, ValueError, "data_axis='batch' is not an axis of the mesh"),
         ({"mesh": "cpu"}, TypeError, "mesh must be a jax.sharding.Mesh"),
+        ({"param_axis": "model"}, ValueError, "param_axis='model' is not an axis of the mesh"),
+        ({"mesh": None, "param_axis": "data"}, ValueError, "param_axis='data' needs a mesh"),
     ],
 )
 def test_bad_mesh_is_rejected_before_training(kwargs, error, match):

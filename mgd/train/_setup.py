@@ -18,7 +18,7 @@ from mgd.train._augment import Augment
 from mgd.train._data import Dataset
 from mgd.train._meta import MetaSpec
 from mgd.train._model_fns import ModelFns, model_fns
-from mgd.train._sharding import check_mesh, replicate, shard_batch
+from mgd.train._sharding import check_mesh, constrain_state, put_state, shard_batch
 
 __all__ = ["TrainState", "TrainingSetup"]
 
@@ -115,10 +115,14 @@ class TrainingSetup:
       dtype: floating dtype of parameters, inputs and metaparameters (``jnp.float64`` needs x64).
       eval_batch_size: chunk size of the objective and of ``evaluate`` (bounds their memory).
       mesh: a `jax.sharding.Mesh` to train on several devices: each batch is split over its
-        ``data_axis`` (which must divide ``batch_size``), parameters and optimizer state are
-        replicated; metagradients equal the single-device ones up to float rounding. ``None``:
-        one device.
+        ``data_axis`` (which must divide ``batch_size``), the state is replicated or, with
+        ``param_axis``, sharded; metagradients equal the single-device ones up to float
+        rounding. ``None``: one device.
       data_axis: the mesh axis batches are split over.
+      param_axis: a mesh axis to shard the state over (FSDP / ZeRO style; may be
+        ``data_axis``): each leaf of parameters, optimizer state and model state is split along
+        its largest dimension that the axis size divides, and replicated if none does.
+        ``None``: the state is replicated on every device.
 
     Example:
       >>> data = mgd.load_digits()
@@ -144,6 +148,7 @@ class TrainingSetup:
     eval_batch_size: int = 1024
     mesh: jax.sharding.Mesh | None = None
     data_axis: str = "data"
+    param_axis: str | None = None
 
     def __post_init__(self):
         if not isinstance(self.data, Dataset):
@@ -187,7 +192,7 @@ class TrainingSetup:
         if not jnp.issubdtype(self.dtype, jnp.floating):
             raise ValueError(f"TrainingSetup: dtype must be a floating dtype, got {self.dtype}")
         _ = self._model  # Fails now, not at first use, on a model of the wrong kind.
-        check_mesh(self.mesh, self.data_axis, self.batch_size)
+        check_mesh(self.mesh, self.data_axis, self.param_axis, self.batch_size)
 
     def replace(self, **changes: Any) -> TrainingSetup:
         """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed."""
@@ -310,7 +315,8 @@ class TrainingSetup:
                 )
             updates = jax.tree.map(lambda u: lr * u, updates)
         params = optax.apply_updates(state.params, updates)
-        return TrainState(state.step + 1, params, opt_state, model_state)
+        new = TrainState(state.step + 1, params, opt_state, model_state)
+        return constrain_state(new, self.mesh, self.param_axis)
 
     def _split_sums(self, params, model_state, x, y, fn) -> jax.Array:
         # Sum of fn(logits, labels) * count over chunks of eval_batch_size (bounded memory).
@@ -359,9 +365,14 @@ class TrainingSetup:
         )
 
     def init_state(self) -> TrainState:
-        """The state before training (parameters from the setup's seed), a ``TrainState``."""
-        return replicate(
-            self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays), self.mesh
+        """The state before training (parameters from the setup's seed), a ``TrainState``.
+
+        With a mesh, its leaves are replicated or, with ``param_axis``, sharded over the mesh.
+        """
+        return put_state(
+            self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays),
+            self.mesh,
+            self.param_axis,
         )
 
     def _host_gather(self, field: str, index: jax.Array | None) -> jax.Array:

@@ -1,6 +1,14 @@
-"""Data parallelism for `TrainingSetup`: each batch sharded over a mesh axis, parameters
-replicated, with JAX's own `Mesh` and `NamedSharding` (the SPMD partitioner inserts the
-gradient all-reduce), so the engine replays and differentiates sharded steps unchanged.
+"""Several devices for `TrainingSetup`: each batch sharded over a data axis of a `Mesh` and,
+optionally, the training state sharded over a parameter axis (FSDP / ZeRO style), all with JAX's
+own `NamedSharding` so that the SPMD partitioner inserts the collectives (the gradient
+all-reduce; the all-gathers and reduce-scatters of sharded parameters). The engine replays and
+differentiates the sharded step unchanged, and its stores keep each leaf's sharding.
+
+The state's layout is a function of each leaf's shape alone (`leaf_spec`): without a parameter
+axis every leaf is replicated; with one, a leaf is split along its largest dimension that the
+axis size divides (the first such on ties) and replicated if it has none. Optimizer-state leaves
+that mirror parameters (Adam's ``mu`` and ``nu``) thus get their parameter's layout, and scalars
+(the step, Adam's ``count``) stay replicated.
 
 On several hosts (multi-GPU nodes, TPU pods) call `jax.distributed.initialize()` first on every
 process and build the mesh from `jax.devices()` (all processes' devices); see the README.
@@ -16,23 +24,36 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 PyTree = Any
 
 
-def check_mesh(mesh: Mesh | None, data_axis: str, batch_size: int) -> None:
-    """Raises unless ``mesh`` is ``None`` or a `Mesh` whose ``data_axis`` divides the batch.
+def check_mesh(mesh: Mesh | None, data_axis: str, param_axis: str | None, batch_size: int) -> None:
+    """Raises unless ``mesh`` is ``None`` (and ``param_axis`` too) or a `Mesh` that has both
+    axes and whose ``data_axis`` divides the batch.
+
+    Args:
+      mesh: the setup's mesh or ``None``.
+      data_axis: the mesh axis batches are split over.
+      param_axis: the mesh axis the state is split over, or ``None`` (replicated).
+      batch_size: examples per step.
 
     Raises:
       TypeError: ``mesh`` is not a `jax.sharding.Mesh`.
-      ValueError: ``data_axis`` is not an axis of ``mesh``, or its size does not divide
-        ``batch_size``.
+      ValueError: ``data_axis`` or ``param_axis`` is not an axis of ``mesh``, the size of
+        ``data_axis`` does not divide ``batch_size``, or ``param_axis`` is given without a mesh.
     """
     if mesh is None:
+        if param_axis is not None:
+            raise ValueError(
+                f"TrainingSetup: param_axis={param_axis!r} needs a mesh; pass mesh= a "
+                "jax.sharding.Mesh with that axis, or param_axis=None"
+            )
         return
     if not isinstance(mesh, Mesh):
         raise TypeError(f"TrainingSetup: mesh must be a jax.sharding.Mesh or None, got {mesh!r}")
-    if data_axis not in mesh.shape:
-        raise ValueError(
-            f"TrainingSetup: data_axis={data_axis!r} is not an axis of the mesh "
-            f"{dict(mesh.shape)}; pass data_axis= one of {tuple(mesh.shape)}"
-        )
+    for name, axis in (("data_axis", data_axis), ("param_axis", param_axis)):
+        if axis is not None and axis not in mesh.shape:
+            raise ValueError(
+                f"TrainingSetup: {name}={axis!r} is not an axis of the mesh "
+                f"{dict(mesh.shape)}; pass {name}= one of {tuple(mesh.shape)}"
+            )
     size = mesh.shape[data_axis]
     if batch_size % size:
         raise ValueError(
@@ -52,8 +73,44 @@ def shard_batch(batch: PyTree, mesh: Mesh | None, data_axis: str) -> PyTree:
     return jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), batch)
 
 
-def replicate(tree: PyTree, mesh: Mesh | None) -> PyTree:
-    """Puts every leaf of ``tree`` on all devices of ``mesh`` (a no-op without a mesh)."""
+def leaf_spec(shape: tuple[int, ...], axis: str | None, axis_size: int) -> PartitionSpec:
+    """The layout of one state leaf: split over ``axis`` along its largest dimension that
+    ``axis_size`` divides (the first such on ties), else replicated.
+
+    Args:
+      shape: the leaf's shape.
+      axis: the mesh axis to split over, or ``None`` (replicated).
+      axis_size: the size of ``axis``.
+
+    Returns:
+      A `PartitionSpec` naming ``axis`` at the chosen dimension, or ``PartitionSpec()``.
+    """
+    dims = [d for d, n in enumerate(shape) if n % axis_size == 0]
+    if axis is None or not dims:
+        return PartitionSpec()
+    dim = max(dims, key=lambda d: shape[d])
+    return PartitionSpec(*([None] * dim), axis)
+
+
+def _state_shardings(state: PyTree, mesh: Mesh, param_axis: str | None) -> PyTree:
+    size = mesh.shape.get(param_axis, 1)
+    return jax.tree.map(lambda x: NamedSharding(mesh, leaf_spec(x.shape, param_axis, size)), state)
+
+
+def put_state(state: PyTree, mesh: Mesh | None, param_axis: str | None) -> PyTree:
+    """Places each leaf of ``state`` on ``mesh`` by `leaf_spec` (a no-op without a mesh)."""
     if mesh is None:
-        return tree
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec()))
+        return state
+    return jax.device_put(state, _state_shardings(state, mesh, param_axis))
+
+
+def constrain_state(state: PyTree, mesh: Mesh | None, param_axis: str | None) -> PyTree:
+    """Constrains each leaf of ``state`` to its `leaf_spec` layout inside a jitted function.
+
+    Applied to the state a step returns, so every state the engine stores, replays and
+    differentiates has the layout of `put_state`'s, and the jitted engine pieces see one input
+    layout (no recompilation). A no-op without a mesh.
+    """
+    if mesh is None:
+        return state
+    return jax.lax.with_sharding_constraint(state, _state_shardings(state, mesh, param_axis))
