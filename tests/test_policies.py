@@ -100,6 +100,18 @@ def test_binomial_is_optimal(slots):
         assert cost.vjp_steps == T
 
 
+def test_binomial_one_slot_plan_is_the_general_recursion_in_linear_time():
+    for T in range(1, 61):
+        general: list = []
+        mgd.Binomial(1)._segment(0, T, 1, general)
+        assert mgd.Binomial(1).plan(T) == general, T
+    T = 100_000  # The general recursion takes minutes here.
+    plan = mgd.Binomial(1).plan(T)
+    assert plan[:4] == [Advance(T - 1), Reverse(1), Restore(0), Advance(T - 2)]
+    assert plan[-4:] == [Advance(1), Reverse(1), Restore(0), Reverse(1)]
+    assert policies.simulate(plan, T).replay_steps == T * (T - 1) // 2
+
+
 def test_binomial_closed_form_at_scale():
     for T, s in [(1000, 5), (10_000, 10), (100_000, 20)]:
         assert mgd.Binomial(s).cost(T).replay_steps == policies.binomial_replay_steps(T, s)

@@ -308,6 +308,13 @@ class Binomial(AbstractCheckpointPolicy):
 
     def plan(self, num_steps: int) -> list[Action]:
         plan: list[Action] = []
+        if self.slots == 1:
+            # The one slot holds the initial state, so each step's input is recomputed from
+            # it. `_segment` makes the same plan, but its split search costs O(T) per step.
+            for t in range(num_steps - 1, 0, -1):
+                plan += [Advance(t), Reverse(1), Restore(0)]
+            plan.append(Reverse(1))
+            return plan
         self._segment(0, num_steps, self.slots, plan)
         return plan
 
