@@ -131,7 +131,9 @@ def test_binomial_never_replays_more_than_kary_tree_at_equal_storage(T, k):
 
 
 def test_store_all_cost():
-    assert mgd.StoreAll().cost(100) == policies.PlanCost(100, 0, 100, 101, frozenset({(100, True)}))
+    assert mgd.StoreAll().cost(100) == policies.PlanCost(
+        100, 0, 100, 101, 1, frozenset({(100, True)})
+    )
 
 
 @pytest.mark.parametrize(
@@ -158,8 +160,8 @@ def test_default_policy_matches_its_documentation(T):
     doc = inspect.getdoc(policies.default_policy)
     assert "KAryTree(max(2, ceil(sqrt(T))))" in doc
     assert "KAryTree(max(2, ceil(sqrt(T))))" in inspect.getdoc(mgd.metagradient)
-    # With a memory budget the rule is policy_for_budget's (tests/test_budget.py checks it).
-    assert "policy_for_budget" in doc and "policy_for_budget" in inspect.getdoc(mgd.metagradient)
+    # With a memory budget the rule is choose_for_budget's (tests/test_budget.py checks it).
+    assert "choose_for_budget" in doc and "choose_for_budget" in inspect.getdoc(mgd.metagradient)
     assert policies.default_policy(T) == mgd.KAryTree(max(2, math.ceil(math.sqrt(T))))
 
 

@@ -2,8 +2,10 @@
 
 from mgd.engine.policies import AbstractCheckpointPolicy as AbstractCheckpointPolicy
 from mgd.engine.policies import Binomial as Binomial
+from mgd.engine.policies import BudgetChoice as BudgetChoice
 from mgd.engine.policies import KAryTree as KAryTree
 from mgd.engine.policies import StoreAll as StoreAll
+from mgd.engine.policies import choose_for_budget as choose_for_budget
 from mgd.engine.policies import policy_for_budget as policy_for_budget
 from mgd.engine.replay import MetagradientResult as MetagradientResult
 from mgd.engine.replay import MetagradientStats as MetagradientStats

@@ -24,6 +24,9 @@ Costs are counted in training states and step evaluations:
 - ``peak_states``: the most states held at once: the stored slots plus the states live in the
   current action (1 while advancing; ``n`` for ``Reverse(n)``, whose block keeps the inputs of
   its ``n`` steps for the backward pass).
+- ``peak_slots``: the most states stored in slots at once, the initial one included: what an
+  off-device store (`mgd.engine.storage`) holds, while the device keeps only the states live in
+  the current action and one prefetched state.
 """
 
 from __future__ import annotations
@@ -75,6 +78,7 @@ class PlanCost(NamedTuple):
       replay_steps: steps run by ``Advance`` actions.
       vjp_steps: steps back-propagated by ``Reverse`` actions (always ``T``).
       peak_states: most training states held at once (see the module docstring).
+      peak_slots: most states stored in slots at once, the initial one included.
       block_lengths: the distinct ``(n, is_final)`` of the ``Reverse`` actions, i.e. the
         differentiated blocks the executor compiles (one compilation each).
     """
@@ -83,6 +87,7 @@ class PlanCost(NamedTuple):
     replay_steps: int
     vjp_steps: int
     peak_states: int
+    peak_slots: int
     block_lengths: frozenset[tuple[int, bool]]
 
 
@@ -105,6 +110,7 @@ def simulate(plan: list[Action], num_steps: int) -> PlanCost:
     reversed_down_to = num_steps  # the sweep has back-propagated steps [reversed_down_to, T)
     forward = vjp = 0
     peak = len(slots) + 1
+    peak_slots = len(slots)
     blocks = set()
     for i, action in enumerate(plan):
         match action:
@@ -119,6 +125,7 @@ def simulate(plan: list[Action], num_steps: int) -> PlanCost:
                     raise ValueError(f"action {i} {action}: slot {slot} is taken")
                 slots[slot] = t
                 peak = max(peak, len(slots) + 1)
+                peak_slots = max(peak_slots, len(slots))
             case Restore(slot):
                 if slot not in slots:
                     raise ValueError(f"action {i} {action}: slot {slot} is empty")
@@ -140,7 +147,7 @@ def simulate(plan: list[Action], num_steps: int) -> PlanCost:
                 raise ValueError(f"action {i}: unknown action {action!r}")
     if reversed_down_to != 0:
         raise ValueError(f"plan ends with steps [0, {reversed_down_to}) not reversed")
-    return PlanCost(forward + vjp, forward, vjp, peak, frozenset(blocks))
+    return PlanCost(forward + vjp, forward, vjp, peak, peak_slots, frozenset(blocks))
 
 
 def ceil_log(n: int, k: int) -> int:
@@ -352,27 +359,125 @@ def default_policy(num_steps: int) -> AbstractCheckpointPolicy:
     """The policy ``checkpoint=None`` resolves to: ``KAryTree(max(2, ceil(sqrt(T))))``.
 
     A depth-2 tree: one replay of the run on top of the reverse sweep, about ``2 sqrt(T)``
-    states held at once. With a ``memory_budget``, `policy_for_budget` decides instead:
+    states held at once. With a ``memory_budget``, `choose_for_budget` decides instead:
     ``StoreAll()`` if ``T + 1`` states fit, else ``KAryTree(max(2, ceil(sqrt(T))))`` if its
-    peak fits, else ``Binomial(budget // state_bytes - 1)``.
+    peak fits, else that tree with its stored states in host memory or on disk if there is room,
+    else ``Binomial(budget // state_bytes - 1)``.
     """
     return KAryTree(max(2, math.isqrt(max(num_steps, 2) - 1) + 1))
+
+
+class BudgetChoice(NamedTuple):
+    """What `choose_for_budget` picks.
+
+    Attributes:
+      policy: the checkpoint policy.
+      store: where its stored states live: ``"device"``, ``"host"`` or ``"disk"`` (the names
+        `mgd.metagradient`'s ``store`` takes).
+    """
+
+    policy: AbstractCheckpointPolicy
+    store: str
+
+
+def choose_for_budget(
+    num_steps: int,
+    state_bytes: int,
+    budget_bytes: int,
+    *,
+    host_bytes: int | None = None,
+    disk_bytes: int | None = None,
+) -> BudgetChoice:
+    """The policy and store ``metagradient(..., memory_budget=budget)`` resolves to.
+
+    The fastest schedule whose states fit: ``n`` states fit ``b`` bytes if
+    ``n * state_bytes <= b``. With stored states on the device, the device holds the plan's
+    ``peak_states`` (`simulate`). With an off-device store, it holds only the states live in one
+    action plus one prefetched state (``n + 1`` for the plan's longest ``Reverse(n)``), and the
+    store holds ``peak_slots``. The rule returns the first of:
+
+    1. ``StoreAll()`` if ``T + 1`` states fit, on the device (no replay);
+    2. ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, on the device (one replay, about
+       ``2 sqrt(T)`` states);
+    3. that tree with its stored states in host memory (store ``"host"``) if its longest
+       block plus one prefetched state (``k + 1`` states) fit ``budget_bytes`` and its
+       ``peak_slots`` fit ``host_bytes``: still one replay, plus copies that overlap with
+       compute;
+    4. the same on disk (store ``"disk"``) with ``disk_bytes``;
+    5. ``Binomial(budget // state_bytes - 1)`` on the device: the most slots that fit, hence the
+       fewest forward steps any schedule achieves in that memory (``r T - C(s + r, r - 1)``).
+
+    Args:
+      num_steps: ``T``, the number of training steps, ``>= 1``.
+      state_bytes: the size of one training state in bytes (the sum of its leaves' ``nbytes``).
+      budget_bytes: the device memory the held training states may use, in bytes.
+      host_bytes: the host memory stored states may use, in bytes; ``None`` (or too little)
+        keeps them out of host memory.
+      disk_bytes: the disk space stored states may use, in bytes; ``None`` (or too little) keeps
+        them off disk.
+
+    Returns:
+      A `BudgetChoice` ``(policy, store)``. On the device,
+      ``policy.cost(T).peak_states * state_bytes <= budget_bytes``; off it, the device holds at
+      most ``budget_bytes`` and the store at most its budget.
+
+    Raises:
+      ValueError: if a byte count is not an integer ``>= 0``, or if ``budget_bytes`` is below
+        ``2 * state_bytes``, what ``Binomial(1)`` (the smallest schedule: the initial state and
+        the current one) needs; the message says how many bytes are needed.
+
+    Example:
+      >>> mgd.choose_for_budget(10_000, 1000, 150_000, host_bytes=10**6)
+      BudgetChoice(policy=KAryTree(k=100), store='host')
+    """
+    offload = {"host": host_bytes, "disk": disk_bytes}
+    sizes = {"state_bytes": state_bytes, "budget_bytes": budget_bytes}
+    sizes |= {f"{store}_bytes": room for store, room in offload.items() if room is not None}
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
+
+    def fits(num_states: int, room: int) -> bool:
+        return num_states * state_bytes <= room
+
+    if not fits(2, budget_bytes):
+        raise ValueError(
+            f"memory budget of {budget_bytes} bytes is too small: the smallest schedule, "
+            f"Binomial(1), holds 2 training states of {state_bytes} bytes, so it needs "
+            f"{2 * state_bytes} bytes; raise memory_budget to at least that"
+        )
+    if fits(num_steps + 1, budget_bytes):
+        return BudgetChoice(StoreAll(), "device")
+    tree = default_policy(num_steps)
+    cost = tree.cost(num_steps)
+    if fits(cost.peak_states, budget_bytes):
+        return BudgetChoice(tree, "device")
+    # With the stored states elsewhere, the device keeps the longest block's inputs and one
+    # prefetched state.
+    if fits(max(n for n, _ in cost.block_lengths) + 1, budget_bytes):
+        for store, room in offload.items():
+            if room is not None and fits(cost.peak_slots, room):
+                return BudgetChoice(tree, store)
+    return BudgetChoice(Binomial(budget_bytes // state_bytes - 1), "device")
 
 
 def policy_for_budget(
     num_steps: int, state_bytes: int, budget_bytes: int
 ) -> AbstractCheckpointPolicy:
-    """The policy ``metagradient(..., memory_budget=budget)`` resolves to: fastest that fits.
+    """The policy a ``memory_budget`` picks with every state on the device: fastest that fits.
 
-    ``n`` states fit if ``n * state_bytes <= budget``, counting ``peak_states`` (`simulate`:
-    stored slots plus the states live in the current action, ``n`` for a differentiated block
-    of ``n`` steps). The rule returns the first of:
+    `choose_for_budget` with no host or disk room: ``n`` states fit if
+    ``n * state_bytes <= budget``, counting ``peak_states`` (`simulate`: stored slots plus the
+    states live in the current action, ``n`` for a differentiated block of ``n`` steps). The
+    rule returns the first of:
 
     1. ``StoreAll()`` if ``T + 1`` states fit (no replay);
     2. the default ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits (one replay, about
        ``2 sqrt(T)`` states);
     3. ``Binomial(budget // state_bytes - 1)``: the most slots that fit, hence the fewest
        forward steps any schedule achieves in that memory (``r T - C(s + r, r - 1)``).
+
+    ``metagradient(..., memory_budget=budget)`` uses it when given an explicit ``store``.
 
     Args:
       num_steps: ``T``, the number of training steps, ``>= 1``.
@@ -391,22 +496,7 @@ def policy_for_budget(
       >>> mgd.policy_for_budget(10_000, state_bytes=1000, budget_bytes=50_000)
       Binomial(slots=49)
     """
-    for name, value in [("state_bytes", state_bytes), ("budget_bytes", budget_bytes)]:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
-    fits = budget_bytes // state_bytes if state_bytes else math.inf  # states the budget holds
-    if fits < 2:
-        raise ValueError(
-            f"memory budget of {budget_bytes} bytes is too small: the smallest schedule, "
-            f"Binomial(1), holds 2 training states of {state_bytes} bytes, so it needs "
-            f"{2 * state_bytes} bytes; raise memory_budget to at least that"
-        )
-    if num_steps + 1 <= fits:
-        return StoreAll()
-    tree = default_policy(num_steps)
-    if tree.cost(num_steps).peak_states <= fits:
-        return tree
-    return Binomial(fits - 1)
+    return choose_for_budget(num_steps, state_bytes, budget_bytes).policy
 
 
 def next_restores(plan: list[Action]) -> dict[int, int]:

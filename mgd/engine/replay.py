@@ -22,7 +22,7 @@ import numpy as np
 from jax import lax
 
 from mgd.engine import policies
-from mgd.engine.storage import AbstractStateStore, make_store
+from mgd.engine.storage import AbstractStateStore, make_store, offload_room
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -39,13 +39,18 @@ class MetagradientStats:
         plus the forward half of each differentiated block (``num_steps`` of them).
       replay_steps: ``step_fn`` evaluations outside differentiated blocks (recomputation).
       vjp_steps: steps back-propagated; always ``num_steps``.
-      peak_states: most training states held at once.
+      peak_states: most training states held at once, whichever store holds them.
+      policy: the checkpoint policy that ran, as its ``repr``, e.g. ``"KAryTree(k=32)"``.
+      store: where stored states lived: ``"device"``, ``"host"``, ``"disk"`` (or a custom
+        store's `mgd.AbstractStateStore.name`).
     """
 
     forward_steps: int
     replay_steps: int
     vjp_steps: int
     peak_states: int
+    policy: str
+    store: str
 
 
 @functools.partial(
@@ -188,25 +193,33 @@ def metagradient(
       checkpoint: the checkpoint policy: `mgd.StoreAll`, `mgd.KAryTree` or `mgd.Binomial`.
         ``None`` resolves to `mgd.engine.policies.default_policy`:
         ``KAryTree(max(2, ceil(sqrt(T))))``; with ``memory_budget``, to
-        `mgd.policy_for_budget`: ``StoreAll()`` if ``T + 1`` states fit the budget, else
-        ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else
+        `mgd.choose_for_budget`: ``StoreAll()`` if ``T + 1`` states fit the budget, else
+        ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else (with ``store=None``) that
+        tree with its stored states in host memory, then on disk, if the device holds its
+        longest block plus a prefetched state and there is room there, else
         ``Binomial(budget // state_bytes - 1)``.
       check_finite: raise `NonFiniteCotangentError` naming the first step (in reverse order)
         at which the state cotangent became NaN or Inf. Costs one device-to-host sync at the
         end of the sweep (and, only when it fails, a second sweep checking block by block to
         find the step); turn off to skip even that.
-      store: where stored states live: ``"device"`` (``None``, the default: the device memory
-        they were computed in), ``"host"`` (`mgd.engine.HostStore`, host memory), ``"disk"``
+      store: where stored states live: ``"device"`` (the device memory they were computed
+        in), ``"host"`` (`mgd.engine.HostStore`, host memory), ``"disk"``
         (`mgd.engine.DiskStore`, a temporary directory removed when the call ends), or any
-        `mgd.engine.AbstractStateStore`. Off-device stores copy each stored state out once and
+        `mgd.engine.AbstractStateStore`. ``None`` is ``"device"``, or with ``memory_budget``
+        whichever the budget picks. Off-device stores copy each stored state out once and
         back on each restore, overlapped with compute; the gradient is the same bits.
-      memory_budget: bytes the held training states may use (``peak_states`` times the
-        state's size, its leaves' ``nbytes``), counted whichever store holds them; only with
-        ``checkpoint=None``.
+      memory_budget: bytes of device memory the held training states may use (the number
+        held times the state's size, its leaves' ``nbytes``); only with ``checkpoint=None``.
+        With ``store=None`` it picks the policy and the store (`mgd.choose_for_budget`),
+        offering off-device stores half the available host memory (none on a CPU backend,
+        whose host memory is the device's) and half the free disk space of the temporary
+        directory, measured at the call (`mgd.engine.storage.offload_room`). With an explicit
+        ``store`` it picks only the policy (`mgd.policy_for_budget`), counting every held
+        state whichever store holds it. ``result.stats`` names the policy and store that ran.
 
     Returns:
       A `MetagradientResult` with ``value`` (scalar), ``grad`` (structure of ``meta``) and
-      ``stats`` (forward steps, VJP steps, peak stored states).
+      ``stats`` (forward steps, VJP steps, peak held states, the policy and store that ran).
 
     Raises:
       ValueError: ``num_steps < 1``; ``step_fn`` changes the state's structure or a leaf's
@@ -233,20 +246,30 @@ def metagradient(
     else:
         shapes = jax.eval_shape(lambda s: s, init_state)
         state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-        policy = policies.policy_for_budget(num_steps, state_bytes, memory_budget)
+        if store is None:
+            host_bytes, disk_bytes = offload_room()
+            policy, store = policies.choose_for_budget(
+                num_steps, state_bytes, memory_budget, host_bytes=host_bytes, disk_bytes=disk_bytes
+            )
+        else:
+            policy = policies.policy_for_budget(num_steps, state_bytes, memory_budget)
     init_state, meta = check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy)
     # Built after validation: a disk store makes a directory that only the sweep's `finally`
     # removes.
     store = make_store(store)
     plan = policy.plan(num_steps)
     try:
-        result, finite = _sweep(step_fn, objective_fn, init_state, meta, num_steps, plan, store)
+        result, finite = _sweep(
+            step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store
+        )
         # One device-to-host sync for the whole sweep: per-block checks would stall the
         # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
         # re-run, checking each block, to name the step.
         if check_finite and not bool(jnp.all(jnp.stack(finite))):
             store.clear()
-            _sweep(step_fn, objective_fn, init_state, meta, num_steps, plan, store, locate=True)
+            _sweep(
+                step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store, locate=True
+            )
             raise NonFiniteCotangentError(_non_finite_message(num_steps, None))
     finally:
         store.clear()
@@ -254,9 +277,10 @@ def metagradient(
 
 
 def _sweep(
-    step_fn, objective_fn, init_state, meta, num_steps, plan, store, *, locate=False
+    step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store, *, locate=False
 ) -> tuple[MetagradientResult, list[jax.Array]]:
-    """Executes ``plan``; returns the result and each block's "cotangent is finite" flag.
+    """Executes ``plan`` (``policy``'s); returns the result and each block's "cotangent is
+    finite" flag.
 
     With ``locate``, checks each block's flag as it comes and raises
     `NonFiniteCotangentError` naming the first non-finite step in reverse order.
@@ -304,7 +328,7 @@ def _sweep(
                     raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
                 vjp += n
                 peak = max(peak, held + n)
-    stats = MetagradientStats(forward + vjp, forward, vjp, peak)
+    stats = MetagradientStats(forward + vjp, forward, vjp, peak, repr(policy), store.name)
     return MetagradientResult(value, grad, stats), finite_flags
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 import jax
 import numpy as np
+import psutil
 
 PyTree = Any
 
@@ -38,6 +39,12 @@ _HOST_KIND = "pinned_host"
 
 class AbstractStateStore(abc.ABC):
     """Keeps training states between the forward replay and the reverse sweep."""
+
+    @property
+    def name(self) -> str:
+        """What `mgd.MetagradientStats.store` calls this store: ``"device"``, ``"host"`` or
+        ``"disk"`` for the built-in stores and their subclasses, else the class name."""
+        return type(self).__name__
 
     @abc.abstractmethod
     def put(self, slot: int, step: int, state: PyTree) -> None:
@@ -68,6 +75,8 @@ class DeviceStore(AbstractStateStore):
 
     Costs nothing to put or get: the stored arrays are the very arrays the step produced.
     """
+
+    name = "device"
 
     def __init__(self):
         self._states: dict[int, tuple[int, PyTree]] = {}
@@ -169,6 +178,8 @@ class HostStore(_OffDeviceStore):
     the same bits as with `DeviceStore`.
     """
 
+    name = "host"
+
     def _save(self, slot: int, leaves: list) -> Future:
         # The copies run on the store's thread: transfers cost host time per leaf (about
         # 0.1 ms on a CPU backend) that the main thread spends dispatching compute instead.
@@ -204,6 +215,8 @@ class DiskStore(_OffDeviceStore):
       ValueError: if ``directory`` does not exist or is not writable (checked when built,
         before any training).
     """
+
+    name = "disk"
 
     def __init__(self, directory: str | os.PathLike | None = None):
         super().__init__()
@@ -260,7 +273,28 @@ class DiskStore(_OffDeviceStore):
             shutil.rmtree(root, ignore_errors=True)
 
 
-_STORES = {"device": DeviceStore, "host": HostStore, "disk": DiskStore}
+_STORES = {store.name: store for store in (DeviceStore, HostStore, DiskStore)}
+
+# The share of free host memory and disk space a memory budget lets stored states take: the
+# rest stays for this process (data, compiled programs, copies in flight) and for others.
+_ROOM_FRACTION = 0.5
+
+
+def offload_room() -> tuple[int, int]:
+    """Bytes that stored states may take in host memory and on disk, measured now.
+
+    What ``metagradient(..., memory_budget=...)`` offers `mgd.choose_for_budget` when no
+    ``store`` is given: half of the available host memory (`psutil.virtual_memory`) and half of
+    the free space in the system's temporary directory, where a `DiskStore` writes by default.
+    On a CPU backend host memory is the device's own memory, which ``memory_budget`` already
+    bounds, so it offers none.
+
+    Returns:
+      ``(host_bytes, disk_bytes)``.
+    """
+    host = 0 if jax.default_backend() == "cpu" else psutil.virtual_memory().available
+    disk = shutil.disk_usage(tempfile.gettempdir()).free
+    return int(host * _ROOM_FRACTION), int(disk * _ROOM_FRACTION)
 
 
 def make_store(store: AbstractStateStore | str | None) -> AbstractStateStore:
