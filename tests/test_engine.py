@@ -203,7 +203,7 @@ def test_fewer_steps_than_k(x64, T):
     assert res.stats.peak_states == T + 1
 
 
-def test_result_is_a_pytree_of_value_and_grad():
+def test_result_is_a_pytree_of_value_and_grad(x64):
     # So that jax.block_until_ready(result) waits for the whole sweep (benchmarks rely on it).
     problem = make_problem("sgd", T_SMALL)
     res = jax.block_until_ready(mgd.metagradient(*problem, T_SMALL))
