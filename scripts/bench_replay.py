@@ -178,8 +178,8 @@ def _live_states(policy_expression: str, num_steps: int) -> int:
     """Most states live in one action of the policy's plan: 1, or ``n`` for ``Reverse(n)``."""
     import mgd
 
-    plan = eval(policy_expression, {"mgd": mgd}).plan(num_steps)
-    return max(a.n if isinstance(a, mgd.engine.policies.Reverse) else 1 for a in plan)
+    cost = eval(policy_expression, {"mgd": mgd}).cost(num_steps)
+    return max(n for n, _ in cost.block_lengths)
 
 
 def main() -> None:
