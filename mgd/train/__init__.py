@@ -6,6 +6,8 @@ metaparameters on; ``models`` holds ready networks; the loaders build validated 
 """
 
 from mgd.train import models as models
+from mgd.train._adam import adam as adam
+from mgd.train._adam import scale_by_adam as scale_by_adam
 from mgd.train._augment import Augment as Augment
 from mgd.train._data import Dataset as Dataset
 from mgd.train._data import load_cifar10 as load_cifar10

@@ -7,6 +7,8 @@ from typing import Any
 
 import optax
 
+from mgd.train._adam import adam
+
 __all__ = ["make_optimizer"]
 
 _FIELDS = {
@@ -27,7 +29,9 @@ def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
         through ``sqrt(v)`` stays bounded where ``v`` is near zero).
 
     Returns:
-      The ``optax.GradientTransformation``.
+      The ``optax.GradientTransformation``. Adam without Nesterov momentum is
+      `mgd.train.adam`: the same training as ``optax.adam``, bit for bit, with a cheaper
+      reverse pass for metagradients.
 
     Raises:
       ValueError: for an unknown name or field.
@@ -45,4 +49,6 @@ def make_optimizer(config: Mapping[str, Any]) -> optax.GradientTransformation:
     fields.setdefault("learning_rate", 1.0)
     if name == "sgd":
         return optax.sgd(**fields)
-    return optax.adam(**fields)
+    if fields.pop("nesterov", False):
+        return optax.adam(**fields, nesterov=True)
+    return adam(**fields)
