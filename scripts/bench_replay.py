@@ -2,7 +2,10 @@
 
 An MLP (64-256-10) trained by Adam on scikit-learn's digits with per-example data weights as
 metaparameters (``eps_root=1e-8``: digits has always-blank pixels whose gradients are exactly
-zero, where plain Adam's square root has an infinite derivative).
+zero, where plain Adam's square root has an infinite derivative). Adam is `mgd.train.adam`
+(``--optimizer mgd``, the default: optax's Adam with a hand-written reverse pass) or
+``optax.adam`` (``--optimizer optax``); both train identically, only the metagradient's cost
+differs.
 
 For each number of steps T it measures, each in a fresh subprocess (so that peak memory is
 that configuration's own):
@@ -14,10 +17,11 @@ that configuration's own):
 
 Time is the best of ``--repeats`` calls (default 5) after a compiling warm-up call
 (``--repeats 0``: the warm-up call itself, compilation included, for runs too long to repeat).
-Plain training is timed again inside every configuration's process, alternating call for call
-with the configuration, and ``x train`` divides by that same-process time; ``x unroll`` divides
-two such ratios. So each ratio compares runs made under the same conditions, and the variance
-between processes (allocator state, cache, clock: up to 15% here) cancels. Memory is the peak of
+``x train`` divides by the ``train`` row's time. Plain training is also timed inside every
+configuration's own process, alternating call for call with it (``x train, same process``):
+runs made under the same conditions, so the variance between processes (up to 15% here)
+cancels; but after a configuration that allocated gigabytes (``unroll``, ``StoreAll``) that
+process trains up to 2x slower, so for those only the first ratio is fair. Memory is the peak of
 the process's resident set size sampled every 2 ms during the warm-up call, minus the resident
 size before it (the memory the call itself needs, compilation included), and ``ru_maxrss``.
 
@@ -29,7 +33,7 @@ a laptop), ``KAryTree(ceil(sqrt T))``, ``KAryTree(10)`` (peak storage logarithmi
 
 Usage:
   python scripts/bench_replay.py                       # T = 1,000 and 10,000
-  python scripts/bench_replay.py --steps 1000 --repeats 1
+  python scripts/bench_replay.py --steps 1000 --optimizer optax
   python scripts/bench_replay.py --policies-vs-T --repeats 1
 """
 
@@ -42,8 +46,12 @@ import resource
 import threading
 import time
 
+# The Adam implementations --optimizer chooses between: the same training, bit for bit; mgd's
+# has a hand-written reverse pass (mgd.train.adam).
+OPTIMIZERS = {"mgd": "mgd.train.adam", "optax": "optax.adam"}
 
-def _measure(config: str, num_steps: int, repeats: int, hidden: int, queue) -> None:
+
+def _measure(config: str, num_steps: int, repeats: int, hidden: int, optimizer: str, queue) -> None:
     """Runs one configuration in this (child) process and reports time and memory.
 
     ``config`` is ``train``, ``unroll`` or a policy expression, optionally followed by
@@ -57,7 +65,8 @@ def _measure(config: str, num_steps: int, repeats: int, hidden: int, queue) -> N
     import mgd
 
     data = mgd.load_digits()
-    optimizer = optax.adam(1e-3, eps_root=1e-8)
+    adam = eval(OPTIMIZERS[optimizer], {"mgd": mgd, "optax": optax})
+    optimizer = adam(1e-3, eps_root=1e-8)
     model = mgd.train.models.MLP(mgd.train.models.MLPConfig(hidden=(hidden,)))
     setup = mgd.TrainingSetup(
         model, optimizer, data, batch_size=32, num_steps=num_steps,
@@ -127,13 +136,15 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(config: str, num_steps: int, repeats: int, hidden: int = 256):
+def measure(config: str, num_steps: int, repeats: int, hidden: int = 256, optimizer="mgd"):
     """Time (s), plain training's time in the same process (s), peak extra memory (bytes),
     max RSS (bytes), the metagradient's stats (or ``None``) and the training state's size
     (bytes) of a configuration."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    child = context.Process(target=_measure, args=(config, num_steps, repeats, hidden, queue))
+    child = context.Process(
+        target=_measure, args=(config, num_steps, repeats, hidden, optimizer, queue)
+    )
     child.start()
     child.join()
     if child.exitcode != 0:
@@ -142,7 +153,7 @@ def measure(config: str, num_steps: int, repeats: int, hidden: int = 256):
     return queue.get()
 
 
-def policies_vs_steps(steps: list[int], repeats: int) -> None:
+def policies_vs_steps(steps: list[int], repeats: int, optimizer: str) -> None:
     """Prints, for each T, time and memory of the policies and stores on a 64-32-10 MLP."""
     mib = 2**20
     print("| T | configuration | store | time (s) | train, same process (s) | x train | "
@@ -154,7 +165,7 @@ def policies_vs_steps(steps: list[int], repeats: int) -> None:
         configs = ["train"] + (["mgd.StoreAll()"] if T <= 10_000 else []) + trees
         configs += ["mgd.Binomial(20)"] + [f"{t}|{s}" for s in ["host", "disk"] for t in trees]
         for config in configs:
-            result = measure(config, T, repeats, hidden=32)
+            result = measure(config, T, repeats, hidden=32, optimizer=optimizer)
             if result is None:
                 continue
             seconds, train, extra, max_rss, stats, state_bytes = result
@@ -187,13 +198,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
+        "--optimizer",
+        choices=sorted(OPTIMIZERS),
+        default="mgd",
+        help="Adam implementation: mgd.train.adam (default) or optax.adam (same training)",
+    )
+    parser.add_argument(
         "--policies-vs-T",
         action="store_true",
         help="time and memory of the policies and state stores vs T on a small MLP",
     )
     args = parser.parse_args()
     if args.policies_vs_T:
-        policies_vs_steps(args.steps or [1000, 10_000, 100_000], args.repeats)
+        policies_vs_steps(args.steps or [1000, 10_000, 100_000], args.repeats, args.optimizer)
         return
     args.steps = args.steps or [1000, 10_000]
 
@@ -205,29 +222,31 @@ def main() -> None:
         configs += [f"mgd.Binomial({2 * sqrt_k})"]
         results = {}
         print(f"\n## T = {T:,} steps\n")
-        print("| configuration | time (s) | train, same process (s) | x train | x unroll | "
-              "peak extra memory (MiB) | max RSS (MiB) |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|")
-        x_train = {}  # configuration -> time / plain training time in its own process
+        print("| configuration | time (s) | x train | train, same process (s) | "
+              "x train, same process | x unroll | peak extra memory (MiB) | "
+              "max RSS (MiB) |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|")
         for config in configs:
-            results[config] = measure(config, T, args.repeats)
+            results[config] = measure(config, T, args.repeats, optimizer=args.optimizer)
             if results[config] is None:
                 continue
-            seconds, train, extra, max_rss = results[config][:4]
-            x_train[config] = seconds / train
-            # Ratio of ratios: each side is normalized by training timed in its own process.
-            x_unroll = x_train[config] / x_train.get("unroll", math.nan)
+            seconds, own_train, extra, max_rss = results[config][:4]
+            train = results["train"][0] if results["train"] else math.nan
+            unroll = results["unroll"][0] if results.get("unroll") else math.nan
             print(
-                f"| {config} | {seconds:.3f} | {train:.3f} | {x_train[config]:.2f} | "
-                f"{x_unroll:.2f} | {extra / mib:.1f} | {max_rss / mib:.0f} |",
+                f"| {config} | {seconds:.3f} | {seconds / train:.2f} | {own_train:.3f} | "
+                f"{seconds / own_train:.2f} | {seconds / unroll:.2f} | {extra / mib:.1f} | "
+                f"{max_rss / mib:.0f} |",
                 flush=True,
             )
         tree, store_all = f"mgd.KAryTree({sqrt_k})", "mgd.StoreAll()"
-        if None in (results[tree], results[store_all], results["unroll"]):
+        if None in (results[tree], results[store_all], results["unroll"], results["train"]):
             continue
+        seconds, own_train = results[tree][:2]
         print(
-            f"\nKAryTree({sqrt_k}) (k ~ sqrt T): time {x_train[tree] / x_train['unroll']:.2f}x "
-            f"unroll (target <= 1.5 at T = 1,000), {x_train[tree]:.2f}x train (target <= 5); "
+            f"\nKAryTree({sqrt_k}) (k ~ sqrt T): time {seconds / results['unroll'][0]:.2f}x "
+            f"unroll (target <= 1.5 at T = 1,000), {seconds / results['train'][0]:.2f}x train "
+            f"({seconds / own_train:.2f}x training timed in its own process; target <= 5); "
             f"peak extra memory {results[tree][2] / results[store_all][2]:.3f}x StoreAll's "
             "(target <= 0.1 at T = 10,000)"
         )
