@@ -23,7 +23,9 @@ runs made under the same conditions, so the variance between processes (up to 15
 cancels; but after a configuration that allocated gigabytes (``unroll``, ``StoreAll``) that
 process trains up to 2x slower, so for those only the first ratio is fair. Memory is the peak of
 the process's resident set size sampled every 2 ms during the warm-up call, minus the resident
-size before it (the memory the call itself needs, compilation included), and ``ru_maxrss``.
+size before it (the memory the call itself needs, compilation included), and ``ru_maxrss``;
+and the same for a second, compiled call after ``malloc_trim`` has handed freed memory back to
+the OS (``compiled call``: the states, residuals and buffers alone, without the compiler's).
 
 ``--policies-vs-T`` measures instead, for T in ``--steps`` (default 1e3, 1e4, 1e5) and a smaller
 MLP (64-32-10): training, ``StoreAll`` (up to T = 10,000; beyond, its T + 1 states do not fit
@@ -40,6 +42,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import math
 import multiprocessing
 import resource
@@ -60,7 +64,6 @@ def _measure(config: str, num_steps: int, repeats: int, hidden: int, optimizer: 
     import jax
     import jax.numpy as jnp
     import optax
-    import psutil
 
     import mgd
 
@@ -94,6 +97,38 @@ def _measure(config: str, num_steps: int, repeats: int, hidden: int, optimizer: 
         policy = eval(expression, {"mgd": mgd})  # e.g. "mgd.KAryTree(32)", from this script.
         run = lambda: setup.metagradient(meta, checkpoint=policy, store=store or None)
 
+    first, result, extra = _peak_extra_memory(run)  # The first call compiles.
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # Again, compiled, after handing freed memory back to the OS: the memory the computation
+    # itself needs (states, residuals, buffers), without the compiler's. Skipped with
+    # --repeats 0 (runs too long to repeat).
+    compiled_extra = None
+    if repeats:
+        ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim(0)
+        compiled_extra = _peak_extra_memory(run)[2]
+
+    # Plain training is timed in this same process, alternating with the configuration, so
+    # that the "x train" ratio compares runs under the same conditions (allocator state, cache,
+    # clock), not two processes minutes apart.
+    train = lambda: setup.train(meta)
+    # With --repeats 0, both times include compilation (the train row: its own first call).
+    times, train_times = [first], [first if config == "train" else _seconds(train)]
+    if repeats:
+        times, train_times = [], []
+        for _ in range(repeats):
+            times.append(_seconds(run))
+            train_times.append(_seconds(train))
+    stats = getattr(result, "stats", None)
+    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state0))
+    queue.put((min(times), min(train_times), extra, max_rss, stats, state_bytes, compiled_extra))
+
+
+def _peak_extra_memory(fn) -> tuple[float, object, int]:
+    """Runs ``fn`` once: its time (s), result, and the peak of the process's resident set size
+    (sampled every 2 ms) above the size before the call (bytes)."""
+    import jax
+    import psutil
+
     process = psutil.Process()
     baseline = process.memory_info().rss
     peak = [baseline]
@@ -107,25 +142,11 @@ def _measure(config: str, num_steps: int, repeats: int, hidden: int, optimizer: 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     start = time.perf_counter()
-    result = jax.block_until_ready(run())
-    first = time.perf_counter() - start  # Compilation included: used only with --repeats 0.
+    result = jax.block_until_ready(fn())
+    seconds = time.perf_counter() - start
     done.set()
     sampler.join()
-    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    # Plain training is timed in this same process, alternating with the configuration, so
-    # that the "x train" ratio compares runs under the same conditions (allocator state, cache,
-    # clock), not two processes minutes apart.
-    train = lambda: setup.train(meta)
-    times, train_times = [first], [_seconds(train)]  # With --repeats 0, both compile included.
-    if repeats:
-        times, train_times = [], []
-        for _ in range(repeats):
-            times.append(_seconds(run))
-            train_times.append(_seconds(train))
-    stats = getattr(result, "stats", None)
-    state_bytes = sum(x.nbytes for x in jax.tree.leaves(state0))
-    queue.put((min(times), min(train_times), peak[0] - baseline, max_rss, stats, state_bytes))
+    return seconds, result, peak[0] - baseline
 
 
 def _seconds(fn) -> float:
@@ -157,9 +178,9 @@ def policies_vs_steps(steps: list[int], repeats: int, optimizer: str) -> None:
     """Prints, for each T, time and memory of the policies and stores on a 64-32-10 MLP."""
     mib = 2**20
     print("| T | configuration | store | time (s) | train, same process (s) | x train | "
-          "peak extra memory (MiB) | max RSS (MiB) | peak states | replay steps / T | "
-          "stored on device (MiB) |")  # fmt: skip
-    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+          "peak extra memory (MiB) | peak extra memory, compiled call (MiB) | max RSS (MiB) | "
+          "peak states | replay steps / T | stored on device (MiB) |")  # fmt: skip
+    print("|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for T in steps:
         trees = [f"mgd.KAryTree({math.isqrt(T - 1) + 1})", "mgd.KAryTree(10)"]
         configs = ["train"] + (["mgd.StoreAll()"] if T <= 10_000 else []) + trees
@@ -168,7 +189,7 @@ def policies_vs_steps(steps: list[int], repeats: int, optimizer: str) -> None:
             result = measure(config, T, repeats, hidden=32, optimizer=optimizer)
             if result is None:
                 continue
-            seconds, train, extra, max_rss, stats, state_bytes = result
+            seconds, train, extra, max_rss, stats, state_bytes, compiled = result
             policy, _, store = config.partition("|")
             peak = replay = on_device = ""
             if stats is not None:
@@ -179,10 +200,19 @@ def policies_vs_steps(steps: list[int], repeats: int, optimizer: str) -> None:
                 on_device = f"{states * state_bytes / mib:.2f}"
             print(
                 f"| {T:,} | {policy} | {store or 'device' if stats else ''} | {seconds:.2f} | "
-                f"{train:.2f} | {seconds / train:.2f} | {extra / mib:.1f} | {max_rss / mib:.0f} | "
+                f"{train:.2f} | {seconds / train:.2f} | {extra / mib:.1f} | {_mib(compiled)} | "
+                f"{max_rss / mib:.0f} | "
                 f"{peak} | {replay} | {on_device} |",
                 flush=True,
             )
+
+
+def _mib(nbytes: int | None) -> str:
+    return "" if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
+def _ratio(a: int | None, b: int | None) -> str:
+    return "n/a" if a is None or b is None else f"{a / b:.3f}"
 
 
 def _live_states(policy_expression: str, num_steps: int) -> int:
@@ -224,19 +254,20 @@ def main() -> None:
         print(f"\n## T = {T:,} steps\n")
         print("| configuration | time (s) | x train | train, same process (s) | "
               "x train, same process | x unroll | peak extra memory (MiB) | "
-              "max RSS (MiB) |")  # fmt: skip
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+              "peak extra memory, compiled call (MiB) | max RSS (MiB) |")  # fmt: skip
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for config in configs:
             results[config] = measure(config, T, args.repeats, optimizer=args.optimizer)
             if results[config] is None:
                 continue
             seconds, own_train, extra, max_rss = results[config][:4]
+            compiled = results[config][6]
             train = results["train"][0] if results["train"] else math.nan
             unroll = results["unroll"][0] if results.get("unroll") else math.nan
             print(
                 f"| {config} | {seconds:.3f} | {seconds / train:.2f} | {own_train:.3f} | "
                 f"{seconds / own_train:.2f} | {seconds / unroll:.2f} | {extra / mib:.1f} | "
-                f"{max_rss / mib:.0f} |",
+                f"{_mib(compiled)} | {max_rss / mib:.0f} |",
                 flush=True,
             )
         tree, store_all = f"mgd.KAryTree({sqrt_k})", "mgd.StoreAll()"
@@ -247,7 +278,8 @@ def main() -> None:
             f"\nKAryTree({sqrt_k}) (k ~ sqrt T): time {seconds / results['unroll'][0]:.2f}x "
             f"unroll (target <= 1.5 at T = 1,000), {seconds / results['train'][0]:.2f}x train "
             f"({seconds / own_train:.2f}x training timed in its own process; target <= 5); "
-            f"peak extra memory {results[tree][2] / results[store_all][2]:.3f}x StoreAll's "
+            f"peak extra memory {results[tree][2] / results[store_all][2]:.3f}x StoreAll's, "
+            f"{_ratio(results[tree][6], results[store_all][6])}x in a compiled call "
             "(target <= 0.1 at T = 10,000)"
         )
 
