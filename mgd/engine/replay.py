@@ -106,8 +106,12 @@ def _run_block(step_fn: StepFn, state, meta, t0, length: int):
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "length"))
-def _reverse_block(step_fn: StepFn, state, meta, t0, ct_diff, grad, *, length: int):
-    """VJP of ``length`` steps from ``t0``; adds the meta cotangent into ``grad``."""
+def _reverse_block(step_fn: StepFn, state, meta, t0, ct_diff, grad, finite, *, length: int):
+    """VJP of ``length`` steps from ``t0``; adds the meta cotangent into ``grad``.
+
+    ``finite`` (a bool scalar) comes back and-ed with "the new state cotangent is finite": the
+    sweep carries one flag through its blocks on the device, syncing once at the end.
+    """
     diff, rest = _partition(state)
 
     def block(d, m):
@@ -115,7 +119,7 @@ def _reverse_block(step_fn: StepFn, state, meta, t0, ct_diff, grad, *, length: i
 
     _, vjp = jax.vjp(block, diff, meta)
     ct_diff, ct_meta = vjp(ct_diff)
-    return ct_diff, jax.tree.map(jnp.add, grad, ct_meta), _all_finite(ct_diff)
+    return ct_diff, jax.tree.map(jnp.add, grad, ct_meta), finite & _all_finite(ct_diff)
 
 
 @functools.partial(jax.jit, static_argnames=("step_fn", "objective_fn", "length"))
@@ -155,7 +159,7 @@ def _locate_non_finite(step_fn, objective_fn, state, meta, t0: int, n: int, ct_d
     grad = jax.tree.map(jnp.zeros_like, meta)
     for t in reversed(range(t0, t0 + n)):
         ct_diff, grad, finite = _reverse_block(
-            step_fn, states[t - t0], meta, np.int32(t), ct_diff, grad, length=1
+            step_fn, states[t - t0], meta, np.int32(t), ct_diff, grad, np.bool_(True), length=1
         )
         if not bool(finite):
             return t
@@ -265,7 +269,7 @@ def metagradient(
         # One device-to-host sync for the whole sweep: per-block checks would stall the
         # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
         # re-run, checking each block, to name the step.
-        if check_finite and not bool(jnp.all(jnp.stack(finite))):
+        if check_finite and not bool(finite):
             store.clear()
             _sweep(
                 step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store, locate=True
@@ -278,9 +282,9 @@ def metagradient(
 
 def _sweep(
     step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store, *, locate=False
-) -> tuple[MetagradientResult, list[jax.Array]]:
-    """Executes ``plan`` (``policy``'s); returns the result and each block's "cotangent is
-    finite" flag.
+) -> tuple[MetagradientResult, jax.Array]:
+    """Executes ``plan`` (``policy``'s); returns the result and whether every block's state
+    cotangent was finite (a bool scalar on the device).
 
     With ``locate``, checks each block's flag as it comes and raises
     `NonFiniteCotangentError` naming the first non-finite step in reverse order.
@@ -288,7 +292,7 @@ def _sweep(
     prefetch_at = policies.next_restores(plan)
     grad = jax.tree.map(jnp.zeros_like, meta)
     value = ct_diff = None
-    finite_flags = []
+    finite = None  # Set by the first block, the run's last (it holds the objective).
     state, t = init_state, 0
     store.put(0, 0, init_state)
     forward = vjp = 0
@@ -320,16 +324,15 @@ def _sweep(
                     grad = jax.tree.map(jnp.add, grad, grad_final)
                 else:
                     ct_diff, grad, finite = _reverse_block(
-                        step_fn, state, meta, np.int32(t), ct_diff, grad, length=n
+                        step_fn, state, meta, np.int32(t), ct_diff, grad, finite, length=n
                     )
-                finite_flags.append(finite)
                 if locate and not bool(finite):
                     bad = _locate_non_finite(step_fn, objective_fn, state, meta, t, n, ct_in)
                     raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
                 vjp += n
                 peak = max(peak, held + n)
     stats = MetagradientStats(forward + vjp, forward, vjp, peak, repr(policy), store.name)
-    return MetagradientResult(value, grad, stats), finite_flags
+    return MetagradientResult(value, grad, stats), finite
 
 
 def _non_finite_message(num_steps: int, t: int | None) -> str:
