@@ -98,3 +98,18 @@ def test_make_optimizer_builds_it_for_adam():
     jax.tree.map(np.testing.assert_array_equal, ours, ref)
     nesterov = make_optimizer({**config, "nesterov": True})
     assert nesterov.update(grads, nesterov.init(params), params)[0]["w"].shape == (3,)
+
+
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        (dict(b1=1.0), "b1 must be in"),
+        (dict(b2=float("nan")), "b2 must be in"),
+        (dict(eps_root=-1e-8), "eps_root must be finite"),
+        (dict(eps=float("inf")), "eps must be finite"),
+        (dict(b1="x"), "b1 must be a float"),
+    ],
+)
+def test_bad_hyperparameters(kw, match):
+    with pytest.raises(ValueError, match=match):
+        mgd.train.adam(1e-3, **kw)

@@ -77,8 +77,22 @@ def scale_by_adam(
 
     Returns:
       An ``optax.GradientTransformation`` whose state is ``optax.ScaleByAdamState``.
+
+    Raises:
+      ValueError: ``b1`` or ``b2`` outside ``[0, 1)``, or ``eps`` or ``eps_root`` negative or
+        not finite.
     """
-    b1, b2, eps, eps_root = (float(h) for h in (b1, b2, eps, eps_root))
+    hyper = {"b1": b1, "b2": b2, "eps": eps, "eps_root": eps_root}
+    for name, value in hyper.items():
+        try:
+            hyper[name] = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"adam: {name} must be a float, got {value!r}") from None
+        decay = name in ("b1", "b2")
+        if not (0 <= hyper[name] < 1 if decay else 0 <= hyper[name] < float("inf")):
+            allowed = "in [0, 1)" if decay else "finite and >= 0"
+            raise ValueError(f"adam: {name} must be {allowed}, got {value!r}")
+    b1, b2, eps, eps_root = hyper.values()
     base = optax.scale_by_adam(b1=b1, b2=b2, eps=eps, eps_root=eps_root)
 
     def update_fn(updates, state, params=None):
