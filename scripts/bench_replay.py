@@ -239,6 +239,10 @@ def main() -> None:
         help="time and memory of the policies and state stores vs T on a small MLP",
     )
     args = parser.parse_args()
+    if args.steps is not None and min(args.steps) < 1:
+        parser.error(f"--steps must all be >= 1, got {args.steps}")
+    if args.repeats < 0:
+        parser.error(f"--repeats must be >= 0, got {args.repeats}")
     if args.policies_vs_T:
         policies_vs_steps(args.steps or [1000, 10_000, 100_000], args.repeats, args.optimizer)
         return

@@ -96,6 +96,13 @@ def main(argv=None) -> None:
     parser.add_argument("--policies", nargs="*", default=[],
                         help='extra policy expressions, e.g. "mgd.KAryTree(10)"')  # fmt: skip
     args = parser.parse_args(argv)
+    for name in ("steps", "batch_size", "repeats", "num_train"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not args.width_multiplier > 0:
+        parser.error(f"--width-multiplier must be positive, got {args.width_multiplier}")
+    if args.num_train < args.batch_size:
+        parser.error(f"--num-train ({args.num_train}) must be at least --batch-size")
 
     import jax
 
