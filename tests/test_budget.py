@@ -67,7 +67,7 @@ def test_choose_for_budget_branches(budget, host, disk, expected):
     if choice.store == "device":
         assert cost.peak_states * STATE <= budget
     else:
-        assert (max(n for n, _ in cost.block_lengths) + 1) * STATE <= budget
+        assert (max(cost.block_lengths) + 1) * STATE <= budget
         assert cost.peak_slots * STATE <= {"host": host, "disk": disk}[choice.store]
 
 

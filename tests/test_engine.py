@@ -236,12 +236,32 @@ def test_compiles_once_per_problem():
     policy = mgd.KAryTree(6)  # 200 steps: 34 leaves, 2 levels of replay.
     mgd.metagradient(counting_step, objective_fn, state, meta, 200, checkpoint=policy)
     first = traces["step"]
-    # Validation traces once; then one trace each for the replay loop, the full leaf block
-    # and the last leaf block (the VJP may re-trace a block's body) — never per segment.
-    assert first <= 8
+    # Validation traces once; then one trace each for the replay loop and each distinct block
+    # length (full leaves of 6 steps, the last leaf of 2, which also seeds the sweep from the
+    # objective) — never per segment or per step.
+    assert policy.cost(200).block_lengths == {6, 2}
+    assert first == 2 + 2
     meta2 = jax.tree.map(lambda m: m * 1.01, meta)
     mgd.metagradient(counting_step, objective_fn, state, meta2, 200, checkpoint=policy)
     assert traces["step"] == first  # Nothing is traced again, not even the validation.
+
+
+def test_last_block_shares_the_compiled_block_program():
+    traces = {"step": 0}
+    step_fn, objective_fn, state, meta = make_problem("sgd", 216, jnp.float32)
+
+    def counting_step(s, m, t):
+        traces["step"] += 1
+        return step_fn(s, m, t)
+
+    policy = mgd.KAryTree(6)  # 216 = 6**3: every leaf, the run's last included, has 6 steps.
+    assert policy.cost(216).block_lengths == {6}
+    res = mgd.metagradient(counting_step, objective_fn, state, meta, 216, checkpoint=policy)
+    # Validation, the replay loop, and one block program that also seeds from the objective.
+    assert traces["step"] == 3
+    problem = (step_fn, objective_fn, state, meta)
+    expected = jax.jit(jax.grad(lambda m: scanned_objective(problem, 216, m)))(meta)
+    assert max_relative_error(res.grad, expected) <= 1e-5
 
 
 def test_sharded_states_stay_sharded():

@@ -79,8 +79,9 @@ class PlanCost(NamedTuple):
       vjp_steps: steps back-propagated by ``Reverse`` actions (always ``T``).
       peak_states: most training states held at once (see the module docstring).
       peak_slots: most states stored in slots at once, the initial one included.
-      block_lengths: the distinct ``(n, is_final)`` of the ``Reverse`` actions, i.e. the
-        differentiated blocks the executor compiles (one compilation each).
+      block_lengths: the distinct ``n`` of the ``Reverse`` actions, i.e. the differentiated
+        blocks the executor compiles (one compilation each; the run's last block, which also
+        evaluates the objective, shares its length's program).
     """
 
     forward_steps: int
@@ -88,7 +89,7 @@ class PlanCost(NamedTuple):
     vjp_steps: int
     peak_states: int
     peak_slots: int
-    block_lengths: frozenset[tuple[int, bool]]
+    block_lengths: frozenset[int]
 
 
 def simulate(plan: list[Action], num_steps: int) -> PlanCost:
@@ -139,7 +140,7 @@ def simulate(plan: list[Action], num_steps: int) -> PlanCost:
                         f"action {i} {action}: at step {t}, but the sweep is at step "
                         f"{reversed_down_to}"
                     )
-                blocks.add((n, reversed_down_to == num_steps))
+                blocks.add(n)
                 reversed_down_to = t
                 vjp += n
                 peak = max(peak, len(slots) + n)
@@ -454,7 +455,7 @@ def choose_for_budget(
         return BudgetChoice(tree, "device")
     # With the stored states elsewhere, the device keeps the longest block's inputs and one
     # prefetched state.
-    if fits(max(n for n, _ in cost.block_lengths) + 1, budget_bytes):
+    if fits(max(cost.block_lengths) + 1, budget_bytes):
         for store, room in offload.items():
             if room is not None and fits(cost.peak_slots, room):
                 return BudgetChoice(tree, store)

@@ -105,34 +105,74 @@ def _run_block(step_fn: StepFn, state, meta, t0, length: int):
     return lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "length"))
-def _reverse_block(step_fn: StepFn, state, meta, t0, ct_diff, grad, finite, *, length: int):
+@functools.partial(jax.jit, static_argnames=("step_fn", "objective_fn", "length"))
+def _reverse_block(
+    step_fn: StepFn,
+    objective_fn: ObjectiveFn,
+    state,
+    meta,
+    t0,
+    ct_diff,
+    grad,
+    finite,
+    is_last,
+    *,
+    length: int,
+):
     """VJP of ``length`` steps from ``t0``; adds the meta cotangent into ``grad``.
+
+    ``is_last`` (a bool scalar) says the block ends the run: then the cotangent of its output
+    is the objective's gradient there (``ct_diff`` is ignored; pass zeros) and the objective's
+    value comes back, else ``ct_diff`` is used and the value is zero. Traced, not static, so
+    that the run's last block shares its compiled program with every other block of its
+    length: one large compilation fewer per problem, in time and in memory.
 
     ``finite`` (a bool scalar) comes back and-ed with "the new state cotangent is finite": the
     sweep carries one flag through its blocks on the device, syncing once at the end.
+
+    Returns:
+      ``(value, ct_diff, grad, finite)``: the cotangent of the state at ``t0``.
     """
     diff, rest = _partition(state)
 
     def block(d, m):
-        return _partition(_run_block(step_fn, _combine(d, rest), m, t0, length))[0]
+        return _partition(_run_block(step_fn, _combine(d, rest), m, t0, length))
 
-    _, vjp = jax.vjp(block, diff, meta)
-    ct_diff, ct_meta = vjp(ct_diff)
-    return ct_diff, jax.tree.map(jnp.add, grad, ct_meta), finite & _all_finite(ct_diff)
+    out_diff, vjp, out_rest = jax.vjp(block, diff, meta, has_aux=True)
+    objective = lambda d, m: objective_fn(_combine(d, out_rest), m)
+    value_shape = jax.eval_shape(objective, out_diff, meta)
+
+    def seed_from_objective():
+        return jax.value_and_grad(objective, argnums=(0, 1))(out_diff, meta)
+
+    def seed_from_cotangent():
+        zero_meta = jax.tree.map(jnp.zeros_like, meta)
+        return jnp.zeros(value_shape.shape, value_shape.dtype), (ct_diff, zero_meta)
+
+    value, (ct_out, ct_meta_objective) = lax.cond(is_last, seed_from_objective, seed_from_cotangent)
+    ct_diff, ct_meta = vjp(ct_out)
+    grad = jax.tree.map(lambda g, a, b: g + a + b, grad, ct_meta_objective, ct_meta)
+    return value, ct_diff, grad, finite & _all_finite(ct_diff)
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "objective_fn", "length"))
-def _final_block(step_fn: StepFn, objective_fn: ObjectiveFn, state, meta, t0, *, length: int):
-    """Value and VJP of ``objective_fn`` after the run's last ``length`` steps."""
-    diff, rest = _partition(state)
-
-    def block(d, m):
-        return objective_fn(_run_block(step_fn, _combine(d, rest), m, t0, length), m)
-
-    value, vjp = jax.vjp(block, diff, meta)
-    ct_diff, ct_meta = vjp(jnp.ones_like(value))
-    return value, ct_diff, ct_meta, _all_finite(ct_diff)
+def _reverse(step_fn, objective_fn, state, meta, t0: int, n: int, ct_diff, grad, finite=None):
+    """`_reverse_block` of the ``n`` steps from ``t0``; ``ct_diff=None`` marks the run's last
+    block, seeded by the objective (``finite=None``: no block checked yet)."""
+    is_last = ct_diff is None
+    if is_last:
+        ct_diff = jax.tree.map(jnp.zeros_like, _partition(state)[0])
+    return _reverse_block(
+        step_fn,
+        objective_fn,
+        state,
+        meta,
+        np.int32(t0),
+        ct_diff,
+        grad,
+        np.bool_(True) if finite is None else finite,
+        np.bool_(is_last),
+        length=n,
+    )
 
 
 class NonFiniteCotangentError(FloatingPointError):
@@ -150,16 +190,16 @@ def _locate_non_finite(step_fn, objective_fn, state, meta, t0: int, n: int, ct_d
     states = [state]
     for t in range(t0, t0 + n):
         states.append(_advance(step_fn, states[-1], meta, np.int32(t), np.int32(1)))
+    grad = jax.tree.map(jnp.zeros_like, meta)
     if ct_diff is None:
-        _, ct_diff, _, finite = _final_block(
-            step_fn, objective_fn, states[-1], meta, np.int32(t0 + n), length=0
+        _, ct_diff, _, finite = _reverse(
+            step_fn, objective_fn, states[-1], meta, t0 + n, 0, None, grad
         )
         if not bool(finite):
             return t0 + n
-    grad = jax.tree.map(jnp.zeros_like, meta)
     for t in reversed(range(t0, t0 + n)):
-        ct_diff, grad, finite = _reverse_block(
-            step_fn, states[t - t0], meta, np.int32(t), ct_diff, grad, np.bool_(True), length=1
+        _, ct_diff, grad, finite = _reverse(
+            step_fn, objective_fn, states[t - t0], meta, t, 1, ct_diff, grad
         )
         if not bool(finite):
             return t
@@ -316,16 +356,12 @@ def _sweep(
             case policies.Reverse(n):
                 if i in prefetch_at:  # Bring the next restored state in during this block.
                     store.prefetch(prefetch_at[i])
-                ct_in = ct_diff
-                if t + n == num_steps:
-                    value, ct_diff, grad_final, finite = _final_block(
-                        step_fn, objective_fn, state, meta, np.int32(t), length=n
-                    )
-                    grad = jax.tree.map(jnp.add, grad, grad_final)
-                else:
-                    ct_diff, grad, finite = _reverse_block(
-                        step_fn, state, meta, np.int32(t), ct_diff, grad, finite, length=n
-                    )
+                ct_in = ct_diff  # None for the run's last block: seeded by the objective.
+                block_value, ct_diff, grad, finite = _reverse(
+                    step_fn, objective_fn, state, meta, t, n, ct_diff, grad, finite
+                )
+                if ct_in is None:
+                    value = block_value
                 if locate and not bool(finite):
                     bad = _locate_non_finite(step_fn, objective_fn, state, meta, t, n, ct_in)
                     raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
