@@ -70,8 +70,8 @@ def main(argv=None) -> int:
     )
     mg_runs = mg_seconds / unit
     print(
-        f"setting: NormalizedMLP on digits, SGD, T={setup.num_steps}, "
-        f"knots {setup.meta_spec.lr_knots}"
+        "setting: MLP with layer norm before tanh (normalize=True) on digits, SGD, "
+        f"T={setup.num_steps}, knots {setup.meta_spec.lr_knots}"
     )
     print(f"one training run: {unit * 1e3:.1f} ms; one metagradient: {mg_runs:.1f} runs")
 

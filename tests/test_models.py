@@ -89,6 +89,22 @@ def test_mlp_and_small_cnn_shapes():
     assert _count(mlp.init(jax.random.PRNGKey(0), X)) == 64 * 7 + 7 + 7 * 3 + 3 + 3 * 5 + 5
 
 
+def test_normalized_mlp_hidden_layers_are_scale_invariant():
+    model = models.make_model(
+        {"name": "mlp", "hidden": [16, 8], "activation": "tanh", "normalize": True},
+        num_classes=5,
+    )
+    variables = model.init(jax.random.PRNGKey(0), X)
+    # Layer norm before each activation: scaling a hidden layer's weights and bias leaves the
+    # logits unchanged, so too high a learning rate only lowers the effective one.
+    scaled = jax.tree_util.tree_map_with_path(
+        lambda path, x: x * 7.0 if "Dense_0" in jax.tree_util.keystr(path) else x, variables
+    )
+    np.testing.assert_allclose(model.apply(scaled, X), model.apply(variables, X), rtol=1e-5)
+    plain = models.MLP(models.MLPConfig(num_classes=5, hidden=(16, 8), activation="tanh"))
+    assert not np.allclose(plain.apply(scaled, X), plain.apply(variables, X), rtol=1e-3)
+
+
 @pytest.mark.parametrize(
     "config, match",
     [

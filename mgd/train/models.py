@@ -78,12 +78,18 @@ class MLPConfig:
       hidden: widths of the hidden layers.
       activation: one of ``relu, gelu, tanh, softplus, silu``.
       output_scale: factor on the logits (below 1 makes metagradients smoother).
+      normalize: layer norm (no scale or bias) on each hidden layer *before* its activation.
+        Normalizing before the activation is one of the changes the paper found crucial for
+        metasmooth training (there batch norm in a ResNet-9): each hidden layer becomes
+        scale-invariant, so large weights only lower the effective learning rate, and a
+        learning-rate search that tries a far too high rate recovers instead of blowing up.
     """
 
     num_classes: int = 10
     hidden: tuple[int, ...] = (256,)
     activation: str = "relu"
     output_scale: float = 1.0
+    normalize: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -101,7 +107,10 @@ class MLP(nn.Module):
         act = _ACTIVATIONS[self.config.activation]
         x = x.reshape(x.shape[0], -1)
         for width in self.config.hidden:
-            x = act(nn.Dense(width)(x))
+            x = nn.Dense(width)(x)
+            if self.config.normalize:
+                x = nn.LayerNorm(use_scale=False, use_bias=False)(x)
+            x = act(x)
         return nn.Dense(self.config.num_classes)(x) * self.config.output_scale
 
 
