@@ -126,6 +126,25 @@ def test_train_new_seed_changes_run_without_recompiling():
     assert not np.allclose(a.params["Dense_0"]["kernel"], b.params["Dense_0"]["kernel"])
 
 
+def test_replace_data_or_seed_shares_compiled_functions_and_matches_a_fresh_setup():
+    setup = _setup(meta_spec=MetaSpec())
+    copies = [setup.replace(data=setup.data.subset(np.arange(20)))]
+    copies.append(setup.replace(data=setup.data.subset(np.arange(10, 30))))
+    copies.append(setup.replace(data=setup.data.subset(np.arange(5, 25)), seed=3))
+    for copy in copies:
+        assert copy._jitted is setup._jitted
+        fresh = _setup(meta_spec=MetaSpec(), data=copy.data, seed=copy.seed)
+        jax.tree.map(np.testing.assert_array_equal, copy._batches, fresh._batches)
+        jax.tree.map(np.testing.assert_array_equal, copy.init_state(), fresh.init_state())
+        trained = copy.train()
+        jax.tree.map(np.testing.assert_array_equal, trained, fresh.train())
+        assert copy.evaluate(trained) == fresh.evaluate(trained)
+    assert setup._jitted["train"]._cache_size() == 1  # Three 20-example subsets, one compile.
+    setup.train()  # The 30-example pool: a second shape.
+    assert setup._jitted["train"]._cache_size() == 2
+    assert setup.replace(num_steps=5)._jitted is not setup._jitted  # Other fields: afresh.
+
+
 def test_batch_order_is_epochwise_permutation_with_masked_fill():
     setup = _setup(num_steps=9)
     index = np.asarray(setup._batches.index)

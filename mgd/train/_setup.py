@@ -96,7 +96,8 @@ class TrainingSetup:
 
     All functions are jitted once per setup and cached: ``train`` takes meta and seed as traced
     arguments, so outer loops retrain with new metaparameters and new seeds without recompiling.
-    A setup is immutable; ``replace`` makes a modified copy (which compiles afresh).
+    A setup is immutable; ``replace`` makes a modified copy, which compiles afresh unless only
+    ``data`` and ``seed`` change.
 
     Attributes:
       model: a flax linen module, an NNX module, or a plain ``(init, apply)`` pair (see
@@ -195,8 +196,16 @@ class TrainingSetup:
         check_mesh(self.mesh, self.data_axis, self.param_axis, self.batch_size)
 
     def replace(self, **changes: Any) -> TrainingSetup:
-        """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed."""
-        return dataclasses.replace(self, **changes)
+        """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed.
+
+        A copy that changes only ``data`` and ``seed`` shares this setup's compiled ``train``,
+        ``init_state`` and ``evaluate``: they take the data and the seed as arguments, so
+        retraining on other data of the same shapes (e.g. subsets of one size) compiles nothing.
+        """
+        copy = dataclasses.replace(self, **changes)
+        if set(changes) <= {"data", "seed"}:
+            copy.__dict__["_jitted"] = self._jitted  # The cached_property's slot.
+        return copy
 
     # --- derived, built once per setup -------------------------------------------------------
 
@@ -231,7 +240,7 @@ class TrainingSetup:
     @functools.cached_property
     @jax.ensure_compile_time_eval()
     def _batches(self) -> _Batches:
-        return jax.jit(self._make_batches)(jax.random.PRNGKey(self.seed))
+        return self._jitted["batches"](jax.random.PRNGKey(self.seed), self.data.num_train)
 
     @functools.cached_property
     @jax.ensure_compile_time_eval()
@@ -240,8 +249,10 @@ class TrainingSetup:
 
     # --- pure functions -----------------------------------------------------------------------
 
-    def _make_batches(self, key: jax.Array) -> _Batches:
-        n, b = self.data.num_train, self.batch_size
+    def _make_batches(self, key: jax.Array, num_train: int) -> _Batches:
+        # num_train comes as an argument, not from self.data: `replace` shares the compiled
+        # functions between setups whose data differ.
+        n, b = num_train, self.batch_size
         per_epoch = math.ceil(n / b)
         epochs = math.ceil(self.num_steps / per_epoch)
         fill = per_epoch * b - n
@@ -424,8 +435,10 @@ class TrainingSetup:
 
     @functools.cached_property
     def _jitted(self) -> dict[str, Callable]:
+        # Everything data-dependent comes in through the arguments (shapes included), never
+        # from self.data: setups made by `replace(data=..., seed=...)` share these functions.
         def train(arrays, meta, key):
-            batches = self._make_batches(key)
+            batches = self._make_batches(key, arrays.y_train.shape[0])
             augment_key = jax.random.fold_in(key, _AUGMENT)
 
             def body(state, t):
@@ -443,6 +456,7 @@ class TrainingSetup:
             return self._split_sums(params, model_state, x, y, sums) / x.shape[0]
 
         return {
+            "batches": jax.jit(self._make_batches, static_argnums=1),
             "init": jax.jit(lambda key, arrays: self._init(key, arrays)),
             "train": jax.jit(train),
             "evaluate": jax.jit(evaluate),
