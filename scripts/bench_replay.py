@@ -220,7 +220,7 @@ def _mib(nbytes: int | None) -> str:
 
 
 def _ratio(a: int | None, b: int | None) -> str:
-    return "n/a" if a is None or b is None else f"{a / b:.3f}"
+    return "n/a" if a is None or b is None else f"{a / b:.3f}x"
 
 
 def _live_states(policy_expression: str, num_steps: int) -> int:
@@ -293,11 +293,11 @@ def main() -> None:
             f"{seconds / results['train'][0]:.2f}x train ({seconds / own_train:.2f}x training "
             "timed in the same process; target <= 5)\n"
             f"- peak memory of the metagradient (compiled call): "
-            f"{_ratio(compiled, results[store_all][6])}x StoreAll's (target <= 0.1 at "
+            f"{_ratio(compiled, results[store_all][6])} StoreAll's (target <= 0.1 at "
             "T = 10,000)\n"
             f"- first call, with XLA's one-time compilation "
-            f"({_mib(None if compiled is None else first_call - compiled)} MiB more here): "
-            f"{first_call / results[store_all][2]:.3f}x StoreAll's first call"
+            f"({_mib(None if compiled is None else first_call - compiled) or 'n/a'} MiB more "
+            f"here): {first_call / results[store_all][2]:.3f}x StoreAll's first call"
         )
 
 
