@@ -8,9 +8,15 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# `jax.enable_x64` is new in JAX 0.8; the supported range starts at 0.7, which has only the
+# experimental context manager.
+_enable_x64 = getattr(jax, "enable_x64", None)
+if _enable_x64 is None:
+    from jax.experimental import enable_x64 as _enable_x64
+
 
 @pytest.fixture
 def x64():
     """Run the test body with 64-bit floats enabled (finite differences, tight tolerances)."""
-    with jax.enable_x64(True):
+    with _enable_x64(True):
         yield

@@ -31,17 +31,18 @@ def _digits_setup(config):
 
 
 def test_metasmooth_resnet9_scores_higher_than_standard():
-    # Narrow nets on digits; with the same optimizer, only the model switches differ.
-    standard = metasmoothness(
-        _digits_setup(models.ResNet9Config(width_multiplier=1 / 32)), h=0.2, num_directions=3
-    )
-    smooth = metasmoothness(
-        _digits_setup(models.ResNet9Config.metasmooth(width_multiplier=1 / 16)),
-        h=0.2,
-        num_directions=3,
+    # Narrow nets (width 1/32) on digits; same width and optimizer, only the model switches
+    # differ. Six directions: the standard net's scores scatter (its training is chaotic, and
+    # they move by about 0.05 between JAX versions), so three would leave a thin margin.
+    standard, smooth = (
+        metasmoothness(_digits_setup(config), h=0.2, num_directions=6)
+        for config in (
+            models.ResNet9Config(width_multiplier=1 / 32),
+            models.ResNet9Config.metasmooth(width_multiplier=1 / 32),
+        )
     )
     for r in (standard, smooth):
-        assert -1 <= r.score <= 1 and r.scores.shape == (3,) and r.stderr >= 0
+        assert -1 <= r.score <= 1 and r.scores.shape == (6,) and r.stderr >= 0
     assert smooth.score - 2 * smooth.stderr > standard.score + 2 * standard.stderr
 
 
