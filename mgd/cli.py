@@ -233,6 +233,7 @@ def _make_setup(config, data):
                 hidden=config.model.hidden,
                 activation=config.model.activation,
                 output_scale=config.model.output_scale,
+                normalize=config.model.normalize,
             )
         )
         return mgd.TrainingSetup(

@@ -111,6 +111,7 @@ def test_normalized_mlp_hidden_layers_are_scale_invariant():
         ({"name": "vgg"}, "name"),
         ({"name": "mlp", "depth": 3}, "unknown field"),
         ({"name": "mlp", "activation": "swish"}, "activation"),
+        ({"name": "mlp", "normalize": "yes"}, "normalize"),
         ({"name": "small_cnn", "pool": "min"}, "pool"),
         ({"name": "resnet9", "width_multiplier": 0}, "width_multiplier"),
         ({"name": "resnet9", "output_scale": -1}, "output_scale"),

@@ -54,11 +54,13 @@ class ModelConfig:
       hidden: widths of the hidden layers.
       activation: ``relu``, ``gelu``, ``tanh``, ``softplus`` or ``silu``.
       output_scale: factor on the logits (below 1 makes metagradients smoother).
+      normalize: layer norm before each activation (``MLPConfig.normalize``; metasmooth).
     """
 
     hidden: tuple[int, ...] = (128,)
     activation: str = "relu"
     output_scale: float = 1.0
+    normalize: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,6 +94,8 @@ class MLPConfig:
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         _check_common("MLPConfig", self.num_classes, self.output_scale, self.activation)
+        if not isinstance(self.normalize, bool):
+            raise ValueError(f"MLPConfig: normalize must be true or false, got {self.normalize!r}")
 
 
 class MLP(nn.Module):
