@@ -264,6 +264,42 @@ def test_last_block_shares_the_compiled_block_program():
     assert max_relative_error(res.grad, expected) <= 1e-5
 
 
+def test_partial_step_fn_passes_its_arrays_without_recompiling():
+    from mgd.engine import replay
+
+    def step(data, w, m, t):  # Gradient descent on sum((w - data[t % 4])**2), rate m.
+        return w - m * 2 * (w - data[t % 4])
+
+    objective = jax.tree_util.Partial(lambda target, w, m: jnp.sum((w - target) ** 2))
+    w0, lr = jnp.zeros(3), jnp.float32(0.1)
+
+    def reference(data, target):
+        def run(m):
+            w = w0
+            for t in range(10):
+                w = step(data, w, m, t)
+            return jnp.sum((w - target) ** 2)
+
+        return jax.grad(run)(lr)
+
+    rng = np.random.default_rng(0)
+    for i in range(2):  # New data of the same shapes: compiled once, right numbers each time.
+        data, target = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)
+        res = mgd.metagradient(
+            jax.tree_util.Partial(step, data),
+            jax.tree_util.Partial(objective.func, target),
+            w0,
+            lr,
+            10,
+            checkpoint=mgd.KAryTree(3),
+        )
+        np.testing.assert_allclose(res.grad, reference(data, target), rtol=1e-5)
+        programs = (replay._advance._cache_size(), replay._reverse_block._cache_size())
+        if i == 0:
+            first = programs
+    assert programs == first  # The second data set compiled nothing new.
+
+
 def test_sharded_states_stay_sharded():
     from jax.sharding import Mesh, NamedSharding, PartitionSpec
 

@@ -310,24 +310,45 @@ def test_bad_meta_and_seed_in_train():
         setup.evaluate(setup.init_state(), "dev")
 
 
-def test_large_data_stays_on_host_with_same_metagradient(monkeypatch):
-    # Above the limit, step_fn and objective_fn fetch inputs by callback instead of embedding
-    # the data set in the compiled program; the numbers must not change.
-    from mgd.train import _setup as setup_module
+def test_engine_gets_the_data_as_arguments_and_same_shaped_copies_reuse_its_programs():
+    import re
+
+    from mgd.engine import replay
 
     spec = MetaSpec(data_weights=True, perturb_indices=(1, 4))
-    device = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3)
-    assert device._closure_arrays.x_train is not None  # Built now, before the patch.
-    monkeypatch.setattr(setup_module, "_EMBED_LIMIT_BYTES", 0)
-    host = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3)
-    assert host._closure_arrays.x_train is None
+    setup = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3)
+    # step_fn and objective_fn hold the data as pytree leaves, which the engine passes to its
+    # programs as arguments instead of compiling them in as constants.
+    assert any(x is setup._arrays.x_train for x in jax.tree.leaves(setup.step_fn))
+    assert any(x is setup._arrays.x_val for x in jax.tree.leaves(setup.objective_fn))
+    state = setup.init_state()
     meta = {
         "data_weights": jnp.linspace(0.5, 1.5, 30),
         "perturbations": jnp.full((2, 5, 5, 1), 0.1),
     }
-    for a, b in zip(
-        jax.value_and_grad(_unrolled_objective(host))(meta),
-        jax.value_and_grad(_unrolled_objective(device))(meta),
-        strict=True,
-    ):
-        jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-7), a, b)
+    hlo = replay._reverse_block.lower(
+        *replay._split_fns(setup.step_fn, setup.objective_fn),
+        state,
+        meta,
+        np.int32(0),
+        jax.tree.map(jnp.zeros_like, replay._partition(state)[0]),
+        meta,
+        np.bool_(True),
+        np.bool_(True),
+        length=3,
+    ).as_text()
+    assert "tensor<30x5x5x1xf32>" in hlo  # x_train, an argument.
+    assert max(map(len, re.findall(r'dense<"0x([0-9A-F]*)">', hlo)), default=0) < 1000
+
+    first = setup.metagradient(meta, checkpoint=mgd.KAryTree(2))
+    programs = (replay._advance._cache_size(), replay._reverse_block._cache_size())
+    data = setup.data
+    other = setup.replace(data=data.replace(x_train=data.x_train[::-1].copy()))
+    got = other.metagradient(meta, checkpoint=mgd.KAryTree(2))
+    # The same shapes: the engine's programs are reused, with the copy's own data.
+    assert (replay._advance._cache_size(), replay._reverse_block._cache_size()) == programs
+    fresh = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3, data=other.data)
+    expected = jax.value_and_grad(_unrolled_objective(fresh))(meta)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert not np.allclose(got.grad["data_weights"], first.grad["data_weights"])

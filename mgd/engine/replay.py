@@ -4,9 +4,11 @@
 actions run a jitted ``fori_loop`` of ``step_fn``; each ``Reverse(n)`` differentiates a
 ``lax.scan`` of ``n`` steps as one function, so its forward residuals are kept for the block
 and no step is re-run inside its own VJP. The jitted pieces take ``step_fn``/``objective_fn``
-as static arguments and the step index as a traced array, so they compile once per problem
-(and per distinct block length of the plan, at most two for the built-in policies), not once
-per segment or step, and repeated calls with new ``meta`` values reuse them.
+as static arguments (their array leaves, if they are pytrees such as
+``jax.tree_util.Partial``, as traced ones) and the step index as a traced array, so they
+compile once per problem (and per distinct block length of the plan, at most two for the
+built-in policies), not once per segment or step, and repeated calls with new ``meta`` values
+reuse them.
 """
 
 from __future__ import annotations
@@ -92,9 +94,38 @@ def _all_finite(tree: PyTree) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else True
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn",))
-def _advance(step_fn: StepFn, state, meta, t0, n):
+@dataclasses.dataclass(frozen=True)
+class _StaticFns:
+    """The static half of ``(step_fn, objective_fn)`` (see `_split_fns`): hashable, so the
+    jitted programs take it as a static argument and compile once per problem."""
+
+    treedef: Any
+    leaves: tuple  # Their non-array leaves (the functions themselves); None for an array.
+
+
+def _split_fns(step_fn: StepFn, objective_fn: ObjectiveFn) -> tuple[_StaticFns, list]:
+    """Splits the user's functions into `_StaticFns` and their array leaves.
+
+    A function that is a pytree, e.g. ``jax.tree_util.Partial(f, data)``, has its arrays passed
+    to the jitted programs as arguments: not embedded in the compiled code as constants (slow
+    to compile, a second copy in memory), and new values of the same shapes reuse the
+    compilation. A plain function (a closure) is one static leaf.
+    """
+    leaves, treedef = jax.tree.flatten((step_fn, objective_fn))
+    arrays = [x if isinstance(x, jax.Array | np.ndarray) else None for x in leaves]
+    static = tuple(x if a is None else None for x, a in zip(leaves, arrays, strict=True))
+    return _StaticFns(treedef, static), arrays
+
+
+def _join_fns(static: _StaticFns, arrays: list) -> tuple[StepFn, ObjectiveFn]:
+    leaves = [x if a is None else a for x, a in zip(static.leaves, arrays, strict=True)]
+    return jax.tree.unflatten(static.treedef, leaves)
+
+
+@functools.partial(jax.jit, static_argnames=("fns",))
+def _advance(fns: _StaticFns, fn_arrays, state, meta, t0, n):
     """``n`` steps forward from step ``t0`` (``n`` traced: one compilation for every length)."""
+    step_fn, _ = _join_fns(fns, fn_arrays)
     return lax.fori_loop(t0, t0 + n, lambda t, s: step_fn(s, meta, t), state)
 
 
@@ -105,10 +136,10 @@ def _run_block(step_fn: StepFn, state, meta, t0, length: int):
     return lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))[0]
 
 
-@functools.partial(jax.jit, static_argnames=("step_fn", "objective_fn", "length"))
+@functools.partial(jax.jit, static_argnames=("fns", "length"))
 def _reverse_block(
-    step_fn: StepFn,
-    objective_fn: ObjectiveFn,
+    fns: _StaticFns,
+    fn_arrays,
     state,
     meta,
     t0,
@@ -133,6 +164,7 @@ def _reverse_block(
     Returns:
       ``(value, ct_diff, grad, finite)``: the cotangent of the state at ``t0``.
     """
+    step_fn, objective_fn = _join_fns(fns, fn_arrays)
     diff, rest = _partition(state)
 
     def block(d, m):
@@ -155,15 +187,15 @@ def _reverse_block(
     return value, ct_diff, grad, finite & _all_finite(ct_diff)
 
 
-def _reverse(step_fn, objective_fn, state, meta, t0: int, n: int, ct_diff, grad, finite=None):
-    """`_reverse_block` of the ``n`` steps from ``t0``; ``ct_diff=None`` marks the run's last
-    block, seeded by the objective (``finite=None``: no block checked yet)."""
+def _reverse(fns, state, meta, t0: int, n: int, ct_diff, grad, finite=None):
+    """`_reverse_block` of the ``n`` steps from ``t0``; ``fns`` is `_split_fns`'s pair;
+    ``ct_diff=None`` marks the run's last block, seeded by the objective (``finite=None``: no
+    block checked yet)."""
     is_last = ct_diff is None
     if is_last:
         ct_diff = jax.tree.map(jnp.zeros_like, _partition(state)[0])
     return _reverse_block(
-        step_fn,
-        objective_fn,
+        *fns,
         state,
         meta,
         np.int32(t0),
@@ -179,7 +211,7 @@ class NonFiniteCotangentError(FloatingPointError):
     """The reverse sweep produced a NaN or Inf state cotangent."""
 
 
-def _locate_non_finite(step_fn, objective_fn, state, meta, t0: int, n: int, ct_diff) -> int:
+def _locate_non_finite(fns, state, meta, t0: int, n: int, ct_diff) -> int:
     """The step in ``[t0, t0+n]`` at which the state cotangent first (in reverse order) went
     non-finite; ``t0 + n`` stands for the objective's own gradient.
 
@@ -189,18 +221,14 @@ def _locate_non_finite(step_fn, objective_fn, state, meta, t0: int, n: int, ct_d
     """
     states = [state]
     for t in range(t0, t0 + n):
-        states.append(_advance(step_fn, states[-1], meta, np.int32(t), np.int32(1)))
+        states.append(_advance(*fns, states[-1], meta, np.int32(t), np.int32(1)))
     grad = jax.tree.map(jnp.zeros_like, meta)
     if ct_diff is None:
-        _, ct_diff, _, finite = _reverse(
-            step_fn, objective_fn, states[-1], meta, t0 + n, 0, None, grad
-        )
+        _, ct_diff, _, finite = _reverse(fns, states[-1], meta, t0 + n, 0, None, grad)
         if not bool(finite):
             return t0 + n
     for t in reversed(range(t0, t0 + n)):
-        _, ct_diff, grad, finite = _reverse(
-            step_fn, objective_fn, states[t - t0], meta, t, 1, ct_diff, grad
-        )
+        _, ct_diff, grad, finite = _reverse(fns, states[t - t0], meta, t, 1, ct_diff, grad)
         if not bool(finite):
             return t
     return t0  # Not reproduced step by step (rounding differs): blame the block's first step.
@@ -229,8 +257,13 @@ def metagradient(
       step_fn: ``(state, meta, t) -> state``, one training step; pure and jittable; ``t`` is
         the step index as an int32 scalar array (the step fetches its own batch by ``t``). Its
         output has the structure, shapes and dtypes of ``state``. Integer leaves (optimizer
-        step counters) are carried along and not differentiated.
-      objective_fn: ``(state, meta) -> scalar``, e.g. the validation loss of the trained model.
+        step counters) are carried along and not differentiated. To hand it data, prefer
+        ``jax.tree_util.Partial(step, data, ...)`` to a closure: a closure's arrays are
+        compiled into the programs as constants, a ``Partial``'s are passed as arguments
+        (faster to compile, no second copy, and new data of the same shapes reuses the
+        compilation).
+      objective_fn: ``(state, meta) -> scalar``, e.g. the validation loss of the trained model;
+        a closure or a ``Partial`` like ``step_fn``.
       init_state: the training state at step 0, a pytree of arrays.
       meta: the metaparameters, a pytree of floating-point arrays.
       num_steps: ``T``, the number of training steps, ``>= 1``.
@@ -302,18 +335,15 @@ def metagradient(
     # removes.
     store = make_store(store)
     plan = policy.plan(num_steps)
+    fns = _split_fns(step_fn, objective_fn)
     try:
-        result, finite = _sweep(
-            step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store
-        )
+        result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store)
         # One device-to-host sync for the whole sweep: per-block checks would stall the
         # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
         # re-run, checking each block, to name the step.
         if check_finite and not bool(finite):
             store.clear()
-            _sweep(
-                step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store, locate=True
-            )
+            _sweep(fns, init_state, meta, num_steps, policy, plan, store, locate=True)
             raise NonFiniteCotangentError(_non_finite_message(num_steps, None))
     finally:
         store.clear()
@@ -321,10 +351,10 @@ def metagradient(
 
 
 def _sweep(
-    step_fn, objective_fn, init_state, meta, num_steps, policy, plan, store, *, locate=False
+    fns, init_state, meta, num_steps, policy, plan, store, *, locate=False
 ) -> tuple[MetagradientResult, jax.Array]:
-    """Executes ``plan`` (``policy``'s); returns the result and whether every block's state
-    cotangent was finite (a bool scalar on the device).
+    """Executes ``plan`` (``policy``'s) with ``fns``, `_split_fns`'s pair; returns the result
+    and whether every block's state cotangent was finite (a bool scalar on the device).
 
     With ``locate``, checks each block's flag as it comes and raises
     `NonFiniteCotangentError` naming the first non-finite step in reverse order.
@@ -340,7 +370,7 @@ def _sweep(
     for i, action in enumerate(plan):
         match action:
             case policies.Advance(n):
-                state = _advance(step_fn, state, meta, np.int32(t), np.int32(n))
+                state = _advance(*fns, state, meta, np.int32(t), np.int32(n))
                 t += n
                 forward += n
                 peak = max(peak, held + 1)
@@ -358,12 +388,12 @@ def _sweep(
                     store.prefetch(prefetch_at[i])
                 ct_in = ct_diff  # None for the run's last block: seeded by the objective.
                 block_value, ct_diff, grad, finite = _reverse(
-                    step_fn, objective_fn, state, meta, t, n, ct_diff, grad, finite
+                    fns, state, meta, t, n, ct_diff, grad, finite
                 )
                 if ct_in is None:
                     value = block_value
                 if locate and not bool(finite):
-                    bad = _locate_non_finite(step_fn, objective_fn, state, meta, t, n, ct_in)
+                    bad = _locate_non_finite(fns, state, meta, t, n, ct_in)
                     raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
                 vjp += n
                 peak = max(peak, held + n)

@@ -22,8 +22,6 @@ from mgd.train._sharding import check_mesh, constrain_state, put_state, shard_ba
 
 __all__ = ["TrainState", "TrainingSetup"]
 
-# Inputs larger than this stay on the host for step_fn / objective_fn (see _closure_arrays).
-_EMBED_LIMIT_BYTES = 64 * 2**20
 # Independent streams of one seed: parameter init, batch order, augmentation.
 _INIT, _ORDER, _AUGMENT = 0, 1, 2
 
@@ -199,8 +197,9 @@ class TrainingSetup:
         """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed.
 
         A copy that changes only ``data`` and ``seed`` shares this setup's compiled ``train``,
-        ``init_state`` and ``evaluate``: they take the data and the seed as arguments, so
-        retraining on other data of the same shapes (e.g. subsets of one size) compiles nothing.
+        ``init_state``, ``evaluate`` and engine programs (``metagradient``): they take the data
+        and the seed as arguments, so retraining or differentiating on other data of the same
+        shapes (e.g. subsets of one size) compiles nothing.
         """
         copy = dataclasses.replace(self, **changes)
         if set(changes) <= {"data", "seed"}:
@@ -284,7 +283,7 @@ class TrainingSetup:
         return leaf.astype(self.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
 
     def _batch_inputs(self, arrays: _Arrays, index: jax.Array, meta: dict) -> jax.Array:
-        x = self._host_gather("x_train", index) if arrays.x_train is None else arrays.x_train[index]
+        x = arrays.x_train[index]
         if self.meta_spec.perturb_indices is None:
             return x
         slot = arrays.slot[index]
@@ -347,7 +346,7 @@ class TrainingSetup:
 
     def _objective(self, arrays: _Arrays, state: TrainState, meta: dict) -> jax.Array:
         del meta  # The objective depends on meta only through the trained state.
-        x = self._host_gather("x_val", None) if arrays.x_val is None else arrays.x_val
+        x = arrays.x_val
         y = arrays.y_val
         if callable(self.objective):
             # A user objective sees the whole split at once (it need not be a mean).
@@ -386,57 +385,36 @@ class TrainingSetup:
             self.param_axis,
         )
 
-    def _host_gather(self, field: str, index: jax.Array | None) -> jax.Array:
-        # Rows of a large host-side input array, fetched by a callback so that functions the
-        # engine jits do not embed the data set as a compile-time constant.
-        host = getattr(self.data, field)
-        shape = host.shape if index is None else (*index.shape, *host.shape[1:])
-
-        def fetch(*idx):
-            rows = host if not idx else host[np.asarray(idx[0])]
-            return np.asarray(rows, self.dtype)
-
-        out = jax.ShapeDtypeStruct(shape, self.dtype)
-        return jax.pure_callback(fetch, out, *(() if index is None else (index,)))
-
-    @functools.cached_property
-    def _closure_arrays(self) -> _Arrays:
-        # step_fn and objective_fn close over the data; jit would embed closed-over arrays in the
-        # program (slow to compile, twice the memory), so inputs above _EMBED_LIMIT_BYTES stay on
-        # the host and are fetched per batch instead. train() passes the data as arguments.
-        arrays = self._arrays
-        if self.data.x_train.nbytes + self.data.x_val.nbytes > _EMBED_LIMIT_BYTES:
-            arrays = arrays._replace(x_train=None, x_val=None)
-        return arrays
-
     @functools.cached_property
     def step_fn(self) -> Callable[[TrainState, dict, jax.Array], TrainState]:
         """``step_fn(state, meta, t) -> state``: one training step, pure and jittable.
 
         ``t`` is the step index (int32 scalar); the step fetches batch ``t`` of the setup's
-        batch order itself. The same function object is returned on every access.
+        batch order itself. A ``jax.tree_util.Partial`` holding the data and the batch order,
+        so the engine passes them to its compiled programs as arguments instead of compiling
+        them in as constants. The same object is returned on every access.
         """
-        arrays, batches, augment_key = self._closure_arrays, self._batches, self._augment_key
-
-        def step_fn(state, meta, t):
-            return self._step(arrays, batches, augment_key, state, meta, t)
-
-        return step_fn
+        step = self._jitted["step"]
+        return jax.tree_util.Partial(step, self._arrays, self._batches, self._augment_key)
 
     @functools.cached_property
     def objective_fn(self) -> Callable[[TrainState, dict], jax.Array]:
-        """``objective_fn(state, meta) -> scalar``: the objective on the validation split."""
-        arrays = self._closure_arrays
-
-        def objective_fn(state, meta):
-            return self._objective(arrays, state, meta)
-
-        return objective_fn
+        """``objective_fn(state, meta) -> scalar``: the objective on the validation split (a
+        ``jax.tree_util.Partial`` holding the data, like ``step_fn``)."""
+        return jax.tree_util.Partial(self._jitted["objective"], self._arrays)
 
     @functools.cached_property
     def _jitted(self) -> dict[str, Callable]:
-        # Everything data-dependent comes in through the arguments (shapes included), never
-        # from self.data: setups made by `replace(data=..., seed=...)` share these functions.
+        # The functions compiled once per recipe: by jax.jit here, and "step" and "objective"
+        # by the engine (through step_fn / objective_fn). Everything data-dependent comes in
+        # through the arguments (shapes included), never from self.data: setups made by
+        # `replace(data=..., seed=...)` share these functions and their compilations.
+        def step(arrays, batches, augment_key, state, meta, t):
+            return self._step(arrays, batches, augment_key, state, meta, t)
+
+        def objective(arrays, state, meta):
+            return self._objective(arrays, state, meta)
+
         def train(arrays, meta, key):
             batches = self._make_batches(key, arrays.y_train.shape[0])
             augment_key = jax.random.fold_in(key, _AUGMENT)
@@ -456,6 +434,8 @@ class TrainingSetup:
             return self._split_sums(params, model_state, x, y, sums) / x.shape[0]
 
         return {
+            "step": step,
+            "objective": objective,
             "batches": jax.jit(self._make_batches, static_argnums=1),
             "init": jax.jit(lambda key, arrays: self._init(key, arrays)),
             "train": jax.jit(train),
