@@ -41,8 +41,14 @@ a laptop), ``KAryTree(ceil(sqrt T))``, ``KAryTree(10)`` (peak storage logarithmi
 ``Binomial(20)``, and the two trees with their stored states offloaded to host memory
 (``store="host"``) and to disk (``store="disk"``).
 
+``--cores 1`` pins every measured process to one core. XLA sizes its CPU thread pools by the
+cores a process may use and splits some kernels across them; on this 2-core machine that
+slows the reverse sweep's many tiny kernels (and makes it vary between processes) while plain
+training is unaffected, so the metagradient runs about 10% faster on one core.
+
 Usage:
   python scripts/bench_replay.py                       # T = 1,000 and 10,000
+  python scripts/bench_replay.py --steps 1000 --cores 1
   python scripts/bench_replay.py --steps 1000 --optimizer optax
   python scripts/bench_replay.py --policies-vs-T --repeats 1
 """
@@ -54,6 +60,7 @@ import ctypes
 import ctypes.util
 import math
 import multiprocessing
+import os
 import resource
 import threading
 import time
@@ -63,12 +70,17 @@ import time
 OPTIMIZERS = {"mgd": "mgd.train.adam", "optax": "optax.adam"}
 
 
-def _measure(config: str, num_steps: int, repeats: int, hidden: int, optimizer: str, queue) -> None:
+def _measure(
+    config: str, num_steps: int, repeats: int, hidden: int, optimizer: str, cores, queue
+) -> None:
     """Runs one configuration in this (child) process and reports time and memory.
 
     ``config`` is ``train``, ``unroll`` or a policy expression, optionally followed by
-    ``|host`` or ``|disk`` for the store.
+    ``|host`` or ``|disk`` for the store. ``cores``: pin the process to that many CPU cores
+    (before JAX starts, which sizes its thread pools by the cores it may use); ``None``: all.
     """
+    if cores is not None:
+        os.sched_setaffinity(0, range(cores))
     import jax
     import jax.numpy as jnp
     import optax
@@ -165,14 +177,16 @@ def _seconds(fn) -> float:
     return time.perf_counter() - start
 
 
-def measure(config: str, num_steps: int, repeats: int, hidden: int = 256, optimizer="mgd"):
+def measure(
+    config: str, num_steps: int, repeats: int, hidden: int = 256, optimizer="mgd", cores=None
+):
     """Time (s), plain training's time in the same process (s), peak extra memory (bytes),
     max RSS (bytes), the metagradient's stats (or ``None``) and the training state's size
     (bytes) of a configuration."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     child = context.Process(
-        target=_measure, args=(config, num_steps, repeats, hidden, optimizer, queue)
+        target=_measure, args=(config, num_steps, repeats, hidden, optimizer, cores, queue)
     )
     child.start()
     child.join()
@@ -182,7 +196,7 @@ def measure(config: str, num_steps: int, repeats: int, hidden: int = 256, optimi
     return queue.get()
 
 
-def policies_vs_steps(steps: list[int], repeats: int, optimizer: str) -> None:
+def policies_vs_steps(steps: list[int], repeats: int, optimizer: str, cores=None) -> None:
     """Prints, for each T, time and memory of the policies and stores on a 64-32-10 MLP."""
     mib = 2**20
     print("| T | configuration | store | time (s) | train, same process (s) | x train | "
@@ -194,7 +208,7 @@ def policies_vs_steps(steps: list[int], repeats: int, optimizer: str) -> None:
         configs = ["train"] + (["mgd.StoreAll()"] if T <= 10_000 else []) + trees
         configs += ["mgd.Binomial(20)"] + [f"{t}|{s}" for s in ["host", "disk"] for t in trees]
         for config in configs:
-            result = measure(config, T, repeats, hidden=32, optimizer=optimizer)
+            result = measure(config, T, repeats, hidden=32, optimizer=optimizer, cores=cores)
             if result is None:
                 continue
             seconds, train, extra, max_rss, stats, state_bytes, compiled = result
@@ -242,6 +256,12 @@ def main() -> None:
         help="Adam implementation: mgd.train.adam (default) or optax.adam (same training)",
     )
     parser.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="pin every measured process to this many CPU cores (default: all it may use)",
+    )
+    parser.add_argument(
         "--policies-vs-T",
         action="store_true",
         help="time and memory of the policies and state stores vs T on a small MLP",
@@ -251,8 +271,15 @@ def main() -> None:
         parser.error(f"--steps must all be >= 1, got {args.steps}")
     if args.repeats < 0:
         parser.error(f"--repeats must be >= 0, got {args.repeats}")
+    available = len(os.sched_getaffinity(0))
+    if args.cores is not None and not 1 <= args.cores <= available:
+        parser.error(
+            f"--cores must lie in [1, {available}] (the cores available), got {args.cores}"
+        )
+    print(f"CPU cores per measured process: {args.cores or available} of {available}")
     if args.policies_vs_T:
-        policies_vs_steps(args.steps or [1000, 10_000, 100_000], args.repeats, args.optimizer)
+        steps = args.steps or [1000, 10_000, 100_000]
+        policies_vs_steps(steps, args.repeats, args.optimizer, args.cores)
         return
     args.steps = args.steps or [1000, 10_000]
 
@@ -269,7 +296,9 @@ def main() -> None:
               "peak extra memory, compiled call (MiB) | max RSS (MiB) |")  # fmt: skip
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for config in configs:
-            results[config] = measure(config, T, args.repeats, optimizer=args.optimizer)
+            results[config] = measure(
+                config, T, args.repeats, optimizer=args.optimizer, cores=args.cores
+            )
             if results[config] is None:
                 continue
             seconds, own_train, extra, max_rss = results[config][:4]
