@@ -284,7 +284,8 @@ def test_partial_step_fn_passes_its_arrays_without_recompiling():
 
     rng = np.random.default_rng(0)
     for i in range(2):  # New data of the same shapes: compiled once, right numbers each time.
-        data, target = jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)
+        data, target = np.asarray(rng.normal(size=(2, 4, 3)), np.float32)
+        data = jnp.asarray(data) if i == 0 else data  # A NumPy array works alike.
         res = mgd.metagradient(
             jax.tree_util.Partial(step, data),
             jax.tree_util.Partial(objective.func, target),

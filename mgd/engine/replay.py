@@ -112,8 +112,10 @@ def _split_fns(step_fn: StepFn, objective_fn: ObjectiveFn) -> tuple[_StaticFns, 
     compilation. A plain function (a closure) is one static leaf.
     """
     leaves, treedef = jax.tree.flatten((step_fn, objective_fn))
-    arrays = [x if isinstance(x, jax.Array | np.ndarray) else None for x in leaves]
-    static = tuple(x if a is None else None for x, a in zip(leaves, arrays, strict=True))
+    is_array = [isinstance(x, jax.Array | np.ndarray) for x in leaves]
+    static = tuple(None if a else x for x, a in zip(leaves, is_array, strict=True))
+    # NumPy arrays go to the device once here, not once per compiled call.
+    arrays = [jnp.asarray(x) if a else None for x, a in zip(leaves, is_array, strict=True)]
     return _StaticFns(treedef, static), arrays
 
 
@@ -330,12 +332,12 @@ def metagradient(
             )
         else:
             policy = policies.policy_for_budget(num_steps, state_bytes, memory_budget)
-    init_state, meta = check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy)
+    fns = _split_fns(step_fn, objective_fn)
+    init_state, meta = check_inputs(*_join_fns(*fns), init_state, meta, num_steps, policy)
     # Built after validation: a disk store makes a directory that only the sweep's `finally`
     # removes.
     store = make_store(store)
     plan = policy.plan(num_steps)
-    fns = _split_fns(step_fn, objective_fn)
     try:
         result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store)
         # One device-to-host sync for the whole sweep: per-block checks would stall the
