@@ -219,7 +219,7 @@ class TrainingSetup:
                     f"values, got {fn!r}"
                 )
             try:
-                hash(fn)  # Compiled programs are looked up by it.
+                hash(fn)  # A static field (it shapes the compiled programs), like jit's.
             except TypeError as e:
                 raise TypeError(f"TrainingSetup: {name} must be hashable, got {fn!r}") from e
         if self.metric is not None and (
