@@ -83,6 +83,15 @@ def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:
 
     Raises:
       ValueError: at trace time, for integer targets or outputs of another shape.
+
+    Example:
+      >>> setup = mgd.TrainingSetup(model, optax.adam(1e-2), data, batch_size=64, num_steps=300,
+      ...                           loss=mgd.train.squared_error,
+      ...                           metric=mgd.train.absolute_error)
+      >>> setup.evaluate(setup.train())  # {"loss": mean squared error, "absolute_error": ...}
+
+      A loss of your own has this form: a function ``(outputs, targets) -> (b,)`` of
+      ``jax.numpy`` operations, e.g. ``optax.huber_loss(outputs, targets).sum(axis=1)``.
     """
     targets = _matched_targets("squared_error", outputs, targets)
     return _per_example_sum(jnp.square(outputs - targets))

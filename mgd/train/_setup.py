@@ -114,8 +114,10 @@ class TrainingSetup:
       loss: per-example training loss ``(outputs, targets) -> (b,)``: outputs of the model for a
         batch, ``(b, ...)``, and its labels or targets, ``(b, *data.target_shape)``. Built in:
         ``mgd.train.softmax_cross_entropy`` (integer labels) and ``mgd.train.squared_error``
-        (float targets); see ``mgd.train.squared_error`` for how to write one. Define it once:
-        setups with another function object compile their own programs.
+        (float targets). Your own is a function of ``jax.numpy`` operations, traced inside the
+        compiled step (checks on shapes may raise there), defined once with ``def``: setups
+        with another function object compile their own programs. E.g. ``def huber(outputs,
+        targets): return optax.huber_loss(outputs, targets).sum(axis=1)``.
       metric: per-example evaluation metric of the same form, averaged by ``evaluate`` and
         reported under its ``__name__``; ``None``: ``mgd.train.accuracy`` when ``loss`` is
         ``softmax_cross_entropy``, otherwise none (``evaluate`` reports the loss only). E.g.
