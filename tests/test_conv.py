@@ -100,8 +100,8 @@ def test_second_order_equals_lax(x64, case):
         g = jax.grad(lambda x, w: jnp.sum(jnp.tanh(conv(x, w))))(x, w)
         return sum(jnp.sum(jnp.sin(gi)) for gi in g)
 
-    expected = jax.grad(functools.partial(grad_norm, native), (0, 1))(x, w)
-    got = jax.grad(functools.partial(grad_norm, slices), (0, 1))(x, w)
+    expected = jax.jit(jax.grad(functools.partial(grad_norm, native), (0, 1)))(x, w)
+    got = jax.jit(jax.grad(functools.partial(grad_norm, slices), (0, 1)))(x, w)
     for e, a in zip(expected, got, strict=True):
         np.testing.assert_allclose(a, e, rtol=0, atol=1e-10)
 
@@ -160,13 +160,13 @@ def test_model_configs_check_conv(cls):
 def test_models_native_and_slices_agree(x64, model):
     native = model.clone(config=dataclasses.replace(model.config, conv="native"))
     x = jnp.asarray(np.random.default_rng(0).normal(size=(4, 8, 8, 1)))
-    variables = native.init(jax.random.PRNGKey(0), x)
-    for train in (False, True):
-        mutable = ["batch_stats"] if train else False
-        expected = native.apply(variables, x, train=train, mutable=mutable)
-        got = model.apply(variables, x, train=train, mutable=mutable)
-        for e, a in zip(jax.tree.leaves(expected), jax.tree.leaves(got), strict=True):
-            np.testing.assert_allclose(a, e, rtol=0, atol=1e-10)
+    variables = jax.jit(native.init)(jax.random.PRNGKey(0), x)
+
+    def apply(m):  # Training mode: batch norm's statistics come out too.
+        return jax.jit(lambda v: m.apply(v, x, train=True, mutable=["batch_stats"]))(variables)
+
+    for e, a in zip(jax.tree.leaves(apply(native)), jax.tree.leaves(apply(model)), strict=True):
+        np.testing.assert_allclose(a, e, rtol=0, atol=1e-10)
 
 
 def _cnn_setup(conv):
