@@ -161,8 +161,9 @@ def loop_friendly_conv(
       The convolution, laid out as ``dimension_numbers`` says, e.g. ``(n, h', w', o)``.
 
     Raises:
-      ValueError: for an unknown ``impl``, ``batch_group_count != 1``, malformed padding, string
-        padding with ``lhs_dilation``, or a window larger than the padded input.
+      ValueError: for an unknown ``impl``, ``batch_group_count != 1``, an unknown padding
+        string or malformed pairs, string padding with ``lhs_dilation``, entries that do not
+        match the spatial dimensions or feature groups, or a window larger than the padded input.
 
     Example:
       >>> import flax.linen as nn
