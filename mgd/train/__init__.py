@@ -2,15 +2,17 @@
 
 ``TrainingSetup`` turns model + optimizer + data + batch order + per-example loss into the
 ``step_fn`` / ``objective_fn`` / ``init_state`` that ``mgd.metagradient`` differentiates;
-``MetaSpec`` switches metaparameters on; ``models`` holds ready networks; the loaders build
-validated ``Dataset``s (class labels or regression targets); ``softmax_cross_entropy``,
-``squared_error``, ``accuracy`` and ``absolute_error`` are the built-in losses and metrics.
+``MetaSpec`` switches metaparameters on; ``models`` holds ready networks (``loop_friendly_conv``
+keeps their convolutions fast inside compiled loops on the CPU); the loaders build validated
+``Dataset``s (class labels or regression targets); ``softmax_cross_entropy``, ``squared_error``,
+``accuracy`` and ``absolute_error`` are the built-in losses and metrics.
 """
 
 from mgd.train import models as models
 from mgd.train._adam import adam as adam
 from mgd.train._adam import scale_by_adam as scale_by_adam
 from mgd.train._augment import Augment as Augment
+from mgd.train._conv import loop_friendly_conv as loop_friendly_conv
 from mgd.train._data import Dataset as Dataset
 from mgd.train._data import load_cifar10 as load_cifar10
 from mgd.train._data import load_digits as load_digits

@@ -9,12 +9,15 @@ the ``model:`` section of ``configs/models/*.yaml``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from mgd.train._conv import CONV_IMPLS, loop_friendly_conv
 
 __all__ = [
     "MLP",
@@ -53,6 +56,21 @@ def _check_common(cls: str, num_classes: int, output_scale: float, activation: s
 def _check_pool(cls: str, pool: str):
     if pool not in _POOLS:
         raise ValueError(f"{cls}: pool must be one of {_POOLS}, got {pool!r}")
+
+
+def _check_conv(cls: str, conv: str | Callable):
+    if not callable(conv) and conv not in CONV_IMPLS:
+        raise ValueError(
+            f"{cls}: conv must be one of {CONV_IMPLS} or a function with "
+            f"lax.conv_general_dilated's signature, got {conv!r}"
+        )
+
+
+def _conv(conv: str | Callable, features: int, **kwargs: Any) -> nn.Conv:
+    # A 3x3 convolution computed by mgd.train.loop_friendly_conv (see its docstring for why).
+    if not callable(conv):
+        conv = functools.partial(loop_friendly_conv, impl=conv)
+    return nn.Conv(features, (3, 3), conv_general_dilated=conv, **kwargs)
 
 
 def _pool2(x: jax.Array, kind: str) -> jax.Array:
@@ -127,6 +145,10 @@ class SmallCNNConfig:
       activation: one of ``relu, gelu, tanh, softplus, silu``.
       pool: ``"avg"`` or ``"max"`` pooling.
       output_scale: factor on the logits.
+      conv: how the convolutions are computed: ``"auto"`` (the default: XLA:CPU's fast form
+        inside loops on the CPU, the native convolution on GPU/TPU), ``"slices"`` or
+        ``"native"`` (see ``mgd.train.loop_friendly_conv``), the same numbers either way; or
+        a function with ``lax.conv_general_dilated``'s signature.
     """
 
     num_classes: int = 10
@@ -135,11 +157,13 @@ class SmallCNNConfig:
     activation: str = "relu"
     pool: str = "avg"
     output_scale: float = 1.0
+    conv: str | Callable = "auto"
 
     def __post_init__(self):
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         _check_common("SmallCNNConfig", self.num_classes, self.output_scale, self.activation)
         _check_pool("SmallCNNConfig", self.pool)
+        _check_conv("SmallCNNConfig", self.conv)
 
 
 class SmallCNN(nn.Module):
@@ -154,7 +178,7 @@ class SmallCNN(nn.Module):
         act = _ACTIVATIONS[cfg.activation]
         x = _as_image(x)
         for c in cfg.channels:
-            x = _pool2(act(nn.Conv(c, (3, 3))(x)), cfg.pool)
+            x = _pool2(act(_conv(cfg.conv, c)(x)), cfg.pool)
         x = x.reshape(x.shape[0], -1)
         if cfg.hidden:
             x = act(nn.Dense(cfg.hidden)(x))
@@ -178,6 +202,10 @@ class ResNet9Config:
       output_scale: factor on the logits; metasmooth scales them down to 0.1.
       pool: ``"max"`` (standard) or ``"avg"`` (metasmooth), for the 2x2 and the global pooling.
       bn_momentum: decay of batch norm's running averages.
+      conv: how the convolutions are computed: ``"auto"`` (the default: XLA:CPU's fast form
+        inside loops on the CPU, the native convolution on GPU/TPU), ``"slices"`` or
+        ``"native"`` (see ``mgd.train.loop_friendly_conv``), the same numbers either way; or
+        a function with ``lax.conv_general_dilated``'s signature.
 
     References:
       Engstrom et al., "Optimizing ML Training with Metagradient Descent", arXiv 2503.13751, 2025.
@@ -190,10 +218,12 @@ class ResNet9Config:
     output_scale: float = 1.0
     pool: str = "max"
     bn_momentum: float = 0.9
+    conv: str | Callable = "auto"
 
     def __post_init__(self):
         _check_common("ResNet9Config", self.num_classes, self.output_scale)
         _check_pool("ResNet9Config", self.pool)
+        _check_conv("ResNet9Config", self.conv)
         if not self.width_multiplier > 0:
             raise ValueError(
                 f"ResNet9Config: width_multiplier must be positive, got {self.width_multiplier}"
@@ -220,7 +250,7 @@ class _ConvBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = nn.Conv(self.channels, (3, 3), use_bias=False, kernel_init=_CONV_INIT)(x)
+        x = _conv(self.config.conv, self.channels, use_bias=False, kernel_init=_CONV_INIT)(x)
         bn = nn.BatchNorm(use_running_average=not train, momentum=self.config.bn_momentum)
         if self.config.bn_before_activation:
             return nn.relu(bn(x))
