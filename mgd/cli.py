@@ -107,7 +107,7 @@ def _fail(message: str) -> NoReturn:
 
 def _resolve_config(args: argparse.Namespace):
     from mgd.config import load_config
-    from mgd.outer.selection_config import SelectConfig
+    from mgd.experiments.select import SelectConfig
 
     try:
         config = load_config(args.config, SelectConfig)
@@ -250,7 +250,7 @@ def _make_setup(config, data):
 
 
 def _make_optimizer(config, size: int):
-    from mgd.outer.selection_optim import budget_exchange, count_descent
+    from mgd.outer.selection._update import budget_exchange, count_descent
 
     o = config.outer
     try:
@@ -308,8 +308,8 @@ def _select(args: argparse.Namespace) -> int:
     if not (out / "config.yaml").exists():
         _write_yaml(out / "config.yaml", echo)
 
-    def log(history: list[dict[str, Any]]) -> None:
-        _write_json(out / "history.json", history)
+    def log(history) -> None:
+        _write_json(out / "history.json", [h._asdict() for h in history])
 
     policy = None if config.outer.replay_k is None else mgd.KAryTree(config.outer.replay_k)
     try:
@@ -320,8 +320,8 @@ def _select(args: argparse.Namespace) -> int:
             optimizer=optimizer,
             fixed_budget=config.outer.method == "exchange",
             seed=config.seed,
-            checkpoint=policy,
-            checkpoint_dir=out / "checkpoints",
+            replay=mgd.Replay(policy),
+            save_dir=out / "checkpoints",
             resume=args.resume,
             fingerprint=fingerprint,
             callback=log,
@@ -329,7 +329,7 @@ def _select(args: argparse.Namespace) -> int:
         )
     except ValueError as e:  # --resume on a directory written by a different run
         _fail(str(e))
-    _write_json(out / "history.json", result.history)
+    _write_json(out / "history.json", [h._asdict() for h in result.history])
     selected_at = time.perf_counter()
 
     # One training run of the inner model, timed after compilation: the unit of meta-step cost
@@ -349,7 +349,7 @@ def _select(args: argparse.Namespace) -> int:
     eval_setup = (
         setup if config.eval.num_steps is None else setup.replace(num_steps=config.eval.num_steps)
     )
-    metrics = evaluate_selection(
+    report = evaluate_selection(
         eval_setup,
         result.indices,
         seeds=seeds,
@@ -357,10 +357,11 @@ def _select(args: argparse.Namespace) -> int:
         random_seed=config.seed + 1,
         progress=progress,
     )
+    metrics = report.to_dict()
     retrain_s = time.perf_counter() - eval_started
     total_s = time.perf_counter() - started
 
-    step_seconds = [h["seconds"] for h in result.history]
+    step_seconds = [h.seconds for h in result.history]
     metagradient_s = float(sum(step_seconds))
     # The first meta-step includes compiling the engine's functions; the median is the steady cost.
     meta_step_s = float(np.median(step_seconds))
@@ -448,8 +449,8 @@ def _plot(path: Path, history: list[dict[str, Any]], best_step: int, metrics: di
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    steps = [h["step"] for h in history]
-    left.plot(steps, [h["objective"] for h in history], marker="o")
+    steps = [h.step for h in history]
+    left.plot(steps, [h.objective for h in history], marker="o")
     left.axvline(best_step, color="grey", linestyle=":", label=f"selected (step {best_step})")
     left.set_xlabel("meta-step")
     left.set_ylabel("target loss")

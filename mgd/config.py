@@ -40,7 +40,7 @@ def load_config(path: str | Path | None, cls: type[C]) -> C:
         of the wrong type.
 
     Example:
-      >>> from mgd.outer.selection_config import SelectConfig
+      >>> from mgd.experiments.select import SelectConfig
       >>> cfg = load_config("configs/select/default.yaml", SelectConfig)  # doctest: +SKIP
     """
     if path is None:

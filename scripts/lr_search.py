@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 
 from mgd.engine import StoreAll
-from mgd.outer.lr_digits import digits_lr_setup
-from mgd.outer.lr_evaluate import evaluate_schedules, mean_seconds, per_step_setup
-from mgd.outer.lr_grid import lr_schedule_grid
-from mgd.outer.lr_optimizer import log_lr_adam
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule
-from mgd.outer.lr_search import search_lr_schedule
+from mgd.outer.lr._digits import digits_lr_setup
+from mgd.outer.lr._evaluate import evaluate_schedules, mean_seconds, per_step_setup
+from mgd.outer.lr._grid import lr_schedule_grid
+from mgd.outer.lr._update import log_lr_adam
+from mgd.outer.lr._schedule import PiecewiseLinearSchedule
+from mgd.outer.lr._search import search_lr_schedule
 from mgd.train import retrain_and_evaluate
 
 

@@ -32,7 +32,7 @@ ROOT = Path(mgd.__file__).resolve().parents[1]
 
 import matplotlib.pyplot as plt
 from mgd.config import load_config
-from mgd.outer.poison_eval import plot_poison_report, plot_poisoned_examples
+from mgd.outer.poison._evaluate import plot_poison_report, plot_poisoned_examples
 
 # MGD_NOTEBOOK_SMOKE=1 (set by the test suite) runs a reduced setting in seconds.
 SMOKE = os.environ.get("MGD_NOTEBOOK_SMOKE") == "1"
@@ -145,7 +145,7 @@ FULL = have_cifar and not SMOKE and not TIMING
 if TIMING:
     cfg = dataclasses.replace(
         cfg,
-        data=mgd.outer.poison_experiment.PoisonDataConfig(
+        data=mgd.experiments.poison.PoisonDataConfig(
             name="synthetic", synthetic_shape=(32, 32, 3), synthetic_sizes=(40000, 10000, 10000)
         ),
         attack=dataclasses.replace(cfg.attack, meta_steps=3),
@@ -157,7 +157,7 @@ elif not FULL:
     # alone takes minutes on a CPU): the pipeline, not the result.
     cfg = dataclasses.replace(
         cfg,
-        data=mgd.outer.poison_experiment.PoisonDataConfig(
+        data=mgd.experiments.poison.PoisonDataConfig(
             name="synthetic", synthetic_shape=(32, 32, 3), synthetic_sizes=(160, 40, 40)
         ),
         victim=dataclasses.replace(

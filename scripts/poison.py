@@ -20,7 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mgd.config import load_config  # noqa: E402
-from mgd.outer.poison_experiment import PoisonConfig, run_poison_experiment  # noqa: E402
+from mgd.experiments.poison import PoisonConfig, run_poison_experiment  # noqa: E402
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:

@@ -8,7 +8,7 @@ import yaml
 
 from mgd.cli import main
 from mgd.config import config_to_dict, load_config
-from mgd.outer.selection_config import SelectConfig
+from mgd.experiments.select import SelectConfig
 
 
 def test_default_config_file_equals_builtin_default():

@@ -9,12 +9,10 @@ from pathlib import Path
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations
 
 from mgd.config import load_config
-from mgd.outer.poison import choose_poison_indices, poison_attack
-from mgd.outer.poison_baselines import label_flip_poison, random_noise_poison
-from mgd.outer.poison_eval import evaluate_poisons
-from mgd.outer.poison_experiment import (
+from mgd.experiments.poison import (
     GradientCancelingConfig,
     PoisonAttackConfig,
     PoisonConfig,
@@ -22,7 +20,14 @@ from mgd.outer.poison_experiment import (
     PoisonVictimConfig,
     run_poison_experiment,
 )
-from mgd.outer.poison_gc import gradient_canceling_poison
+from mgd.outer.poison import (
+    choose_poison_indices,
+    evaluate_poisons,
+    gradient_canceling_poison,
+    label_flip_poison,
+    poison_attack,
+    random_noise_poison,
+)
 from mgd.train import TrainingSetup, make_synthetic, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +62,7 @@ def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
         progress=False,
     )
     assert res.name == "mgd" and res.craft_seeds == (0,)
-    assert len(res.history["objective"]) == 6
+    assert [h.step for h in res.history] == list(range(6))
     assert _val_loss(setup, res.data, 0) > _val_loss(setup, data, 0)
     # Only the poisoned inputs move, within the bound (a fraction of the range width 6) and
     # the valid range; labels and held-out splits are untouched.
@@ -72,13 +77,54 @@ def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
     )
 
 
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(n):
+    def callback(history):
+        if len(history) == n:
+            raise _Killed
+
+    return callback
+
+
 def test_attack_resumes_where_it_stopped(setup, tmp_path):
-    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0,), progress=False)
+    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0, 1), progress=False)
     full = poison_attack(setup, meta_steps=3, **kwargs)
-    poison_attack(setup, meta_steps=1, resume_dir=tmp_path, **kwargs)
-    resumed = poison_attack(setup, meta_steps=3, resume_dir=tmp_path, **kwargs)
-    np.testing.assert_allclose(resumed.perturbations, full.perturbations, atol=1e-6)
-    assert resumed.history["objective"] == pytest.approx(full.history["objective"], rel=1e-5)
+    with pytest.raises(_Killed):
+        poison_attack(setup, meta_steps=3, save_dir=tmp_path, callback=_kill_after(1), **kwargs)
+    resumed = poison_attack(setup, meta_steps=3, save_dir=tmp_path, resume=True, **kwargs)
+    np.testing.assert_array_equal(resumed.perturbations, full.perturbations)
+    assert [h.objective for h in resumed.history] == [h.objective for h in full.history]
+    assert [h.info["craft_seed"] for h in resumed.history] == [0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "change", [dict(seed=1), dict(craft_seeds=(1, 0)), dict(bound=0.1), dict(step_size=0.1)]
+)
+def test_attack_resumed_with_changed_arguments_is_refused(setup, tmp_path, change):
+    # Same fraction, so perturbations of the right shape would restore onto other examples.
+    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0, 1), seed=0, progress=False)
+    poison_attack(setup, meta_steps=1, save_dir=tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="different run"):
+        poison_attack(setup, meta_steps=2, save_dir=tmp_path, resume=True, **{**kwargs, **change})
+    with pytest.raises(ValueError, match="resume=True"):
+        poison_attack(setup, meta_steps=2, save_dir=tmp_path, **kwargs)
+
+
+def test_crafting_over_several_seeds_compiles_each_program_once(data):
+    # Fresh setups compile their own programs; six meta-steps on one crafting seed, then on
+    # three: the seeds add no compilation. (A first run compiles what all setups share.)
+    model = models.MLP(models.MLPConfig(num_classes=3, hidden=(7,)))
+    kwargs = dict(fraction=0.25, step_size=0.05, meta_steps=6, progress=False)
+    counts = []
+    for seeds in [(0,), (0,), (0, 1, 2)]:
+        fresh = TrainingSetup(model, optax.sgd(0.2), data, batch_size=16, num_steps=9)
+        with count_compilations() as count:
+            poison_attack(fresh, craft_seeds=seeds, **kwargs)
+        counts.append(count.value)
+    assert counts[1] > 0 and counts[2] == counts[1]
 
 
 def test_same_fraction_same_examples_across_attacks(setup, data):
@@ -113,9 +159,9 @@ def test_gradient_canceling_lowers_its_objective(setup):
     res = gradient_canceling_poison(
         setup, fraction=0.25, steps=15, step_size=0.05, target_steps=5, progress=False
     )
-    h = res.history["objective"]
+    h = res.details["objective"]
     assert min(h[1:]) < h[0]
-    assert res.history["target_train_loss"][0] > res.history["clean_train_loss"][0]
+    assert res.details["target_train_loss"][0] > res.details["clean_train_loss"][0]
     assert res.craft_seeds == (setup.seed,)
     assert res.data.x_train.min() >= -3 and res.data.x_train.max() <= 3
 

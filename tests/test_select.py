@@ -8,8 +8,7 @@ import pytest
 
 import mgd
 from mgd.cli import main
-from mgd.outer.selection import evaluate_selection, select_data
-from mgd.outer.selection_optim import budget_exchange, count_descent
+from mgd.outer.selection import budget_exchange, count_descent, evaluate_selection, select_data
 from mgd.train.models import MLP, MLPConfig
 
 
@@ -41,7 +40,7 @@ def test_killed_run_resumes_to_the_same_selection(tmp_path, setup):
             meta_steps=4,
             optimizer=opt,
             seed=3,
-            checkpoint_dir=directory,
+            save_dir=directory,
             resume=resume,
             fingerprint={"run": 1},
             callback=callback,
@@ -51,10 +50,10 @@ def test_killed_run_resumes_to_the_same_selection(tmp_path, setup):
     full = run(tmp_path / "a")
     assert len(full.history) == 4
     for h in full.history:  # every meta-step logged, the subset keeps its size
-        assert len(h["indices"]) == 32 and np.isfinite(h["objective"])
-        assert h["vjp_steps"] == setup.num_steps  # an engine metagradient through every step
+        assert len(h.info["indices"]) == 32 and np.isfinite(h.objective)
+        assert h.vjp_steps == setup.num_steps  # an engine metagradient through every step
     assert len(np.unique(full.indices)) == 32
-    assert full.history[full.best_step]["objective"] == min(h["objective"] for h in full.history)
+    assert full.history[full.best_step].objective == min(h.objective for h in full.history)
 
     def stop_after_two(history):
         if len(history) == 2:
@@ -65,7 +64,7 @@ def test_killed_run_resumes_to_the_same_selection(tmp_path, setup):
     resumed = run(tmp_path / "b", resume=True)
     np.testing.assert_array_equal(resumed.indices, full.indices)
     np.testing.assert_array_equal(resumed.weights, full.weights)
-    assert [h["objective"] for h in resumed.history] == [h["objective"] for h in full.history]
+    assert [h.objective for h in resumed.history] == [h.objective for h in full.history]
 
     with pytest.raises(ValueError, match="different run"):
         select_data(
@@ -73,7 +72,7 @@ def test_killed_run_resumes_to_the_same_selection(tmp_path, setup):
             size=32,
             meta_steps=4,
             seed=3,
-            checkpoint_dir=tmp_path / "b",
+            save_dir=tmp_path / "b",
             resume=True,
             fingerprint={"run": 2},
             progress=False,
@@ -115,7 +114,7 @@ def test_noisy_labels_are_avoided_reduced():
     res = select_data(setup, size=size, meta_steps=4, optimizer=opt, progress=False)
     assert 1 - noisy[res.indices].mean() >= 0.9
     metrics = evaluate_selection(setup, res.indices, seeds=[7], num_random=2, progress=False)
-    assert metrics["selected"]["accuracy"] > metrics["random"]["accuracy"]
+    assert metrics.selected.mean > metrics.random.mean
 
 
 def test_evaluation_refuses_the_selection_seed(setup):

@@ -84,7 +84,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OuterConfig:
-    """The outer optimizer (see ``mgd.outer.selection_optim``).
+    """The outer optimizer (see ``mgd.outer.selection._update``).
 
     Attributes:
       method: ``"exchange"`` (fixed budget: the subset always has the requested size; swaps the

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mgd.outer.poison import PoisonResult
+from mgd.outer.poison._attack import PoisonResult
 from mgd.train import Dataset, MetaSpec, TrainingSetup, retrain_and_evaluate
 
 __all__ = [

@@ -22,11 +22,12 @@ import optax
 
 from mgd.config import config_to_dict
 from mgd.engine import KAryTree
-from mgd.outer.poison import PoisonResult, check_fraction, poison_attack
-from mgd.outer.poison_baselines import label_flip_poison, random_noise_poison
-from mgd.outer.poison_eval import PoisonReport, evaluate_poisons, plot_poison_report
-from mgd.outer.poison_gc import gradient_canceling_poison
-from mgd.outer.poison_update import check_bound
+from mgd.outer._loop import Replay
+from mgd.outer.poison._attack import PoisonResult, check_fraction, poison_attack
+from mgd.outer.poison._baselines import label_flip_poison, random_noise_poison
+from mgd.outer.poison._evaluate import PoisonReport, evaluate_poisons, plot_poison_report
+from mgd.outer.poison._gc import gradient_canceling_poison
+from mgd.outer.poison._update import check_bound
 from mgd.train import (
     Dataset,
     TrainingSetup,
@@ -226,7 +227,7 @@ class PoisonExperiment:
       config: the config that ran.
       setup: the victim's training setup on the clean data.
       results: one :class:`mgd.outer.poison.PoisonResult` per attack, MGD first.
-      report: the evaluation (:class:`mgd.outer.poison_eval.PoisonReport`).
+      report: the evaluation (:class:`mgd.outer.poison._evaluate.PoisonReport`).
       seconds: wall-clock seconds per phase (``"mgd"``, each baseline, ``"evaluation"``).
     """
 
@@ -338,8 +339,10 @@ def run_poison_experiment(
         rule=att.rule,
         craft_seeds=att.craft_seeds,
         seed=att.subset_seed,
-        checkpoint=None if att.replay_k is None else KAryTree(att.replay_k),
-        resume_dir=ckpt_dir,
+        replay=Replay(None if att.replay_k is None else KAryTree(att.replay_k)),
+        save_dir=ckpt_dir,
+        resume=resume,
+        fingerprint=config_to_dict(config),
         progress=progress,
     )
     seconds["mgd"] = time.perf_counter() - t0
@@ -385,7 +388,7 @@ def _write_outputs(experiment: PoisonExperiment, out: Path) -> None:
         "num_train": experiment.setup.data.num_train,
         "num_poisoned": int(experiment.results["mgd"].indices.size),
         "seconds": experiment.seconds,
-        "history": {k: r.history for k, r in experiment.results.items()},
+        "history": {k: [h._asdict() for h in r.history] for k, r in experiment.results.items()},
         "mgd_drop_over_largest_baseline_drop": _ratio(report),
     }
     (out / "run.json").write_text(json.dumps(run, indent=2, default=_jsonable) + "\n")

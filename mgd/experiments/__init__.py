@@ -1,0 +1,1 @@
+"""Experiments: typed configs, run(config, out, resume) -> result, and their output files."""
