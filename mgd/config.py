@@ -41,7 +41,7 @@ def load_config(path: str | Path | None, cls: type[C]) -> C:
 
     Example:
       >>> from mgd.experiments.select import SelectConfig
-      >>> cfg = load_config("configs/select/default.yaml", SelectConfig)  # doctest: +SKIP
+      >>> cfg = load_config("my_select.yaml", SelectConfig)  # doctest: +SKIP
     """
     if path is None:
         return cls()

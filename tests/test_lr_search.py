@@ -1,11 +1,13 @@
 """search_lr_schedule: bad input, the reduced-size result, divergence, checkpoints, reporting."""
 
+import json
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mgd.cli import main
 from mgd.engine import StoreAll
 from mgd.outer import Replay
 from mgd.outer.lr import (
@@ -111,9 +113,11 @@ def test_test_seeds_must_be_fresh():
 # --- the result, at reduced size ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reduced_search_matches_grid_from_both_sides():
-    """The claim of scripts/lr_search.py at reduced size: 100 steps, 6 knots, width 64, the
-    412-schedule grid, 30 meta-steps; from 10x below and 10x above the best constant rate the
+    """A statistical claim on one setting, so `slow`; the fast tests below check the search's
+    mechanics exactly and `test_cli_lr_end_to_end` the grid comparison. The claim of `mgd lr`
+    at reduced size: 100 steps, 6 knots, width 64, the 412-schedule grid, 30 meta-steps; from 10x below and 10x above the best constant rate the
     search gets within 3% of the grid's best validation loss and beats its start. (Its claim of
     less compute than the grid is a timing, checked by the script, not here.)"""
     setup = digits_lr_setup(num_steps=100, num_knots=6, width=64)
@@ -264,3 +268,40 @@ def test_per_step_setup_and_callable_start(tiny):
     )
     assert res.schedule.knots == tuple(range(tiny.num_steps))
     np.testing.assert_allclose(res.history[0].info["lr"], start.rates(), rtol=1e-6)
+
+
+def test_cli_lr_end_to_end(tmp_path, capsys):
+    """`mgd lr` on a tiny config: a grid, one search from a start relative to its best constant
+    rate and one absolute start, the found schedules scored like the grid, files written."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "train: {model: {name: mlp, hidden: [8], activation: tanh, normalize: true},"
+        " num_steps: 12, batch_size: 32}\n"
+        "num_knots: 3\n"
+        "search: {init_lr: [0.05], start_factors: [0.5], meta_steps: 2, test_seeds: 1}\n"
+        "grid: {num_peaks: 1}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["lr", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "found" in table and "grid's best of" in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["searches"]) == {"lr 0.05", "0.5x grid's best constant"}
+    grid = metrics["grid"]
+    relative = metrics["searches"]["0.5x grid's best constant"]
+    assert relative["init_lr"] == pytest.approx(0.5 * grid["best_constant_lr"])
+    for m in metrics["searches"].values():
+        assert m["found_val_loss"] <= m["start_val_loss"] or m["best_step"] == 0
+        assert m["gap_to_grid"] == pytest.approx(m["found_val_loss"] / grid["val_loss"] - 1)
+        assert len(m["test"]["accuracy"]) == 1
+    assert len(grid["test_accuracy"]) == 1
+    history = json.loads((out / "history.json").read_text())
+    assert [len(h) for h in history.values()] == [3, 3]
+    assert (out / "lr_search.png").stat().st_size > 0
+    # Killed and resumed: the searches continue from their checkpoints to the same result.
+    capsys.readouterr()
+    assert main(["lr", "--config", str(cfg), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert (
+        json.loads((out / "metrics.json").read_text())["searches"].keys()
+        == metrics["searches"].keys()
+    )

@@ -2,8 +2,6 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +9,14 @@ import optax
 import pytest
 from conftest import count_compilations
 
-from mgd.config import load_config
+from mgd.cli import main
+from mgd.experiments import DataConfig, TrainConfig, read_config
+from mgd.experiments._common import prepare_out
 from mgd.experiments.poison import (
     GradientCancelingConfig,
     PoisonAttackConfig,
     PoisonConfig,
-    PoisonDataConfig,
-    PoisonVictimConfig,
-    run_poison_experiment,
+    run,
 )
 from mgd.outer.poison import (
     choose_poison_indices,
@@ -223,8 +221,8 @@ def test_data_without_held_out_split_is_rejected(setup, data):
 
 def _tiny_config(**attack) -> PoisonConfig:
     return PoisonConfig(
-        data=PoisonDataConfig(name="synthetic", synthetic_shape=(6,), synthetic_sizes=(48, 24, 24)),
-        victim=PoisonVictimConfig(model={"name": "mlp", "hidden": [8]}, batch_size=16, num_steps=6),
+        data=DataConfig(name="synthetic", synthetic_shape=(6,), synthetic_sizes=(48, 24, 24)),
+        train=TrainConfig(model={"name": "mlp", "hidden": [8]}, batch_size=16, num_steps=6),
         attack=PoisonAttackConfig(fraction=0.1, meta_steps=2, craft_seeds=(0,), **attack),
         gradient_canceling=GradientCancelingConfig(steps=2, target_steps=2),
         victim_seeds=(7, 8, 9),
@@ -232,11 +230,8 @@ def _tiny_config(**attack) -> PoisonConfig:
 
 
 def test_experiment_writes_metrics_and_plot(tmp_path):
-    # Left over from an earlier run in the same folder: a run without resume discards it.
-    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
-    exp = run_poison_experiment(_tiny_config(), out=tmp_path, progress=False)
-    assert len(exp.results["mgd"].history["objective"]) == 2
-    assert not (tmp_path / "checkpoints" / "5").exists()
+    exp = run(_tiny_config(), tmp_path, progress=False)
+    assert [h.step for h in exp.results["mgd"].history] == [0, 1]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"clean", "mgd", "random_noise", "label_flip", "gradient_canceling"}
     for entry in metrics.values():
@@ -244,6 +239,23 @@ def test_experiment_writes_metrics_and_plot(tmp_path):
         assert 0 <= entry["test_accuracy_mean"] <= 1 and entry["test_accuracy_std"] >= 0
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert set(exp.results) == set(metrics) - {"clean"}
+    assert "MGD's drop" in exp.table() or "mgd" in exp.table()
+
+
+def test_experiment_killed_before_its_first_checkpoint_resumes(tmp_path):
+    # A run killed after writing config.yaml, before any checkpoint: --resume starts it over,
+    # a fresh run refuses the folder, another config is refused.
+    config = _tiny_config()
+    prepare_out(tmp_path, "poison", config, resume=False)
+    with pytest.raises(ValueError, match="not empty"):
+        run(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different run"):
+        run(_tiny_config(subset_seed=1), tmp_path, resume=True, progress=False)
+    resumed = run(config, tmp_path, resume=True, progress=False)
+    fresh = run(config, progress=False)
+    np.testing.assert_array_equal(
+        resumed.results["mgd"].perturbations, fresh.results["mgd"].perturbations
+    )
 
 
 def test_victim_seeds_must_differ_from_crafting_seeds():
@@ -251,46 +263,35 @@ def test_victim_seeds_must_differ_from_crafting_seeds():
         dataclasses.replace(_tiny_config(), victim_seeds=(0, 8, 9))
 
 
-def test_script_reports_bad_input_in_one_line(tmp_path):
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("attack:\n  fraction: 1.5\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "poison.py"),
-            "--config",
-            str(cfg),
-            "--out",
-            str(tmp_path / "out"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "fraction must lie in (0, 1)" in proc.stderr
+    assert main(["poison", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fraction must lie in (0, 1)" in err
 
 
-def test_digits_config_is_the_default_and_cifar_config_loads():
-    assert load_config(ROOT / "configs" / "poison" / "digits.yaml", PoisonConfig) == PoisonConfig()
-    cifar = load_config(ROOT / "configs" / "poison" / "cifar10.yaml", PoisonConfig)
+def test_cifar_config_loads():
+    cifar = read_config("poison", "cifar10", PoisonConfig)
     assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"
 
 
+@pytest.mark.slow
 def test_digits_result_at_reduced_size():
-    # The digits config (scripts/poison.py's full setting) with fewer training steps,
-    # meta-steps, crafting and victim seeds, and the two cheap baselines: MGD must already
-    # degrade unseen victims and beat the baselines by 2x (full setting: see README).
+    # A statistical claim (one set of seeds), so `slow`: the fast tests above check the attack
+    # raises its objective, stays feasible and is evaluated on unseen seeds. The digits config
+    # (`mgd poison`'s default) with fewer training steps, meta-steps, crafting and victim seeds,
+    # and the two cheap baselines: MGD must already degrade unseen victims and beat the
+    # baselines by 2x (full setting: see README).
     cfg = PoisonConfig()
     cfg = dataclasses.replace(
         cfg,
-        victim=dataclasses.replace(cfg.victim, num_steps=100),
+        train=dataclasses.replace(cfg.train, num_steps=100),
         attack=dataclasses.replace(cfg.attack, meta_steps=20, craft_seeds=(0, 1, 2)),
         baselines=("random_noise", "label_flip"),
         victim_seeds=(100, 101, 102),
     )
-    report = run_poison_experiment(cfg, progress=False).report
+    report = run(cfg, progress=False).report
     mgd_drop = report.attacks["mgd"].drop_mean
     assert mgd_drop >= 0.01, report.table()
     assert mgd_drop >= 2 * max(report.largest_baseline_drop("mgd"), 0.0), report.table()
