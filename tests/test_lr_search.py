@@ -117,9 +117,10 @@ def test_test_seeds_must_be_fresh():
 def test_reduced_search_matches_grid_from_both_sides():
     """A statistical claim on one setting, so `slow`; the fast tests below check the search's
     mechanics exactly and `test_cli_lr_end_to_end` the grid comparison. The claim of `mgd lr`
-    at reduced size: 100 steps, 6 knots, width 64, the 412-schedule grid, 30 meta-steps; from 10x below and 10x above the best constant rate the
-    search gets within 3% of the grid's best validation loss and beats its start. (Its claim of
-    less compute than the grid is a timing, checked by the script, not here.)"""
+    at reduced size: 100 steps, 6 knots, width 64, the 412-schedule grid, 30 meta-steps; from
+    10x below and 10x above the best constant rate the search gets within 3% of the grid's best
+    validation loss and beats its start. (Its claim of less compute than the grid is a timing,
+    checked by scripts/lr_search.py, not here.)"""
     setup = digits_lr_setup(num_steps=100, num_knots=6, width=64)
     grid = lr_schedule_grid(100, lr_range=(0.01, 30.0))
     losses = evaluate_schedules(setup, [g.schedule for g in grid], progress=False)
