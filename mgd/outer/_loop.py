@@ -231,7 +231,6 @@ def meta_descent(
     if resume and save_dir is None:
         raise ValueError(f"{where}: resume=True needs save_dir, the directory to resume from")
     optimizer = optax.with_extra_args_support(optimizer)
-    update = jax.jit(optimizer.update)  # One compilation per loop, not one per meta-step.
     opt_state = optimizer.init(params)
     history: list[MetaStep] = []
     ckpt = None if save_dir is None else OuterCheckpointer(save_dir)
@@ -268,7 +267,7 @@ def meta_descent(
             value, grad, stats = metagradient(k, params)
             objective = float(value)  # blocks until the metagradient is done
             seconds = time.perf_counter() - started
-            updates, opt_state = update(grad, opt_state, params, value=value)
+            updates, opt_state = optimizer.update(grad, opt_state, params, value=value)
             info = {} if record is None else record(k, params, value, grad, opt_state)
             history.append(
                 MetaStep(

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -121,6 +122,8 @@ def select_data(
             raise ValueError(f"{where}: without fixed_budget pass optimizer=count_descent(...)")
         optimizer = budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)
     replay = Replay() if replay is None else replay
+    # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
+    optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
 
     if fixed_budget:
         start = np.sort(np.random.default_rng(seed).permutation(n)[:size])
