@@ -145,17 +145,15 @@ class LRRun:
 
     def table(self) -> str:
         """The results table printed by ``mgd lr``."""
-        rows = [
-            f"{'schedule':<26}{'val. loss':>10}{'test accuracy':>22}",
-        ]
+        rows = [f"{'schedule':<36}{'val. loss':>10}{'test accuracy':>20}"]
         for name, m in self.metrics["searches"].items():
-            rows.append(f"{'start ' + name:<26}{m['start_val_loss']:>10.4f}{'':>22}")
+            rows.append(f"{'start: ' + name:<36}{m['start_val_loss']:>10.4f}")
             acc = _acc(m["test"].get("accuracy"))
-            rows.append(f"{'  found':<26}{m['found_val_loss']:>10.4f}{acc:>22}")
+            rows.append(f"{'  found':<36}{m['found_val_loss']:>10.4f}{acc:>20}")
         if "grid" in self.metrics:
             g = self.metrics["grid"]
             label = f"grid's best of {g['runs']}"
-            rows.append(f"{label:<26}{g['val_loss']:>10.4f}{_acc(g.get('test_accuracy')):>22}")
+            rows.append(f"{label:<36}{g['val_loss']:>10.4f}{_acc(g.get('test_accuracy')):>20}")
             rows.append(f"  ({g['best']})")
         return "\n".join(rows)
 
