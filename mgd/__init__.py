@@ -23,24 +23,21 @@ from mgd.engine import choose_for_budget as choose_for_budget
 from mgd.engine import metagradient as metagradient
 from mgd.engine import policy_for_budget as policy_for_budget
 
-# Outer optimizers: dataset selection, learning-rate schedule search, data poisoning.
+# Outer optimizers on one meta-descent loop: dataset selection, learning-rate schedule search,
+# data poisoning (update rules, baselines and the loop itself live in mgd.outer.*).
 from mgd.outer import LRSearchResult as LRSearchResult
-from mgd.outer import PiecewiseLinearSchedule as PiecewiseLinearSchedule
-from mgd.outer import PoisonConfig as PoisonConfig
+from mgd.outer import MetaStep as MetaStep
 from mgd.outer import PoisonReport as PoisonReport
 from mgd.outer import PoisonResult as PoisonResult
-from mgd.outer import budget_exchange as budget_exchange
-from mgd.outer import count_descent as count_descent
+from mgd.outer import Replay as Replay
+from mgd.outer import SelectionReport as SelectionReport
+from mgd.outer import SelectionResult as SelectionResult
 from mgd.outer import evaluate_poisons as evaluate_poisons
 from mgd.outer import evaluate_selection as evaluate_selection
-from mgd.outer import gradient_canceling_poison as gradient_canceling_poison
-from mgd.outer import label_flip_poison as label_flip_poison
-from mgd.outer import poison_ascent as poison_ascent
 from mgd.outer import poison_attack as poison_attack
-from mgd.outer import random_noise_poison as random_noise_poison
-from mgd.outer import run_poison_experiment as run_poison_experiment
 from mgd.outer import search_lr_schedule as search_lr_schedule
 from mgd.outer import select_data as select_data
+from mgd.outer.lr import PiecewiseLinearSchedule as PiecewiseLinearSchedule
 
 # Smooth training.
 from mgd.train import Dataset as Dataset

@@ -40,8 +40,8 @@ def load_config(path: str | Path | None, cls: type[C]) -> C:
         of the wrong type.
 
     Example:
-      >>> from mgd.outer.selection_config import SelectConfig
-      >>> cfg = load_config("configs/select/default.yaml", SelectConfig)  # doctest: +SKIP
+      >>> from mgd.experiments.select import SelectConfig
+      >>> cfg = load_config("my_select.yaml", SelectConfig)  # doctest: +SKIP
     """
     if path is None:
         return cls()

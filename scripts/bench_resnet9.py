@@ -1,6 +1,6 @@
 """Metagradient vs training on ResNet-9 with CIFAR-10-shaped synthetic data (the GPU benchmark).
 
-Builds the metasmooth ResNet-9 of ``configs/models/resnet9_metasmooth.yaml`` (Adam with
+Builds the metasmooth ResNet-9 of ``mgd/configs/models/resnet9_metasmooth.yaml`` (Adam with
 ``eps_root``) on synthetic 32x32x3 images in 10 classes made by the code (nothing is
 downloaded), with per-example data weights as metaparameters, and prints for ``--steps`` T:
 
@@ -29,7 +29,9 @@ import multiprocessing
 import time
 from pathlib import Path
 
-CONFIG = Path(__file__).resolve().parent.parent / "configs" / "models" / "resnet9_metasmooth.yaml"
+CONFIG = (
+    Path(__file__).resolve().parents[1] / "mgd" / "configs" / "models" / "resnet9_metasmooth.yaml"
+)
 
 
 def _measure(config: str, args: argparse.Namespace, queue) -> None:

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Writes notebooks/poisoning_digits.ipynb and notebooks/poisoning_cifar10.ipynb (outputs cleared).
 
-The notebooks only call the public API (``mgd.run_poison_experiment`` and the plotting helpers);
+The notebooks only call the public API (``mgd.experiments.poison.run`` and the plotting helpers);
 edit this generator, not the JSON, and re-run it: ``python scripts/make_poison_notebooks.py``.
 """
 
@@ -27,12 +27,11 @@ except ImportError:  # a checkout without installing: find the repository above 
     here = Path.cwd().resolve()
     sys.path.insert(0, str(next(p for p in (here, *here.parents) if (p / "mgd").is_dir())))
     import mgd
-# The checkout holding the configs (an editable install or a checkout on sys.path).
-ROOT = Path(mgd.__file__).resolve().parents[1]
 
 import matplotlib.pyplot as plt
-from mgd.config import load_config
-from mgd.outer.poison_eval import plot_poison_report, plot_poisoned_examples
+from mgd.experiments import DataConfig, read_config
+from mgd.experiments.poison import PoisonConfig, run
+from mgd.outer.poison import plot_poison_report, plot_poisoned_examples
 
 # MGD_NOTEBOOK_SMOKE=1 (set by the test suite) runs a reduced setting in seconds.
 SMOKE = os.environ.get("MGD_NOTEBOOK_SMOKE") == "1"
@@ -50,20 +49,18 @@ DIGITS = [
         "examples are attacked by random noise, label flipping and Gradient Canceling "
         "(Lu, Kamath, Yu 2023). Victims are trained with seeds the attacks never used, and "
         "accuracy is measured on a test split no attack saw.\n\n"
-        "Full setting: `configs/poison/digits.yaml`, the same as "
-        "`python scripts/poison.py --config configs/poison/digits.yaml --out runs/poison_digits` "
-        "(a few minutes on a CPU)."
+        "Full setting: the shipped `digits` config, the same as "
+        "`mgd poison --config digits --out runs/poison_digits` (a few minutes on a CPU)."
     ),
     new_code_cell(SETUP),
     new_code_cell(
         """\
-config_file = ROOT / "configs" / "poison" / "digits.yaml"
-cfg = load_config(config_file if config_file.exists() else None, mgd.PoisonConfig)
+cfg = read_config("poison", "digits", PoisonConfig)
 if SMOKE:
     cfg = dataclasses.replace(
         cfg,
         data=dataclasses.replace(cfg.data, num_train=300),
-        victim=dataclasses.replace(cfg.victim, num_steps=20),
+        train=dataclasses.replace(cfg.train, num_steps=20),
         attack=dataclasses.replace(cfg.attack, meta_steps=3, craft_seeds=(0,)),
         gradient_canceling=dataclasses.replace(cfg.gradient_canceling, steps=2, target_steps=1),
         victim_seeds=(100, 101, 102),
@@ -73,7 +70,7 @@ cfg.attack"""
     new_code_cell(
         """\
 start = time.perf_counter()
-exp = mgd.run_poison_experiment(cfg)
+exp = run(cfg, progress=not SMOKE)
 seconds = {k: round(v, 1) for k, v in exp.seconds.items()}
 print(f"done in {time.perf_counter() - start:.0f} s:", seconds)"""
     ),
@@ -95,8 +92,8 @@ if base_drop > 0:
         """\
 fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
 plot_poison_report(report, ax=ax1)
-history = exp.results["mgd"].history["objective"]
-ax2.plot(range(1, len(history) + 1), history, ".-")
+history = exp.results["mgd"].history
+ax2.plot([h.step for h in history], [h.objective for h in history], ".-")
 ax2.set_xlabel("meta-step")
 ax2.set_ylabel("validation loss of the crafting run")
 ax2.set_title("MGD ascent (crafting seeds cycle)")
@@ -120,9 +117,10 @@ CIFAR = [
         "| | paper (ResNet-9, CIFAR-10) |\n|---|---|\n"
         "| clean | ~92% |\n| Gradient Canceling | ~91% (-0.8) |\n"
         "| MGD (metasmooth victim) | ~78% (**-13.9**) |\n| MGD (standard victim) | -10.2 |\n\n"
-        "The setting is `configs/poison/cifar10.yaml` (metasmooth ResNet-9, augmentation, "
-        "cosine-decayed SGD, signed projected ascent in the valid pixel range). The paper does "
-        "not state its training recipe, constraint or step rule; ours are stated in the config. "
+        "The setting is the shipped `cifar10` config (`mgd poison --config cifar10`; "
+        "metasmooth ResNet-9, augmentation, cosine-decayed SGD, signed projected ascent in the "
+        "valid pixel range). The paper does not state its training recipe, constraint or step "
+        "rule; ours are stated in the config. "
         "It needs a GPU and a local CIFAR-10 copy (`MGD_CIFAR10_DIR`, the python-pickle "
         "batches). Without the data, or with `MGD_NOTEBOOK_SMOKE=1`, this notebook runs the same "
         "pipeline on tiny synthetic CIFAR-shaped data (32x32x3, a small MLP) so it can be "
@@ -133,10 +131,7 @@ CIFAR = [
     new_code_cell(SETUP),
     new_code_cell(
         """\
-config_file = ROOT / "configs" / "poison" / "cifar10.yaml"
-if not config_file.exists():
-    raise FileNotFoundError(f"{config_file} not found: run this notebook from an mgd checkout")
-cfg = load_config(config_file, mgd.PoisonConfig)
+cfg = read_config("poison", "cifar10", PoisonConfig)
 have_cifar = bool(cfg.data.path or os.environ.get("MGD_CIFAR10_DIR"))
 # MGD_POISON_TIMING=1: the paper's ResNet-9 and schedule on synthetic CIFAR-shaped data of the
 # paper's size (40,000 training images), a few meta-steps: the metagradient cost on a GPU.
@@ -145,7 +140,7 @@ FULL = have_cifar and not SMOKE and not TIMING
 if TIMING:
     cfg = dataclasses.replace(
         cfg,
-        data=mgd.outer.poison_experiment.PoisonDataConfig(
+        data=DataConfig(
             name="synthetic", synthetic_shape=(32, 32, 3), synthetic_sizes=(40000, 10000, 10000)
         ),
         attack=dataclasses.replace(cfg.attack, meta_steps=3),
@@ -157,11 +152,11 @@ elif not FULL:
     # alone takes minutes on a CPU): the pipeline, not the result.
     cfg = dataclasses.replace(
         cfg,
-        data=mgd.outer.poison_experiment.PoisonDataConfig(
+        data=DataConfig(
             name="synthetic", synthetic_shape=(32, 32, 3), synthetic_sizes=(160, 40, 40)
         ),
-        victim=dataclasses.replace(
-            cfg.victim,
+        train=dataclasses.replace(
+            cfg.train,
             model={"name": "mlp", "hidden": [16]},
             batch_size=32,
             num_steps=4,
@@ -173,7 +168,7 @@ elif not FULL:
     )
 mode = "CIFAR-10 at the paper's scale" if FULL else "synthetic CIFAR-shaped stand-in"
 print(mode + (" (timing: paper-size ResNet-9 run)" if TIMING else ""))
-print(cfg.victim.model, cfg.victim.num_steps, "training steps")
+print(cfg.train.model, cfg.train.num_steps, "training steps")
 cfg.attack"""
     ),
     new_markdown_cell(
@@ -183,7 +178,7 @@ cfg.attack"""
     ),
     new_code_cell(
         """\
-exp = mgd.run_poison_experiment(cfg, out=None if not FULL else ROOT / "runs" / "poison_cifar10")
+exp = run(cfg, Path("runs/poison_cifar10") if FULL else None, resume=FULL, progress=not SMOKE)
 per_step = exp.seconds["mgd"] / cfg.attack.meta_steps
 print(f"training pool: {exp.setup.data.num_train}, poisoned: {exp.results['mgd'].indices.size}")
 print(f"MGD: {cfg.attack.meta_steps} meta-steps, {per_step:.2f} s per meta-step (incl. compile)")

@@ -4,10 +4,10 @@ Trains each config at z (plain training: data weights one), z + h v and z + 2 h 
 Gaussian directions v over the per-example data weights, and prints the score with its standard
 error. Compare configs at the same h, steps and directions.
 
-  python scripts/metasmoothness.py configs/models/resnet9.yaml \\
-      configs/models/resnet9_metasmooth.yaml --width-multiplier 0.0625 --steps 40
+  python scripts/metasmoothness.py mgd/configs/models/resnet9.yaml \\
+      mgd/configs/models/resnet9_metasmooth.yaml --width-multiplier 0.0625 --steps 40
   MGD_CIFAR10_DIR=~/cifar-10-batches-py python scripts/metasmoothness.py \\
-      configs/models/resnet9_metasmooth.yaml --data cifar10 --steps 1000 --batch-size 512
+      mgd/configs/models/resnet9_metasmooth.yaml --data cifar10 --steps 1000 --batch-size 512
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from mgd.train import make_optimizer, metasmoothness, models
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("configs", nargs="+", type=Path, help="YAML files from configs/models/")
+    parser.add_argument("configs", nargs="+", type=Path, help="YAML files from mgd/configs/models/")
     parser.add_argument("--data", choices=["digits", "cifar10"], default="digits")
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)

@@ -1,5 +1,6 @@
 """Test configuration: several CPU devices for sharding tests, x64 on request."""
 
+import contextlib
 import os
 
 # Must be set before JAX initializes its backends.
@@ -20,3 +21,38 @@ def x64():
     """Run the test body with 64-bit floats enabled (finite differences, tight tolerances)."""
     with _enable_x64(True):
         yield
+
+
+class _Count:
+    """How many XLA compilations ran inside a ``count_compilations()`` block."""
+
+    def __init__(self):
+        self.value = 0
+
+    def __int__(self):
+        return self.value
+
+    def __bool__(self):
+        return self.value > 0
+
+    def __eq__(self, other):
+        return self.value == int(other)
+
+    def __repr__(self):
+        return f"{self.value} compilations"
+
+
+@contextlib.contextmanager
+def count_compilations():
+    """Counts XLA backend compilations in the block, through JAX's public monitoring events."""
+    count = _Count()
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            count.value += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield count
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)

@@ -1,6 +1,8 @@
-"""`mgd select` input handling: bad input exits 2 with one line on stderr, --out is protected."""
+"""`mgd select | lr | poison` input handling: bad input exits 2 with one line on stderr, --out
+is protected, shipped configs are found by name from any working directory."""
 
 import dataclasses
+from importlib import resources
 
 import numpy as np
 import pytest
@@ -8,18 +10,42 @@ import yaml
 
 from mgd.cli import main
 from mgd.config import config_to_dict, load_config
-from mgd.outer.selection_config import SelectConfig
+from mgd.experiments import read_config
+from mgd.experiments.lr import LRConfig
+from mgd.experiments.poison import PoisonConfig
+from mgd.experiments.select import SelectConfig
 
-
-def test_default_config_file_equals_builtin_default():
-    assert load_config("configs/select/default.yaml", SelectConfig) == SelectConfig()
+_CLASSES = {"select": SelectConfig, "lr": LRConfig, "poison": PoisonConfig}
 
 
 @pytest.mark.parametrize(
-    "path", ["configs/select/digits_noisy.yaml", "configs/select/default.yaml"]
+    "command, name", [("select", "default"), ("lr", "default"), ("poison", "digits")]
 )
-def test_shipped_configs_load(path):
-    load_config(path, SelectConfig)
+def test_shipped_default_equals_builtin_default(command, name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # Found inside the package, not relative to the cwd.
+    assert read_config(command, name, _CLASSES[command]) == _CLASSES[command]()
+
+
+@pytest.mark.parametrize(
+    "command, path",
+    [
+        (command, path.name)
+        for command in _CLASSES
+        for path in (resources.files("mgd") / "configs" / command).iterdir()
+        if path.name.endswith(".yaml")
+    ],
+)
+def test_every_shipped_config_loads(command, path):
+    by_name = read_config(command, path.removesuffix(".yaml"), _CLASSES[command])
+    by_path = load_config(
+        str(resources.files("mgd") / "configs" / command / path), _CLASSES[command]
+    )
+    assert by_name == by_path
+
+
+def test_unknown_config_name(capsys):
+    code, err = _run(capsys, ["lr", "--config", "nosuch"])
+    _assert_one_line_error(code, err, "no shipped config 'nosuch' for mgd lr; pass one of default")
 
 
 def _npz(tmp_path, **changes):
@@ -108,7 +134,7 @@ def test_non_empty_out_is_refused_and_untouched(tmp_path, capsys):
     code, err = _run(capsys, ["select", "--out", str(out)])
     _assert_one_line_error(code, err, "is not empty; pass --resume")
     code, err = _run(capsys, ["select", "--out", str(out), "--resume"])
-    _assert_one_line_error(code, err, "holds no checkpoints")
+    _assert_one_line_error(code, err, "holds no mgd select run")
     assert (out / "selection.json").read_text() == "precious"
     assert [p.name for p in out.iterdir()] == ["selection.json"]
 
@@ -118,3 +144,19 @@ def test_yaml_echo_round_trips(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(config_to_dict(cfg)))
     assert load_config(path, SelectConfig) == cfg
+
+
+@pytest.mark.parametrize("command", ["lr", "poison"])
+def test_other_commands_protect_out_too(tmp_path, capsys, command):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "metrics.json").write_text("precious")
+    code, err = _run(capsys, [command, "--out", str(out), "--meta-steps", "1"])
+    _assert_one_line_error(code, err, "is not empty; pass --resume")
+    assert (out / "metrics.json").read_text() == "precious"
+
+
+def test_poison_flags_are_checked(tmp_path, capsys):
+    code, err = _run(capsys, ["poison", "--fraction", "1.5", "--out", str(tmp_path / "o")])
+    _assert_one_line_error(code, err, "poisoned fraction must lie in (0, 1)")
+    assert not (tmp_path / "o").exists()

@@ -4,14 +4,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgd.outer.lr_grid import (
+from mgd.outer.lr._grid import (
     cosine_rates,
     lr_schedule_grid,
     one_cycle_rates,
     step_decay_rates,
 )
-from mgd.outer.lr_optimizer import log_lr_adam
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule
+from mgd.outer.lr._schedule import PiecewiseLinearSchedule
+from mgd.outer.lr._update import log_lr_adam
 
 # --- PiecewiseLinearSchedule ---------------------------------------------------------------
 

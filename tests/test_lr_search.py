@@ -1,18 +1,23 @@
 """search_lr_schedule: bad input, the reduced-size result, divergence, checkpoints, reporting."""
 
+import json
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from mgd.cli import main
 from mgd.engine import StoreAll
-from mgd.outer.lr_digits import digits_lr_setup
-from mgd.outer.lr_evaluate import evaluate_schedules
-from mgd.outer.lr_grid import lr_schedule_grid
-from mgd.outer.lr_optimizer import log_lr_adam
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule
-from mgd.outer.lr_search import search_lr_schedule
+from mgd.outer import Replay
+from mgd.outer.lr import (
+    PiecewiseLinearSchedule,
+    digits_lr_setup,
+    evaluate_schedules,
+    log_lr_adam,
+    lr_schedule_grid,
+    search_lr_schedule,
+)
 from mgd.train import MetaSpec
 
 
@@ -108,11 +113,14 @@ def test_test_seeds_must_be_fresh():
 # --- the result, at reduced size ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_reduced_search_matches_grid_from_both_sides():
-    """The claim of scripts/lr_search.py at reduced size: 100 steps, 6 knots, width 64, the
-    412-schedule grid, 30 meta-steps; from 10x below and 10x above the best constant rate the
-    search gets within 3% of the grid's best validation loss and beats its start. (Its claim of
-    less compute than the grid is a timing, checked by the script, not here.)"""
+    """A statistical claim on one setting, so `slow`; the fast tests below check the search's
+    mechanics exactly and `test_cli_lr_end_to_end` the grid comparison. The claim of `mgd lr`
+    at reduced size: 100 steps, 6 knots, width 64, the 412-schedule grid, 30 meta-steps; from
+    10x below and 10x above the best constant rate the search gets within 3% of the grid's best
+    validation loss and beats its start. (Its claim of less compute than the grid is a timing,
+    checked by scripts/lr_search.py, not here.)"""
     setup = digits_lr_setup(num_steps=100, num_knots=6, width=64)
     grid = lr_schedule_grid(100, lr_range=(0.01, 30.0))
     losses = evaluate_schedules(setup, [g.schedule for g in grid], progress=False)
@@ -131,7 +139,7 @@ def test_reduced_search_matches_grid_from_both_sides():
             setup,
             init_schedule=init,
             meta_steps=meta_steps,
-            checkpoint=StoreAll(),
+            replay=Replay(StoreAll()),
             test_seeds=0,
             progress=False,
         )
@@ -180,16 +188,18 @@ def test_diverging_run_is_rejected_and_shrinks():
     res = search_lr_schedule(
         _Cliff(), init_schedule=1.0, meta_steps=8, optimizer=opt, test_seeds=0, progress=False
     )
-    log_lr = [np.log(r.lr) for r in res.history]
-    rejected = [i for i, r in enumerate(res.history) if r.rejected]
+    log_lr = [np.log(r.info["lr"]) for r in res.history]
+    rejected = [i for i, r in enumerate(res.history) if r.info["rejected"]]
     # x: 0 -> 0.6 -> 1.2 (NaN: rejected, retracted to 0.6 + 0.3) -> ...
     assert rejected[0] == 2 and not np.isfinite(res.history[2].objective)
-    assert res.history[1].step_scale == 1.0 and res.history[2].step_scale == 0.5
+    assert res.history[1].info["step_scale"] == 1.0 and res.history[2].info["step_scale"] == 0.5
     np.testing.assert_allclose(log_lr[3], log_lr[1] + 0.5 * (log_lr[2] - log_lr[1]), rtol=1e-5)
     # Every later step stays below the cliff or is rejected again; the result is finite.
-    assert all(r.rejected == (np.max(x) > 1.0) for r, x in zip(res.history, log_lr, strict=True))
+    assert all(
+        r.info["rejected"] == (np.max(x) > 1.0) for r, x in zip(res.history, log_lr, strict=True)
+    )
     assert np.isfinite(res.history[res.best_step].objective)
-    assert not res.history[res.best_step].rejected
+    assert not res.history[res.best_step].info["rejected"]
     assert np.max(res.schedule.log_lr) <= 1.0
 
 
@@ -203,7 +213,7 @@ def test_initial_run_diverging_is_an_error():
 
 def test_resume_equals_uninterrupted(tiny, tmp_path):
     kwargs = dict(
-        init_schedule=[0.05, 0.2, 0.05], checkpoint=StoreAll(), test_seeds=0, progress=False
+        init_schedule=[0.05, 0.2, 0.05], replay=Replay(StoreAll()), test_seeds=0, progress=False
     )
     whole = search_lr_schedule(tiny, meta_steps=4, **kwargs)
     search_lr_schedule(tiny, meta_steps=2, save_dir=tmp_path / "ck", **kwargs)
@@ -215,11 +225,11 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
     assert resumed.cost["metagradients"] == 2
     assert len(resumed.history) == len(whole.history) == 5
     for a, b in zip(resumed.history, whole.history, strict=True):
-        assert a.meta_step == b.meta_step
+        assert a.step == b.step
         np.testing.assert_allclose(a.objective, b.objective, rtol=1e-5)
-        np.testing.assert_allclose(a.lr, b.lr, rtol=1e-5)
+        np.testing.assert_allclose(a.info["lr"], b.info["lr"], rtol=1e-5)
     other = digits_lr_setup(num_steps=20, num_knots=5, width=16)
-    with pytest.raises(ValueError, match="made for knots"):
+    with pytest.raises(ValueError, match="different run"):
         search_lr_schedule(
             other, meta_steps=4, save_dir=tmp_path / "ck", resume=True, init_schedule=0.1
         )
@@ -227,15 +237,20 @@ def test_resume_equals_uninterrupted(tiny, tmp_path):
 
 def test_result_schedule_history_and_test_report(tiny):
     res = search_lr_schedule(
-        tiny, init_schedule=0.1, meta_steps=2, checkpoint=StoreAll(), test_seeds=2, progress=False
+        tiny,
+        init_schedule=0.1,
+        meta_steps=2,
+        replay=Replay(StoreAll()),
+        test_seeds=2,
+        progress=False,
     )
-    assert [r.meta_step for r in res.history] == [0, 1, 2]
+    assert [r.step for r in res.history] == [0, 1, 2]
     assert res.schedule.knots == tiny.meta_spec.lr_knots
-    np.testing.assert_allclose(res.schedule.lr, res.history[res.best_step].lr)
-    assert res.history[0].lr == pytest.approx((0.1, 0.1, 0.1))
+    np.testing.assert_allclose(res.schedule.lr, res.history[res.best_step].info["lr"])
+    assert res.history[0].info["lr"] == pytest.approx((0.1, 0.1, 0.1))
     again = PiecewiseLinearSchedule.from_json(res.schedule.to_json())
     np.testing.assert_allclose(again.rates(), res.schedule.rates(), rtol=1e-12)
-    assert res.schedule(0) > 0 and res.schedules()[0].lr == pytest.approx(res.history[0].lr)
+    assert res.schedule(0) > 0 and res.schedules()[0].lr == pytest.approx(res.history[0].info["lr"])
     assert res.test["seeds"] == [1000, 1001]
     assert len(res.test["accuracy"]) == 2 and all(0 <= a <= 1 for a in res.test["accuracy"])
 
@@ -248,9 +263,46 @@ def test_per_step_setup_and_callable_start(tiny):
         per_step,
         init_schedule=start,
         meta_steps=1,
-        checkpoint=StoreAll(),
+        replay=Replay(StoreAll()),
         test_seeds=0,
         progress=False,
     )
     assert res.schedule.knots == tuple(range(tiny.num_steps))
-    np.testing.assert_allclose(res.history[0].lr, start.rates(), rtol=1e-6)
+    np.testing.assert_allclose(res.history[0].info["lr"], start.rates(), rtol=1e-6)
+
+
+def test_cli_lr_end_to_end(tmp_path, capsys):
+    """`mgd lr` on a tiny config: a grid, one search from a start relative to its best constant
+    rate and one absolute start, the found schedules scored like the grid, files written."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "train: {model: {name: mlp, hidden: [8], activation: tanh, normalize: true},"
+        " num_steps: 12, batch_size: 32}\n"
+        "num_knots: 3\n"
+        "search: {init_lr: [0.05], start_factors: [0.5], meta_steps: 2, test_seeds: 1}\n"
+        "grid: {num_peaks: 1}\n"
+    )
+    out = tmp_path / "run"
+    assert main(["lr", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    table = capsys.readouterr().out
+    assert "found" in table and "grid's best of" in table
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["searches"]) == {"lr 0.05", "0.5x grid's best constant"}
+    grid = metrics["grid"]
+    relative = metrics["searches"]["0.5x grid's best constant"]
+    assert relative["init_lr"] == pytest.approx(0.5 * grid["best_constant_lr"])
+    for m in metrics["searches"].values():
+        assert m["found_val_loss"] <= m["start_val_loss"] or m["best_step"] == 0
+        assert m["gap_to_grid"] == pytest.approx(m["found_val_loss"] / grid["val_loss"] - 1)
+        assert len(m["test"]["accuracy"]) == 1
+    assert len(grid["test_accuracy"]) == 1
+    history = json.loads((out / "history.json").read_text())
+    assert [len(h) for h in history.values()] == [3, 3]
+    assert (out / "lr_search.png").stat().st_size > 0
+    # Killed and resumed: the searches continue from their checkpoints to the same result.
+    capsys.readouterr()
+    assert main(["lr", "--config", str(cfg), "--out", str(out), "--quiet", "--resume"]) == 0
+    assert (
+        json.loads((out / "metrics.json").read_text())["searches"].keys()
+        == metrics["searches"].keys()
+    )

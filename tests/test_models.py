@@ -1,6 +1,7 @@
 """Models: shapes, metasmooth switches, configs on disk, model adapters, optimizers."""
 
 import dataclasses
+from importlib import resources
 from pathlib import Path
 
 import flax.linen as nn
@@ -15,7 +16,7 @@ from flax import nnx
 import mgd
 from mgd.train import make_optimizer, model_fns, models
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "models"
+CONFIGS = Path(str(resources.files("mgd") / "configs" / "models"))  # Shipped in the package.
 X = jnp.ones((2, 8, 8, 1))
 
 

@@ -2,27 +2,30 @@
 
 import dataclasses
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations
 
-from mgd.config import load_config
-from mgd.outer.poison import choose_poison_indices, poison_attack
-from mgd.outer.poison_baselines import label_flip_poison, random_noise_poison
-from mgd.outer.poison_eval import evaluate_poisons
-from mgd.outer.poison_experiment import (
+from mgd.cli import main
+from mgd.experiments import DataConfig, TrainConfig, read_config
+from mgd.experiments._common import prepare_out
+from mgd.experiments.poison import (
     GradientCancelingConfig,
     PoisonAttackConfig,
     PoisonConfig,
-    PoisonDataConfig,
-    PoisonVictimConfig,
-    run_poison_experiment,
+    run,
 )
-from mgd.outer.poison_gc import gradient_canceling_poison
+from mgd.outer.poison import (
+    choose_poison_indices,
+    evaluate_poisons,
+    gradient_canceling_poison,
+    label_flip_poison,
+    poison_attack,
+    random_noise_poison,
+)
 from mgd.train import TrainingSetup, make_synthetic, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -57,7 +60,7 @@ def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
         progress=False,
     )
     assert res.name == "mgd" and res.craft_seeds == (0,)
-    assert len(res.history["objective"]) == 6
+    assert [h.step for h in res.history] == list(range(6))
     assert _val_loss(setup, res.data, 0) > _val_loss(setup, data, 0)
     # Only the poisoned inputs move, within the bound (a fraction of the range width 6) and
     # the valid range; labels and held-out splits are untouched.
@@ -72,13 +75,54 @@ def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
     )
 
 
+class _Killed(Exception):
+    pass
+
+
+def _kill_after(n):
+    def callback(history):
+        if len(history) == n:
+            raise _Killed
+
+    return callback
+
+
 def test_attack_resumes_where_it_stopped(setup, tmp_path):
-    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0,), progress=False)
+    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0, 1), progress=False)
     full = poison_attack(setup, meta_steps=3, **kwargs)
-    poison_attack(setup, meta_steps=1, resume_dir=tmp_path, **kwargs)
-    resumed = poison_attack(setup, meta_steps=3, resume_dir=tmp_path, **kwargs)
-    np.testing.assert_allclose(resumed.perturbations, full.perturbations, atol=1e-6)
-    assert resumed.history["objective"] == pytest.approx(full.history["objective"], rel=1e-5)
+    with pytest.raises(_Killed):
+        poison_attack(setup, meta_steps=3, save_dir=tmp_path, callback=_kill_after(1), **kwargs)
+    resumed = poison_attack(setup, meta_steps=3, save_dir=tmp_path, resume=True, **kwargs)
+    np.testing.assert_array_equal(resumed.perturbations, full.perturbations)
+    assert [h.objective for h in resumed.history] == [h.objective for h in full.history]
+    assert [h.info["craft_seed"] for h in resumed.history] == [0, 1, 0]
+
+
+@pytest.mark.parametrize(
+    "change", [dict(seed=1), dict(craft_seeds=(1, 0)), dict(bound=0.1), dict(step_size=0.1)]
+)
+def test_attack_resumed_with_changed_arguments_is_refused(setup, tmp_path, change):
+    # Same fraction, so perturbations of the right shape would restore onto other examples.
+    kwargs = dict(fraction=0.1, step_size=0.05, craft_seeds=(0, 1), seed=0, progress=False)
+    poison_attack(setup, meta_steps=1, save_dir=tmp_path, **kwargs)
+    with pytest.raises(ValueError, match="different run"):
+        poison_attack(setup, meta_steps=2, save_dir=tmp_path, resume=True, **{**kwargs, **change})
+    with pytest.raises(ValueError, match="resume=True"):
+        poison_attack(setup, meta_steps=2, save_dir=tmp_path, **kwargs)
+
+
+def test_crafting_over_several_seeds_compiles_each_program_once(data):
+    # Fresh setups compile their own programs; six meta-steps on one crafting seed, then on
+    # three: the seeds add no compilation. (A first run compiles what all setups share.)
+    model = models.MLP(models.MLPConfig(num_classes=3, hidden=(7,)))
+    kwargs = dict(fraction=0.25, step_size=0.05, meta_steps=6, progress=False)
+    counts = []
+    for seeds in [(0,), (0,), (0, 1, 2)]:
+        fresh = TrainingSetup(model, optax.sgd(0.2), data, batch_size=16, num_steps=9)
+        with count_compilations() as count:
+            poison_attack(fresh, craft_seeds=seeds, **kwargs)
+        counts.append(count.value)
+    assert counts[1] > 0 and counts[2] == counts[1]
 
 
 def test_same_fraction_same_examples_across_attacks(setup, data):
@@ -113,9 +157,9 @@ def test_gradient_canceling_lowers_its_objective(setup):
     res = gradient_canceling_poison(
         setup, fraction=0.25, steps=15, step_size=0.05, target_steps=5, progress=False
     )
-    h = res.history["objective"]
+    h = res.details["objective"]
     assert min(h[1:]) < h[0]
-    assert res.history["target_train_loss"][0] > res.history["clean_train_loss"][0]
+    assert res.details["target_train_loss"][0] > res.details["clean_train_loss"][0]
     assert res.craft_seeds == (setup.seed,)
     assert res.data.x_train.min() >= -3 and res.data.x_train.max() <= 3
 
@@ -177,8 +221,8 @@ def test_data_without_held_out_split_is_rejected(setup, data):
 
 def _tiny_config(**attack) -> PoisonConfig:
     return PoisonConfig(
-        data=PoisonDataConfig(name="synthetic", synthetic_shape=(6,), synthetic_sizes=(48, 24, 24)),
-        victim=PoisonVictimConfig(model={"name": "mlp", "hidden": [8]}, batch_size=16, num_steps=6),
+        data=DataConfig(name="synthetic", synthetic_shape=(6,), synthetic_sizes=(48, 24, 24)),
+        train=TrainConfig(model={"name": "mlp", "hidden": [8]}, batch_size=16, num_steps=6),
         attack=PoisonAttackConfig(fraction=0.1, meta_steps=2, craft_seeds=(0,), **attack),
         gradient_canceling=GradientCancelingConfig(steps=2, target_steps=2),
         victim_seeds=(7, 8, 9),
@@ -186,11 +230,8 @@ def _tiny_config(**attack) -> PoisonConfig:
 
 
 def test_experiment_writes_metrics_and_plot(tmp_path):
-    # Left over from an earlier run in the same folder: a run without resume discards it.
-    (tmp_path / "checkpoints" / "5").mkdir(parents=True)
-    exp = run_poison_experiment(_tiny_config(), out=tmp_path, progress=False)
-    assert len(exp.results["mgd"].history["objective"]) == 2
-    assert not (tmp_path / "checkpoints" / "5").exists()
+    exp = run(_tiny_config(), tmp_path, progress=False)
+    assert [h.step for h in exp.results["mgd"].history] == [0, 1]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"clean", "mgd", "random_noise", "label_flip", "gradient_canceling"}
     for entry in metrics.values():
@@ -198,6 +239,23 @@ def test_experiment_writes_metrics_and_plot(tmp_path):
         assert 0 <= entry["test_accuracy_mean"] <= 1 and entry["test_accuracy_std"] >= 0
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert set(exp.results) == set(metrics) - {"clean"}
+    assert "MGD's drop" in exp.table() or "mgd" in exp.table()
+
+
+def test_experiment_killed_before_its_first_checkpoint_resumes(tmp_path):
+    # A run killed after writing config.yaml, before any checkpoint: --resume starts it over,
+    # a fresh run refuses the folder, another config is refused.
+    config = _tiny_config()
+    prepare_out(tmp_path, "poison", config, resume=False)
+    with pytest.raises(ValueError, match="not empty"):
+        run(config, tmp_path, progress=False)
+    with pytest.raises(ValueError, match="different run"):
+        run(_tiny_config(subset_seed=1), tmp_path, resume=True, progress=False)
+    resumed = run(config, tmp_path, resume=True, progress=False)
+    fresh = run(config, progress=False)
+    np.testing.assert_array_equal(
+        resumed.results["mgd"].perturbations, fresh.results["mgd"].perturbations
+    )
 
 
 def test_victim_seeds_must_differ_from_crafting_seeds():
@@ -205,46 +263,35 @@ def test_victim_seeds_must_differ_from_crafting_seeds():
         dataclasses.replace(_tiny_config(), victim_seeds=(0, 8, 9))
 
 
-def test_script_reports_bad_input_in_one_line(tmp_path):
+def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("attack:\n  fraction: 1.5\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "scripts" / "poison.py"),
-            "--config",
-            str(cfg),
-            "--out",
-            str(tmp_path / "out"),
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert proc.returncode == 2
-    assert proc.stderr.count("\n") == 1 and "fraction must lie in (0, 1)" in proc.stderr
+    assert main(["poison", "--config", str(cfg), "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fraction must lie in (0, 1)" in err
 
 
-def test_digits_config_is_the_default_and_cifar_config_loads():
-    assert load_config(ROOT / "configs" / "poison" / "digits.yaml", PoisonConfig) == PoisonConfig()
-    cifar = load_config(ROOT / "configs" / "poison" / "cifar10.yaml", PoisonConfig)
+def test_cifar_config_loads():
+    cifar = read_config("poison", "cifar10", PoisonConfig)
     assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"
 
 
+@pytest.mark.slow
 def test_digits_result_at_reduced_size():
-    # The digits config (scripts/poison.py's full setting) with fewer training steps,
-    # meta-steps, crafting and victim seeds, and the two cheap baselines: MGD must already
-    # degrade unseen victims and beat the baselines by 2x (full setting: see README).
+    # A statistical claim (one set of seeds), so `slow`: the fast tests above check the attack
+    # raises its objective, stays feasible and is evaluated on unseen seeds. The digits config
+    # (`mgd poison`'s default) with fewer training steps, meta-steps, crafting and victim seeds,
+    # and the two cheap baselines: MGD must already degrade unseen victims and beat the
+    # baselines by 2x (full setting: see README).
     cfg = PoisonConfig()
     cfg = dataclasses.replace(
         cfg,
-        victim=dataclasses.replace(cfg.victim, num_steps=100),
+        train=dataclasses.replace(cfg.train, num_steps=100),
         attack=dataclasses.replace(cfg.attack, meta_steps=20, craft_seeds=(0, 1, 2)),
         baselines=("random_noise", "label_flip"),
         victim_seeds=(100, 101, 102),
     )
-    report = run_poison_experiment(cfg, progress=False).report
+    report = run(cfg, progress=False).report
     mgd_drop = report.attacks["mgd"].drop_mean
     assert mgd_drop >= 0.01, report.table()
     assert mgd_drop >= 2 * max(report.largest_baseline_drop("mgd"), 0.0), report.table()

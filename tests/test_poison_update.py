@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from mgd.outer.poison_update import poison_ascent, project_perturbations
+from mgd.outer.poison._update import poison_ascent, project_perturbations
 
 
 def _brute_force_projection(delta, x, lower, upper, bound):

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mgd.outer.selection_optim import (
+from mgd.outer.selection._update import (
     budget_exchange,
     count_descent,
     subset_weights,

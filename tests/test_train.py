@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations
 
 import mgd
 from mgd.train import Augment, MetaSpec, TrainingSetup, models
@@ -119,9 +120,10 @@ def test_step_fn_first_used_inside_jit_leaks_no_tracer():
 def test_train_new_seed_changes_run_without_recompiling():
     setup = _setup()
     a = setup.train()
-    b = setup.train(seed=1)
-    c = setup.train(seed=1)
-    assert setup._jitted["train"]._cache_size() == 1
+    with count_compilations() as compiled:
+        b = setup.train(seed=1)
+        c = setup.train(seed=1)
+    assert compiled == 0
     jax.tree.map(np.testing.assert_array_equal, b, c)
     assert not np.allclose(a.params["Dense_0"]["kernel"], b.params["Dense_0"]["kernel"])
 
@@ -131,6 +133,14 @@ def test_replace_data_or_seed_shares_compiled_functions_and_matches_a_fresh_setu
     copies = [setup.replace(data=setup.data.subset(np.arange(20)))]
     copies.append(setup.replace(data=setup.data.subset(np.arange(10, 30))))
     copies.append(setup.replace(data=setup.data.subset(np.arange(5, 25)), seed=3))
+    copies[0].train()  # Compiles training on 20 examples.
+    with count_compilations() as compiled:
+        for copy in copies[1:]:
+            copy.train()
+    assert compiled == 0  # Other 20-example subsets, another seed: nothing compiled.
+    with count_compilations() as compiled:
+        setup.train()  # The 30-example pool: a second shape.
+    assert compiled
     for copy in copies:
         assert copy._jitted is setup._jitted
         fresh = _setup(meta_spec=MetaSpec(), data=copy.data, seed=copy.seed)
@@ -139,9 +149,6 @@ def test_replace_data_or_seed_shares_compiled_functions_and_matches_a_fresh_setu
         trained = copy.train()
         jax.tree.map(np.testing.assert_array_equal, trained, fresh.train())
         assert copy.evaluate(trained) == fresh.evaluate(trained)
-    assert setup._jitted["train"]._cache_size() == 1  # Three 20-example subsets, one compile.
-    setup.train()  # The 30-example pool: a second shape.
-    assert setup._jitted["train"]._cache_size() == 2
     assert setup.replace(num_steps=5)._jitted is not setup._jitted  # Other fields: afresh.
 
 
@@ -341,12 +348,12 @@ def test_engine_gets_the_data_as_arguments_and_same_shaped_copies_reuse_its_prog
     assert max(map(len, re.findall(r'dense<"0x([0-9A-F]*)">', hlo)), default=0) < 1000
 
     first = setup.metagradient(meta, checkpoint=mgd.KAryTree(2))
-    programs = (replay._advance._cache_size(), replay._reverse_block._cache_size())
     data = setup.data
     other = setup.replace(data=data.replace(x_train=data.x_train[::-1].copy()))
-    got = other.metagradient(meta, checkpoint=mgd.KAryTree(2))
+    with count_compilations() as compiled:
+        got = other.metagradient(meta, checkpoint=mgd.KAryTree(2))
     # The same shapes: the engine's programs are reused, with the copy's own data.
-    assert (replay._advance._cache_size(), replay._reverse_block._cache_size()) == programs
+    assert compiled == 0
     fresh = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3, data=other.data)
     expected = jax.value_and_grad(_unrolled_objective(fresh))(meta)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):

@@ -1,36 +1,25 @@
-"""Outer optimizers: metagradient descent on training metaparameters (data, schedules, inputs)."""
+"""Outer optimizers: metagradient descent on training metaparameters (data, schedules, inputs).
 
+One meta-descent loop (:func:`meta_descent`: metagradient, optax-shaped update, history,
+checkpoints, fingerprinted resume, progress, callback) and one subpackage per application:
+:mod:`mgd.outer.selection`, :mod:`mgd.outer.lr`, :mod:`mgd.outer.poison`.
+"""
+
+from mgd.outer import lr as lr
+from mgd.outer import poison as poison
+from mgd.outer import selection as selection
+from mgd.outer._loop import LoopResult as LoopResult
+from mgd.outer._loop import MetaStep as MetaStep
+from mgd.outer._loop import Replay as Replay
+from mgd.outer._loop import meta_descent as meta_descent
 from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
-from mgd.outer.lr_evaluate import evaluate_schedules as evaluate_schedules
-from mgd.outer.lr_grid import GridSchedule as GridSchedule
-from mgd.outer.lr_grid import lr_schedule_grid as lr_schedule_grid
-from mgd.outer.lr_optimizer import LogLRAdamState as LogLRAdamState
-from mgd.outer.lr_optimizer import log_lr_adam as log_lr_adam
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule as PiecewiseLinearSchedule
-from mgd.outer.lr_search import LRSearchResult as LRSearchResult
-from mgd.outer.lr_search import MetaStepRecord as MetaStepRecord
-from mgd.outer.lr_search import search_lr_schedule as search_lr_schedule
+from mgd.outer.lr import LRSearchResult as LRSearchResult
+from mgd.outer.lr import search_lr_schedule as search_lr_schedule
+from mgd.outer.poison import PoisonReport as PoisonReport
 from mgd.outer.poison import PoisonResult as PoisonResult
+from mgd.outer.poison import evaluate_poisons as evaluate_poisons
 from mgd.outer.poison import poison_attack as poison_attack
-from mgd.outer.poison_baselines import label_flip_poison as label_flip_poison
-from mgd.outer.poison_baselines import random_noise_poison as random_noise_poison
-from mgd.outer.poison_eval import PoisonReport as PoisonReport
-from mgd.outer.poison_eval import evaluate_poisons as evaluate_poisons
-from mgd.outer.poison_eval import plot_poison_report as plot_poison_report
-from mgd.outer.poison_eval import plot_poisoned_examples as plot_poisoned_examples
-from mgd.outer.poison_experiment import PoisonConfig as PoisonConfig
-from mgd.outer.poison_experiment import run_poison_experiment as run_poison_experiment
-from mgd.outer.poison_gc import gradient_canceling_poison as gradient_canceling_poison
-from mgd.outer.poison_update import poison_ascent as poison_ascent
-from mgd.outer.poison_update import project_perturbations as project_perturbations
+from mgd.outer.selection import SelectionReport as SelectionReport
 from mgd.outer.selection import SelectionResult as SelectionResult
 from mgd.outer.selection import evaluate_selection as evaluate_selection
 from mgd.outer.selection import select_data as select_data
-from mgd.outer.selection_config import SelectConfig as SelectConfig
-from mgd.outer.selection_optim import BudgetExchangeState as BudgetExchangeState
-from mgd.outer.selection_optim import CountDescentState as CountDescentState
-from mgd.outer.selection_optim import SelectionOptimizer as SelectionOptimizer
-from mgd.outer.selection_optim import budget_exchange as budget_exchange
-from mgd.outer.selection_optim import count_descent as count_descent
-from mgd.outer.selection_optim import subset_weights as subset_weights
-from mgd.outer.selection_optim import top_k_subset as top_k_subset

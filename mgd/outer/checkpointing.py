@@ -9,7 +9,6 @@ previous checkpoint intact and the partial one is ignored on restore.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -48,8 +47,6 @@ class OuterCheckpointer:
                 "pass 1 to keep only the latest"
             )
         self.directory = Path(directory).absolute()
-        # orbax logs every save at INFO level; a meta-step loop would flood the user's console.
-        logging.getLogger("absl").setLevel(logging.WARNING)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             # Synchronous: when save() returns the checkpoint is on disk, so "killed after meta-step

@@ -1,4 +1,4 @@
-"""Optimizers from config dicts (the ``optimizer:`` section of ``configs/models/*.yaml``)."""
+"""Optimizers from config dicts (the ``optimizer:`` section of ``mgd/configs/models/``)."""
 
 from __future__ import annotations
 

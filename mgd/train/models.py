@@ -3,7 +3,7 @@
 Every model maps a batch of inputs ``(b, *input_shape)`` to logits ``(b, num_classes)`` and takes
 ``train: bool`` (batch norm uses batch statistics when ``True``, running averages otherwise).
 Each is built from a frozen config dataclass; ``make_model`` builds one from a config dict such as
-the ``model:`` section of ``configs/models/*.yaml``.
+the ``model:`` section of ``mgd/configs/models/*.yaml``.
 """
 
 from __future__ import annotations
@@ -190,8 +190,8 @@ class ResNet9Config:
     """Configuration of ``ResNet9``; the defaults are the standard network.
 
     The metasmooth variant (``ResNet9Config.metasmooth()``, or
-    ``configs/models/resnet9_metasmooth.yaml``) switches on the changes the MGD paper reports make
-    metagradients informative; each is its own field so it can be ablated:
+    ``mgd/configs/models/resnet9_metasmooth.yaml``) switches on the changes the MGD paper reports
+    make metagradients informative; each is its own field so it can be ablated:
 
     Attributes:
       num_classes: number of output logits.

@@ -6,7 +6,7 @@ Each returns a :class:`mgd.outer.poison.PoisonResult` over the same poisoned exa
 - :func:`random_noise_poison` - random perturbations of the same budget (a sanity floor).
 - :func:`label_flip_poison` - random label flipping of the same fraction (the one baseline that
   changes labels instead of inputs).
-- :func:`mgd.outer.poison_gc.gradient_canceling_poison` - Gradient Canceling (Lu, Kamath, Yu
+- :func:`mgd.outer.poison._gc.gradient_canceling_poison` - Gradient Canceling (Lu, Kamath, Yu
   2023), the earlier state of the art the MGD paper compares against.
 """
 
@@ -16,14 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from mgd.outer.poison import (
+from mgd.outer.poison._attack import (
     PoisonResult,
     absolute_bound,
     apply_perturbations,
     check_poison_data,
     resolve_indices,
 )
-from mgd.outer.poison_update import check_bound
+from mgd.outer.poison._update import check_bound
 from mgd.train import Dataset
 
 __all__ = ["random_noise_poison", "label_flip_poison"]
@@ -90,7 +90,6 @@ def random_noise_poison(
         data=poisoned,
         indices=idx,
         perturbations=poisoned.x_train[idx] - x,
-        history={},
     )
 
 
@@ -142,5 +141,4 @@ def label_flip_poison(
         data=data.replace(y_train=y),
         indices=idx,
         perturbations=np.zeros((idx.size, *data.input_shape), np.float32),
-        history={},
     )

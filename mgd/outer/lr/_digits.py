@@ -1,7 +1,7 @@
 """The reference setting of the learning-rate search: a metasmooth MLP on digits, plain SGD.
 
-Used by ``scripts/lr_search.py``, ``notebooks/lr_schedule_search.ipynb`` and the tests, so the
-claim they check is made on one setting.
+The setting of ``mgd lr``'s default config (``mgd.experiments.lr.LRConfig()``) as a function of
+its size, for tests and interactive use.
 """
 
 from __future__ import annotations

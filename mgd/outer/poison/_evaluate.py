@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from mgd.outer.poison import PoisonResult
+from mgd.outer.poison._attack import PoisonResult
 from mgd.train import Dataset, MetaSpec, TrainingSetup, retrain_and_evaluate
 
 __all__ = [
@@ -241,14 +241,8 @@ def plot_poison_report(report: PoisonReport, path: str | None = None, *, ax: Any
     Returns:
       The matplotlib figure.
     """
-    import matplotlib
-
-    if ax is None and path is not None:
-        matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     entries = [report.clean, *report.attacks.values()]
-    fig = ax.figure if ax is not None else plt.figure(figsize=(1.6 + 1.3 * len(entries), 3.6))
+    fig = ax.figure if ax is not None else _figure(path, 1.6 + 1.3 * len(entries), 3.6)
     ax = ax if ax is not None else fig.add_subplot()
     means = [100 * e.mean for e in entries]
     stds = [100 * e.std for e in entries]
@@ -283,8 +277,6 @@ def plot_poisoned_examples(
       The matplotlib figure. Images are mapped from the valid range to [0, 1] (per channel),
       labels are the training labels (the label-flip baseline shows old -> new).
     """
-    import matplotlib.pyplot as plt
-
     idx = result.indices[: max(1, num)]
     low, high = (np.broadcast_to(r, clean.input_shape) for r in clean.x_range)
 
@@ -298,7 +290,8 @@ def plot_poisoned_examples(
         d = np.abs(after - before) / (high - low)
         return d.max(axis=-1) if d.ndim == 3 else (d[None] if d.ndim == 1 else d)
 
-    fig, axes = plt.subplots(3, len(idx), figsize=(1.5 * len(idx), 4.8), squeeze=False)
+    fig = _figure(path, 1.5 * len(idx), 4.8)
+    axes = fig.subplots(3, len(idx), squeeze=False)
     for j, i in enumerate(idx):
         before, after = clean.x_train[i], result.data.x_train[i]
         y0, y1 = clean.y_train[i], result.data.y_train[i]
@@ -316,4 +309,19 @@ def plot_poisoned_examples(
     fig.tight_layout()
     if path is not None:
         fig.savefig(path, dpi=120)
+    return fig
+
+
+def _figure(path: str | None, width: float, height: float) -> Any:
+    """A pyplot figure for interactive use; one drawn off-screen, leaving pyplot's backend
+    alone, when it only goes to a file."""
+    if path is None:
+        import matplotlib.pyplot as plt
+
+        return plt.figure(figsize=(width, height))
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
     return fig

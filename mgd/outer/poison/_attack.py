@@ -5,8 +5,8 @@ labels) and adds perturbations ``delta`` so that a victim trained *from scratch*
 pool has the largest possible loss on held-out data. Each meta-step trains on the poisoned pool,
 takes the exact metagradient ``d L_val(A(delta)) / d delta`` through every training step from
 the replay engine (``setup.metagradient``), and moves ``delta`` one projected ascent step
-(:func:`mgd.outer.poison_update.poison_ascent`). Victims for evaluation are trained with seeds the
-attack never used (:func:`mgd.outer.poison_eval.evaluate_poisons`).
+(``poison_ascent``), on the shared meta-descent loop. Victims for evaluation are trained with
+seeds the attack never used (``evaluate_poisons``).
 
 References:
   Engstrom, Ilyas, Chen, Feldmann, Moses, Madry. "Optimizing ML Training with Metagradient
@@ -17,19 +17,16 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
-from mgd.outer.checkpointing import OuterCheckpointer
-from mgd.outer.poison_update import AscentRule, check_bound, poison_ascent
+from mgd.outer._loop import MetaStep, Replay, check_meta_steps, meta_descent, setup_fingerprint
+from mgd.outer.poison._update import AscentRule, check_bound, poison_ascent
 from mgd.train import Dataset, TrainingSetup
 
 __all__ = [
@@ -54,18 +51,21 @@ class PoisonResult:
       indices: int64 ``(m,)``, the poisoned training examples.
       perturbations: float32 ``(m, *input_shape)``, what was added to their inputs (after
         projection: ``data.x_train[indices] - clean.x_train[indices]``); zeros for label flipping.
-      history: per-step records of the crafting loop (e.g. ``"objective"``: the held-out loss
-        of each meta-step's crafting run), JSON-able lists.
       craft_seeds: the training seeds the attack trained models with (none for attacks that
         train no model); victims must be evaluated with other seeds.
+      history: the MGD attack's meta-steps (one :class:`mgd.outer.MetaStep` each: the
+        held-out loss of its crafting run, ``info["craft_seed"]``); empty for the baselines.
+      details: an attack's own diagnostics as JSON-able lists (Gradient Canceling: its
+        objective per step and the training losses at its target).
     """
 
     name: str
     data: Dataset
     indices: np.ndarray
     perturbations: np.ndarray
-    history: dict[str, list] = dataclasses.field(default_factory=dict)
     craft_seeds: tuple[int, ...] = ()
+    history: list[MetaStep] = dataclasses.field(default_factory=list)
+    details: dict[str, list] = dataclasses.field(default_factory=dict)
 
 
 def check_poison_data(data: Dataset, *, where: str) -> None:
@@ -183,19 +183,6 @@ def apply_perturbations(data: Dataset, indices: np.ndarray, perturbations: Any) 
     return data.replace(x_train=x)
 
 
-# The engine compiles per step function and a setup's step function is built once per setup
-# object, so each (setup, spec, seed) gets one crafting setup for the process: meta-steps, and
-# later attacks with the same setup (a resumed run, a re-run notebook cell), compile only once.
-_CRAFTING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _crafting_setup(setup: TrainingSetup, spec: Any, seed: int) -> TrainingSetup:
-    cache = _CRAFTING.setdefault(setup, {})
-    if (spec, seed) not in cache:
-        cache[(spec, seed)] = setup.replace(meta_spec=spec, seed=seed)
-    return cache[(spec, seed)]
-
-
 def poison_attack(
     setup: TrainingSetup,
     *,
@@ -207,16 +194,18 @@ def poison_attack(
     rule: AscentRule = "sign",
     craft_seeds: Sequence[int] | None = None,
     seed: int = 0,
-    checkpoint: Any = None,
-    resume_dir: str | Path | None = None,
+    replay: Replay | None = None,
+    save_dir: str | Path | None = None,
+    resume: bool = False,
+    fingerprint: Any = None,
+    callback: Callable[[list[MetaStep]], None] | None = None,
     progress: bool = True,
-    callback: Callable[[int, float], None] | None = None,
 ) -> PoisonResult:
     """Crafts input perturbations that maximize the victim's held-out loss, by MGD.
 
     Maximizes ``phi(delta) = L_val(A(x + delta))``, the victim's loss on the validation (target)
     split after training from scratch on the poisoned pool, over the constraint set of
-    :func:`mgd.outer.poison_update.project_perturbations` (valid input range, optional
+    :func:`mgd.outer.poison._update.project_perturbations` (valid input range, optional
     L-infinity ``bound``). Meta-step ``k`` trains with seed ``craft_seeds[k % len(craft_seeds)]``
     (initialization and batch order), gets ``g = d phi / d delta`` exactly from the replay
     engine and takes one projected ascent step ``delta <- P_C(delta + eta_k * d(g))``.
@@ -246,22 +235,24 @@ def poison_attack(
       craft_seeds: training seeds cycled over meta-steps; default ``(setup.seed,)``. Keep them
         disjoint from the victims' evaluation seeds.
       seed: seed of the random poisoned subset (with ``fraction``).
-      checkpoint: the engine's checkpoint policy (``mgd.KAryTree(k)``, ...); ``None`` for the
-        engine's default.
-      resume_dir: optional folder for an atomic checkpoint after every meta-step; a run
-        started again with the same folder resumes after the last completed meta-step.
+      replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
+      save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
+      resume: continue from the checkpoint in ``save_dir``; refused if it was written by a
+        different attack (setup, poisoned examples, crafting seeds, step size, bound, rule,
+        replay options or ``fingerprint`` differ).
+      fingerprint: JSON-able description of what else determines the run, checked on resume.
+      callback: called after every meta-step with the history so far.
       progress: show a progress bar over meta-steps.
-      callback: optional ``callback(k, value)`` after meta-step ``k`` with the crafting run's
-        held-out loss.
 
     Returns:
-      A :class:`PoisonResult` named ``"mgd"`` with ``history["objective"]`` the held-out loss
-      of each meta-step's crafting run (before its update).
+      A :class:`PoisonResult` named ``"mgd"`` whose ``history`` holds the held-out loss of each
+      meta-step's crafting run (before its update).
 
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
         indices out of range or repeated, a negative or zero ``bound`` or ``step_size``,
-        ``meta_steps < 1``, no crafting seed, or a dataset without validation/test split.
+        ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
+        resume refused (see :func:`mgd.outer.meta_descent`).
 
     Example:
       >>> data = mgd.load_digits()
@@ -277,20 +268,22 @@ def poison_attack(
     data = setup.data
     check_poison_data(data, where=where)
     check_bound(bound, where=where)
-    if int(meta_steps) != meta_steps or meta_steps < 1:
-        raise ValueError(f"{where}: meta_steps must be an int >= 1, got {meta_steps}")
+    meta_steps = check_meta_steps(meta_steps, where=where)
     idx = resolve_indices(data, fraction=fraction, indices=indices, seed=seed, where=where)
     seeds = tuple(int(s) for s in (craft_seeds if craft_seeds is not None else (setup.seed,)))
     if not seeds:
         raise ValueError(f"{where}: craft_seeds is empty; pass at least one training seed")
+    replay = Replay() if replay is None else replay
 
     low, high = data.x_range
     width = jnp.asarray(high - low)
-    scaled_step = step_size
     if callable(step_size):
         scaled_step = lambda count: step_size(count) * width  # noqa: E731
+        # A schedule is a function; its first values stand for it in the fingerprint.
+        step_print: Any = [float(step_size(k)) for k in range(min(meta_steps, 8))]
     elif step_size > 0:
         scaled_step = step_size * width
+        step_print = float(step_size)
     else:
         raise ValueError(f"{where}: step_size must be > 0, got {step_size}; e.g. 0.05")
     optimizer = poison_ascent(
@@ -303,51 +296,52 @@ def poison_attack(
     )
 
     # Keep the recipe's other metaparameters (e.g. a learning-rate schedule) at their defaults.
+    # One setup with the perturbations switched on, then seed-only copies of it: `replace`
+    # shares compiled programs between copies that differ in seed, so every engine program
+    # compiles once for all crafting seeds.
     spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
-    crafting = {s: _crafting_setup(setup, spec, s) for s in dict.fromkeys(seeds)}
-    meta = crafting[seeds[0]].init_meta()
-    state = optimizer.init(meta["perturbations"])
-    start, history = 0, {"objective": [], "craft_seed": []}
+    crafting0 = setup.replace(meta_spec=spec)
+    crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
+    meta = crafting0.init_meta()
 
-    ckpt = OuterCheckpointer(resume_dir) if resume_dir is not None else None
-    if ckpt is not None and ckpt.latest_step() is not None:
-        start, saved, info = ckpt.restore({"perturbations": meta["perturbations"], "opt": state})
-        meta = {**meta, "perturbations": jnp.asarray(saved["perturbations"])}
-        state = jax.tree.map(jnp.asarray, saved["opt"])
-        history = {k: list(v) for k, v in info["history"].items()}
+    def metagradient(step: int, perturbations):
+        res = crafting[seeds[step % len(seeds)]].metagradient(
+            {**meta, "perturbations": perturbations}, **replay.options()
+        )
+        return res.value, res.grad["perturbations"], res.stats
 
-    bar = tqdm(range(start, meta_steps), desc="MGD poisoning", disable=not progress)
-    try:
-        for k in bar:
-            s = seeds[k % len(seeds)]
-            res = crafting[s].metagradient(meta, checkpoint=checkpoint)
-            value = float(res.value)
-            updates, state = optimizer.update(
-                res.grad["perturbations"], state, meta["perturbations"]
-            )
-            meta = {**meta, "perturbations": optax.apply_updates(meta["perturbations"], updates)}
-            history["objective"].append(value)
-            history["craft_seed"].append(s)
-            bar.set_postfix(val_loss=f"{value:.4f}")
-            if ckpt is not None:
-                ckpt.save(
-                    k + 1,
-                    {"perturbations": meta["perturbations"], "opt": state},
-                    {"history": history},
-                )
-            if callback is not None:
-                callback(k, value)
-    finally:
-        if ckpt is not None:
-            ckpt.close()
+    def record(step, perturbations, value, grad, opt_state) -> dict[str, Any]:
+        return {"craft_seed": seeds[step % len(seeds)]}
 
-    delta = np.asarray(meta["perturbations"], np.float32)
-    poisoned = apply_perturbations(data, idx, delta)
+    loop = meta_descent(
+        metagradient,
+        meta["perturbations"],
+        optimizer,
+        meta_steps=meta_steps,
+        record=record,
+        fingerprint=lambda: {
+            "setup": setup_fingerprint(setup),
+            "indices": idx.tolist(),
+            "craft_seeds": list(seeds),
+            "step_size": step_print,
+            "bound": bound,
+            "rule": rule,
+            "replay": replay.describe(),
+            "user": fingerprint,
+        },
+        save_dir=save_dir,
+        resume=resume,
+        callback=callback,
+        progress=progress,
+        desc="MGD poisoning",
+        where=where,
+    )
+    poisoned = apply_perturbations(data, idx, np.asarray(loop.params, np.float32))
     return PoisonResult(
         name="mgd",
         data=poisoned,
         indices=idx,
         perturbations=poisoned.x_train[idx] - data.x_train[idx],
-        history=history,
         craft_seeds=seeds,
+        history=loop.history,
     )

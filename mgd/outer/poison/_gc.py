@@ -36,14 +36,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from mgd.outer.poison import (
+from mgd.outer.poison._attack import (
     PoisonResult,
     absolute_bound,
     apply_perturbations,
     check_poison_data,
     resolve_indices,
 )
-from mgd.outer.poison_update import check_bound, poison_ascent
+from mgd.outer.poison._update import check_bound, poison_ascent
 from mgd.train import MetaSpec, TrainingSetup, model_fns
 
 __all__ = ["gradient_canceling_poison"]
@@ -94,7 +94,7 @@ def gradient_canceling_poison(
       progress: show a progress bar.
 
     Returns:
-      A :class:`PoisonResult` named ``"gradient_canceling"``; ``history`` holds
+      A :class:`PoisonResult` named ``"gradient_canceling"``; ``details`` holds
       ``"objective"`` (``f`` per step, before its update), ``"target_train_loss"`` and
       ``"clean_train_loss"``.
 
@@ -199,13 +199,13 @@ def gradient_canceling_poison(
     chunks = _chunks(idx.size, chunk_size)
     delta = jnp.zeros_like(x_p)
     state = descent.init(delta)
-    history = {"objective": []}
+    details = {"objective": []}
     for _ in tqdm(range(steps), desc="GC: canceling", disable=not progress):
         total = clean_sum
         for sl in chunks:
             total = jax.tree.map(jnp.add, total, poison_grad_sum(delta[sl], x_p[sl], y_p[sl]))
         mean_grad = jax.tree.map(lambda t: t / n, total)
-        history["objective"].append(0.5 * float(_norm(mean_grad)) ** 2)
+        details["objective"].append(0.5 * float(_norm(mean_grad)) ** 2)
         # d f / d delta = J^T G / n, with J the Jacobian of the poisoned gradient sum.
         cot = jax.tree.map(lambda t: t / n, mean_grad)
         grad = jnp.concatenate([chunk_vjp(delta[sl], x_p[sl], y_p[sl], cot) for sl in chunks])
@@ -213,14 +213,14 @@ def gradient_canceling_poison(
         updates, state = descent.update(-grad, state, delta)
         delta = optax.apply_updates(delta, updates)
 
-    history["clean_train_loss"] = [pool_loss(w_c, model_state)]
-    history["target_train_loss"] = [pool_loss(w_p, model_state)]
+    details["clean_train_loss"] = [pool_loss(w_c, model_state)]
+    details["target_train_loss"] = [pool_loss(w_p, model_state)]
     poisoned = apply_perturbations(data, idx, np.asarray(delta))
     return PoisonResult(
         name="gradient_canceling",
         data=poisoned,
         indices=idx,
         perturbations=poisoned.x_train[idx] - data.x_train[idx],
-        history=history,
+        details=details,
         craft_seeds=(craft_seed,),
     )

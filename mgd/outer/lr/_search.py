@@ -1,9 +1,9 @@
-"""Learning-rate schedule search by metagradient descent (Contract 3 of ARCHITECTURE.md).
+"""Learning-rate schedule search by metagradient descent.
 
 Each meta-step trains with the current schedule, takes the exact metagradient of the validation
 objective with respect to the log learning rate at every knot (``setup.metagradient``: the replay
 engine through every training step), and moves the log rates one step of the outer optimizer
-(:func:`mgd.outer.lr_optimizer.log_lr_adam` by default).
+(:func:`mgd.outer.lr._update.log_lr_adam` by default).
 
 References:
   Engstrom, Ilyas, Chen, Feldmann, Moses, Madry. "Optimizing ML Training with Metagradient
@@ -17,48 +17,23 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from tqdm.auto import tqdm
 
 from mgd.engine import NonFiniteCotangentError
-from mgd.outer.checkpointing import OuterCheckpointer
-from mgd.outer.lr_evaluate import lr_knots_of
-from mgd.outer.lr_optimizer import log_lr_adam
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule, validate_knots
+from mgd.outer._loop import MetaStep, Replay, check_meta_steps, meta_descent, setup_fingerprint
+from mgd.outer.lr._evaluate import lr_knots_of
+from mgd.outer.lr._schedule import PiecewiseLinearSchedule, validate_knots
+from mgd.outer.lr._update import log_lr_adam
 from mgd.train import retrain_and_evaluate
 
-__all__ = ["LRSearchResult", "MetaStepRecord", "search_lr_schedule"]
+__all__ = ["LRSearchResult", "search_lr_schedule"]
 
 _WHERE = "search_lr_schedule"
-
-
-class MetaStepRecord(NamedTuple):
-    """One evaluated schedule of the search.
-
-    Attributes:
-      meta_step: index of the evaluation (0 is the initial schedule; the last entry, index
-        ``meta_steps``, is the final schedule, evaluated by a training run without gradient).
-      objective: the validation objective of the run (``nan``/``inf`` if it diverged).
-      lr: the learning rate at each knot, a tuple of ``m+1`` floats.
-      rejected: the run was not finite, so the step that led here was rejected and shrunk
-        (the next schedule lies between the previous one and this one).
-      step_scale: the outer optimizer's step scale after this meta-step (1 until a rejection;
-        ``nan`` for optimizers without one).
-      unstable_knots: knots whose metagradient exploded (a chaotic run), so the outer optimizer
-        lowered their rate instead of following the gradient (see ``log_lr_adam``).
-    """
-
-    meta_step: int
-    objective: float
-    lr: tuple[float, ...]
-    rejected: bool
-    step_scale: float
-    unstable_knots: int = 0
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -68,7 +43,13 @@ class LRSearchResult:
     Attributes:
       schedule: the found schedule: the evaluated schedule with the lowest finite objective
         (callable ``step -> lr``; ``.knots``, ``.lr``, ``.to_json()``).
-      history: one :class:`MetaStepRecord` per evaluated schedule, in order.
+      history: one :class:`mgd.outer.MetaStep` per evaluated schedule, in order: the
+        ``meta_steps`` metagradient steps, then the final schedule (evaluated by one training
+        run without gradient; its ``seconds``, ``forward_steps`` and ``vjp_steps`` are 0).
+        ``info`` holds ``lr`` (the rate at each knot), ``rejected`` (the run was not finite, so
+        the step that led there was rejected and shrunk), ``step_scale`` (the outer optimizer's
+        step scale after the step; ``nan`` for optimizers without one) and ``unstable_knots``
+        (knots whose metagradient exploded, whose rates the optimizer lowered).
       best_step: the ``meta_step`` of ``schedule`` in the history.
       test: ``{"seeds", "accuracy", "loss"}`` of models retrained from scratch with
         ``schedule`` on fresh seeds, on the test split (lists, one entry per seed); empty if
@@ -79,7 +60,7 @@ class LRSearchResult:
     """
 
     schedule: PiecewiseLinearSchedule
-    history: list[MetaStepRecord]
+    history: list[MetaStep]
     best_step: int
     test: dict[str, list[float]]
     cost: dict[str, float]
@@ -93,7 +74,8 @@ class LRSearchResult:
         """The schedule of every history entry, e.g. to plot its evolution."""
         knots, num_steps = self.schedule.knots, self.schedule.num_steps
         return [
-            PiecewiseLinearSchedule.from_lr(knots, r.lr, num_steps=num_steps) for r in self.history
+            PiecewiseLinearSchedule.from_lr(knots, r.info["lr"], num_steps=num_steps)
+            for r in self.history
         ]
 
 
@@ -140,26 +122,18 @@ def _check_test_seeds(test_seeds: int | Sequence[int], train_seed: int) -> list[
     return seeds
 
 
-def _metagradient(setup: Any, meta: dict, checkpoint: Any) -> tuple[jax.Array, jax.Array, Any]:
-    """``(value, d value / d log_lr, stats)``; a diverging run gives a non-finite value."""
-    try:
-        res = setup.metagradient(meta, checkpoint=checkpoint)
-    except NonFiniteCotangentError:
-        # The engine stops the reverse sweep at the first non-finite cotangent: a diverged run.
-        return jnp.float32(jnp.nan), jnp.full_like(meta["log_lr"], jnp.nan), None
-    return res.value, res.grad["log_lr"], res.stats
-
-
 def search_lr_schedule(
     setup: Any,
     *,
     init_schedule: float | Sequence[float] | Callable[[np.ndarray], np.ndarray],
     meta_steps: int,
     optimizer: optax.GradientTransformation | None = None,
-    checkpoint: Any = None,
+    replay: Replay | None = None,
     test_seeds: int | Sequence[int] = 3,
     save_dir: str | Path | None = None,
     resume: bool = False,
+    fingerprint: Any = None,
+    callback: Callable[[list[MetaStep]], None] | None = None,
     progress: bool = True,
 ) -> LRSearchResult:
     r"""Finds a learning-rate schedule by metagradient descent on the validation objective.
@@ -167,7 +141,7 @@ def search_lr_schedule(
     **Parametrization.** The paper's piecewise-linear schedule: a free parameter at each of a
     few knots — here ``setup.meta_spec.lr_knots`` (or a knot at every step with
     ``per_step_lr=True``) — interpolated linearly in *log* space
-    (:class:`~mgd.outer.lr_schedule.PiecewiseLinearSchedule`). The paper does not publish its
+    (:class:`~mgd.outer.lr._schedule.PiecewiseLinearSchedule`). The paper does not publish its
     knot placement or interpolation space; we choose evenly spaced knots and log space. Few
     knots (e.g. 6-11) give the one-cycle, cosine and step shapes enough freedom while each knot
     sees the gradient of many steps, which averages out the noise of single steps; log space
@@ -182,7 +156,7 @@ def search_lr_schedule(
     :math:`u_i`. After ``meta_steps`` meta-steps the last schedule is evaluated by one training
     run, and the best evaluated schedule is returned. A non-finite objective or metagradient (the
     inner run diverged) rejects the step that led there and shrinks later steps
-    (:func:`~mgd.outer.lr_optimizer.log_lr_adam`); the history marks it ``rejected``.
+    (:func:`~mgd.outer.lr._update.log_lr_adam`); the history marks it ``rejected``.
 
     **Reporting.** The returned schedule is retrained from scratch on ``test_seeds`` (seeds the
     search never used) and scored on the test split (``mgd.train.retrain_and_evaluate``); the
@@ -203,14 +177,18 @@ def search_lr_schedule(
       optimizer: the outer optimizer on the log rates, an optax transformation;
         default ``log_lr_adam()`` (Adam, learning rate 0.1, steps bounded by 0.5 in log space,
         rejection of non-finite runs). A plain optax optimizer is accepted but cannot reject.
-      checkpoint: the engine's checkpoint policy (``mgd.StoreAll()``, ``mgd.KAryTree(k)``, ...);
-        ``None`` is the engine's default.
+      replay: the engine's options (:class:`mgd.Replay`: checkpoint policy, store, memory
+        budget); ``None`` is ``Replay()``.
       test_seeds: how many fresh seeds to retrain the found schedule with (int), or the seeds
         themselves; 0 skips the test report.
       save_dir: directory for an orbax checkpoint written after every meta-step (state of the
         outer loop and its history), or ``None``.
-      resume: continue from the checkpoint in ``save_dir`` if there is one (a checkpoint made
-        with the same knots and ``num_steps``); ``meta_steps`` counts the resumed steps too.
+      resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
+        run: setup, initial schedule, replay options or ``fingerprint`` differ);
+        ``meta_steps`` counts the resumed steps too.
+      fingerprint: JSON-able description of what else determines the run (e.g. the outer
+        optimizer's config), checked on resume.
+      callback: called after every meta-step with the history so far.
       progress: show a tqdm bar over meta-steps.
 
     Returns:
@@ -222,7 +200,7 @@ def search_lr_schedule(
         of order or outside ``[0, num_steps]``; an initial schedule with a rate that is not
         positive and finite, or of the wrong shape; ``meta_steps < 1``; test seeds that include
         the setup's seed; ``resume=True`` without ``save_dir``; a ``save_dir`` holding a
-        checkpoint without ``resume=True`` or one made for other knots. After the first
+        checkpoint without ``resume=True`` or one of another run. After the first
         metagradient: an initial schedule whose run diverges (nothing to fall back to).
 
     Example:
@@ -233,105 +211,67 @@ def search_lr_schedule(
       >>> res.schedule(100), res.history[-1].objective, res.test["accuracy"]  # doctest: +SKIP
     """
     knots = validate_knots(lr_knots_of(setup, where=_WHERE), setup.num_steps, where=_WHERE)
-    if (
-        isinstance(meta_steps, bool)
-        or not isinstance(meta_steps, int | np.integer)
-        or meta_steps < 1
-    ):
-        raise ValueError(f"{_WHERE}: meta_steps must be an int >= 1, got {meta_steps!r}")
+    meta_steps = check_meta_steps(meta_steps, where=_WHERE)
     x0 = _initial_log_lr(init_schedule, knots, setup.num_steps)
     seeds = _check_test_seeds(test_seeds, setup.seed)
     if resume and save_dir is None:
         raise ValueError(f"{_WHERE}: resume=True needs save_dir, the directory to resume from")
-    if optimizer is None:
-        optimizer = log_lr_adam()
-    optimizer = optax.with_extra_args_support(optimizer)
-
+    optimizer = log_lr_adam() if optimizer is None else optimizer
+    replay = Replay() if replay is None else replay
     base = setup.init_meta()
     x = jnp.asarray(x0, base["log_lr"].dtype)
-    opt_state = optimizer.init(x)
-    history: list[MetaStepRecord] = []
-    config = {"knots": list(knots), "num_steps": setup.num_steps, "init_lr": np.exp(x0).tolist()}
-
-    ckpt = OuterCheckpointer(save_dir) if save_dir is not None else None
-    if ckpt is not None and ckpt.latest_step() is not None:
-        if not resume:
-            raise ValueError(
-                f"{_WHERE}: {ckpt.directory} already holds a checkpoint (meta-step "
-                f"{ckpt.latest_step()}); pass resume=True to continue it or choose another save_dir"
-            )
-        _, state, saved = ckpt.restore({"log_lr": x, "opt_state": opt_state})
-        if (
-            saved["config"]["knots"] != config["knots"]
-            or saved["config"]["num_steps"] != setup.num_steps
-        ):
-            raise ValueError(
-                f"{_WHERE}: the checkpoint in {ckpt.directory} was made for knots "
-                f"{saved['config']['knots']} and num_steps={saved['config']['num_steps']}, not "
-                f"{config['knots']} and {setup.num_steps}; resume with the same setup or use "
-                "another save_dir"
-            )
-        x = jnp.asarray(state["log_lr"])
-        opt_state = jax.tree.map(jnp.asarray, state["opt_state"])
-        history = [MetaStepRecord(r[0], r[1], tuple(r[2]), *r[3:]) for r in saved["history"]]
-        if len(history) > meta_steps:
-            raise ValueError(
-                f"{_WHERE}: the checkpoint in {ckpt.directory} has {len(history)} meta-steps, "
-                f"more than meta_steps={meta_steps}; pass meta_steps >= {len(history)}"
-            )
-
-    def status_of(state) -> tuple[float, int]:
-        """(step scale, unstable knots) of a ``log_lr_adam`` state; (nan, 0) for others."""
-        inner = getattr(state, "inner_state", state)
-        unstable = getattr(inner, "unstable", None)
-        count = 0 if unstable is None else int(sum(np.sum(u) for u in jax.tree.leaves(unstable)))
-        return float(getattr(inner, "step_scale", np.nan)), count
-
     cost: dict[str, float] = {"metagradients": 0, "forward_steps": 0, "vjp_steps": 0}
-    started = time.perf_counter()
-    bar = tqdm(
-        total=meta_steps,
-        initial=len(history),
-        desc="lr search",
-        unit="meta-step",
-        disable=not progress,
-    )
-    try:
-        for i in range(len(history), meta_steps):
-            value, grad, stats = _metagradient(setup, {**base, "log_lr": x}, checkpoint)
-            cost["metagradients"] += 1
-            if stats is not None:
-                cost["forward_steps"] += stats.forward_steps
-                cost["vjp_steps"] += stats.vjp_steps
-            finite = bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
-            if i == 0 and not finite:
-                raise ValueError(
-                    f"{_WHERE}: training with the initial schedule diverges (objective "
-                    f"{float(value)}); start from a lower learning rate"
-                )
-            updates, opt_state = optimizer.update(grad, opt_state, x, value=value)
-            history.append(
-                MetaStepRecord(
-                    i,
-                    float(value),
-                    tuple(np.exp(np.asarray(x, np.float64)).tolist()),
-                    not finite,
-                    *status_of(opt_state),
-                )
+
+    def metagradient(step: int, log_lr):
+        meta = {**base, "log_lr": log_lr}
+        try:
+            res = setup.metagradient(meta, **replay.options())
+        except NonFiniteCotangentError:
+            # The engine stops the reverse sweep at the first non-finite cotangent: a diverged run.
+            value, grad, stats = jnp.float32(jnp.nan), jnp.full_like(log_lr, jnp.nan), None
+        else:
+            value, grad, stats = res.value, res.grad["log_lr"], res.stats
+            cost["forward_steps"] += stats.forward_steps
+            cost["vjp_steps"] += stats.vjp_steps
+        cost["metagradients"] += 1
+        if step == 0 and not _finite(value, grad):
+            raise ValueError(
+                f"{_WHERE}: training with the initial schedule diverges (objective "
+                f"{float(value)}); start from a lower learning rate"
             )
-            x = x + updates
-            if ckpt is not None:
-                ckpt.save(
-                    i + 1,
-                    {"log_lr": x, "opt_state": opt_state},
-                    {"config": config, "history": [list(r) for r in history]},
-                )
-            bar.update()
-            bar.set_postfix(objective=f"{float(value):.4g}", rejected=not finite)
-    finally:
-        bar.close()
-        if ckpt is not None:
-            ckpt.close()
+        return value, grad, stats
+
+    def record(step, log_lr, value, grad, opt_state) -> dict[str, Any]:
+        scale, unstable = _status(opt_state)
+        return {
+            "lr": np.exp(np.asarray(log_lr, np.float64)).tolist(),
+            "rejected": not _finite(value, grad),
+            "step_scale": scale,
+            "unstable_knots": unstable,
+        }
+
+    started = time.perf_counter()
+    loop = meta_descent(
+        metagradient,
+        x,
+        optimizer,
+        meta_steps=meta_steps,
+        record=record,
+        fingerprint=lambda: {
+            "setup": setup_fingerprint(setup),
+            "knots": list(knots),
+            "replay": replay.describe(),
+            "user": fingerprint,
+        },
+        save_dir=save_dir,
+        resume=resume,
+        callback=callback,
+        progress=progress,
+        desc="lr search",
+        where=_WHERE,
+    )
+    history = list(loop.history)
+    x = loop.params
 
     # The last update has not been evaluated yet: one training run, no gradient.
     final_meta = {**base, "log_lr": x}
@@ -339,17 +279,25 @@ def search_lr_schedule(
     cost["train_runs"] = 1
     cost["seconds"] = time.perf_counter() - started
     history.append(
-        MetaStepRecord(
+        MetaStep(
             meta_steps,
             float(value),
-            tuple(np.exp(np.asarray(x, np.float64)).tolist()),
-            not bool(jnp.isfinite(value)),
-            status_of(opt_state)[0],
+            0.0,
+            0,
+            0,
+            {
+                "lr": np.exp(np.asarray(x, np.float64)).tolist(),
+                "rejected": not bool(jnp.isfinite(value)),
+                "step_scale": _status(loop.opt_state)[0],
+                "unstable_knots": 0,
+            },
         )
     )
-    objectives = np.array([r.objective if not r.rejected else np.inf for r in history])
+    objectives = np.array([r.objective if not r.info["rejected"] else np.inf for r in history])
     best = int(np.argmin(objectives))
-    schedule = PiecewiseLinearSchedule.from_lr(knots, history[best].lr, num_steps=setup.num_steps)
+    schedule = PiecewiseLinearSchedule.from_lr(
+        knots, history[best].info["lr"], num_steps=setup.num_steps
+    )
 
     test: dict[str, list[float]] = {}
     if seeds:
@@ -361,3 +309,15 @@ def search_lr_schedule(
             "loss": np.asarray(report["loss"]).tolist(),
         }
     return LRSearchResult(schedule, history, best, test, cost)
+
+
+def _finite(value: Any, grad: Any) -> bool:
+    return bool(jnp.isfinite(value)) and bool(jnp.all(jnp.isfinite(grad)))
+
+
+def _status(state: Any) -> tuple[float, int]:
+    """(step scale, unstable knots) of a ``log_lr_adam`` state; (nan, 0) for other optimizers."""
+    inner = getattr(state, "inner_state", state)
+    unstable = getattr(inner, "unstable", None)
+    count = 0 if unstable is None else int(sum(np.sum(u) for u in jax.tree.leaves(unstable)))
+    return float(getattr(inner, "step_scale", np.nan)), count

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule
+from mgd.outer.lr._schedule import PiecewiseLinearSchedule
 
 __all__ = ["evaluate_schedules", "lr_knots_of", "per_step_setup"]
 
@@ -77,7 +77,7 @@ def evaluate_schedules(
       ValueError: a schedule made for another number of steps, or ``batch_size < 1``.
 
     Example:
-      >>> grid = mgd.outer.lr_schedule_grid(setup.num_steps)  # doctest: +SKIP
+      >>> grid = mgd.outer.lr.lr_schedule_grid(setup.num_steps)  # doctest: +SKIP
       >>> losses = evaluate_schedules(setup, [g.schedule for g in grid])  # doctest: +SKIP
     """
     if batch_size < 1:

@@ -2,7 +2,7 @@
 
 Each family maps a few numbers (peak rate, warm-up fraction, final rate, ...) to the rate at
 every training step; a grid is their Cartesian product, each entry a per-step
-:class:`~mgd.outer.lr_schedule.PiecewiseLinearSchedule` tagged with its family and numbers, so a
+:class:`~mgd.outer.lr._schedule.PiecewiseLinearSchedule` tagged with its family and numbers, so a
 grid entry and a found schedule are trained and scored by the same code.
 """
 
@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mgd.outer.lr_schedule import PiecewiseLinearSchedule
+from mgd.outer.lr._schedule import PiecewiseLinearSchedule
 
 __all__ = [
     "GridSchedule",

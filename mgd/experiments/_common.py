@@ -1,0 +1,364 @@
+"""What every experiment shares: the data, training and replay sections of a config, the one
+``setup_from_config``, config files shipped with the package, and the output folder's rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import numpy as np
+import optax
+
+from mgd.config import config_to_dict, load_config
+from mgd.engine import Binomial, KAryTree, StoreAll
+from mgd.outer import Replay
+from mgd.train import (
+    Dataset,
+    MetaSpec,
+    TrainingSetup,
+    load_cifar10,
+    load_digits,
+    load_npz,
+    make_optimizer,
+    make_synthetic,
+)
+from mgd.train.models import make_model
+
+__all__ = [
+    "DataConfig",
+    "OptimizerConfig",
+    "TrainConfig",
+    "ReplayConfig",
+    "load_data",
+    "setup_from_config",
+    "config_path",
+    "read_config",
+    "prepare_out",
+    "write_json",
+]
+
+C = TypeVar("C")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Which data an experiment uses (never downloaded).
+
+    Attributes:
+      name: ``"digits"`` (scikit-learn's digits, shipped with it, split at random), ``"npz"``
+        (``path``: ``x_train, y_train`` the pool, ``x_target, y_target`` the target/validation
+        split, ``x_test, y_test`` held out), ``"cifar10"`` (a local copy in ``path`` or
+        ``$MGD_CIFAR10_DIR``) or ``"synthetic"`` (Gaussian clusters, for timing).
+      path: the ``.npz`` file or the CIFAR-10 folder.
+      val_fraction: digits: fraction of the images in the validation (target) split.
+      test_fraction: digits: fraction in the held-out test split.
+      split_seed: digits and synthetic: seed of the split.
+      num_train: keep only the first ``num_train`` training examples (``None``: all).
+      num_classes: npz: the number of classes (``None``: inferred from the labels).
+      label_noise: fraction of the pool whose labels become a random *wrong* label, in [0, 1)
+        (an experiment: a selection should avoid them); target and test labels never change.
+      noise_seed: seed of the label noise.
+      synthetic_shape: synthetic: input shape.
+      synthetic_sizes: synthetic: ``(num_train, num_val, num_test)``.
+    """
+
+    name: Literal["digits", "npz", "cifar10", "synthetic"] = "digits"
+    path: str | None = None
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    num_train: int | None = None
+    num_classes: int | None = None
+    label_noise: float = 0.0
+    noise_seed: int = 0
+    synthetic_shape: tuple[int, ...] = (32, 32, 3)
+    synthetic_sizes: tuple[int, ...] = (400, 100, 100)
+
+    def __post_init__(self):
+        if self.name == "npz" and self.path is None:
+            raise ValueError(
+                "data.name is 'npz' but no file is given; pass --data FILE.npz or set data.path"
+            )
+        if not 0 <= self.label_noise < 1:
+            raise ValueError(f"data.label_noise must be in [0, 1), got {self.label_noise}")
+        if self.num_train is not None and self.num_train < 2:
+            raise ValueError(f"data.num_train must be >= 2 or null, got {self.num_train}")
+        if len(self.synthetic_sizes) != 3:
+            raise ValueError(
+                "data.synthetic_sizes must be [num_train, num_val, num_test], got "
+                f"{list(self.synthetic_sizes)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """The inner optimizer (``mgd.train.make_optimizer``) and its learning-rate decay.
+
+    Attributes:
+      name: ``"sgd"`` or ``"adam"`` (``mgd.train.adam``: optax's Adam, cheaper metagradients).
+      learning_rate: the (peak) rate; 1.0 when a learning-rate metaparameter sets the rate.
+      momentum: SGD momentum (``None``: none).
+      nesterov: Nesterov momentum.
+      b1, b2, eps, eps_root: Adam's (``eps_root > 0`` makes Adam metasmooth).
+      lr_decay: ``"constant"`` or ``"cosine"`` (decays to 5% of the rate over training).
+    """
+
+    name: Literal["sgd", "adam"] = "sgd"
+    learning_rate: float = 0.01
+    momentum: float | None = 0.9
+    nesterov: bool = False
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    eps_root: float = 0.0
+    lr_decay: Literal["constant", "cosine"] = "constant"
+
+    def build(self, num_steps: int) -> optax.GradientTransformation:
+        """The optax optimizer for a run of ``num_steps`` steps."""
+        rate: Any = self.learning_rate
+        if self.lr_decay == "cosine":
+            rate = optax.cosine_decay_schedule(self.learning_rate, num_steps, alpha=0.05)
+        if self.name == "sgd":
+            fields = {"momentum": self.momentum, "nesterov": self.nesterov}
+        else:
+            fields = {"b1": self.b1, "b2": self.b2, "eps": self.eps, "eps_root": self.eps_root}
+            fields["nesterov"] = self.nesterov
+        return make_optimizer({"name": self.name, "learning_rate": rate, **fields})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The inner training run: model, optimizer, batch size, steps, objective.
+
+    Attributes:
+      model: ``mgd.train.models.make_model``'s config, e.g. ``{name: mlp, hidden: [128]}``
+        (``mlp``, ``small_cnn`` or ``resnet9`` with their config fields; checked when read).
+      optimizer: the optimizer section.
+      batch_size: examples per step.
+      num_steps: training steps (the metagradient goes through all of them).
+      augment: random crops and flips (images).
+      objective: what the outer loop evaluates on the target/validation split:
+        ``"val_loss"`` or ``"val_margin"``.
+    """
+
+    model: dict = dataclasses.field(default_factory=lambda: {"name": "mlp", "hidden": [128]})
+    optimizer: OptimizerConfig = OptimizerConfig()
+    batch_size: int = 64
+    num_steps: int = 1000
+    augment: bool = False
+    objective: Literal["val_loss", "val_margin"] = "val_loss"
+
+    def __post_init__(self):
+        make_model(self.model)  # Refuses an unknown model, preset or field when read.
+        if self.batch_size < 1:
+            raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_steps < 1:
+            raise ValueError(f"train.num_steps must be >= 1, got {self.num_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayConfig:
+    """The engine's options for every metagradient (``mgd.Replay``).
+
+    Attributes:
+      checkpoint: ``null`` (the engine's default), ``store_all``, ``kary`` (``KAryTree(k)``) or
+        ``binomial`` (``Binomial(slots)``).
+      k: the tree's arity for ``kary``.
+      slots: stored states for ``binomial``.
+      store: ``null`` (device), ``device``, ``host`` or ``disk``.
+      memory_budget: bytes the reverse sweep may hold on the device (``null``: unbounded).
+    """
+
+    checkpoint: Literal["store_all", "kary", "binomial"] | None = None
+    k: int = 2
+    slots: int = 8
+    store: Literal["device", "host", "disk"] | None = None
+    memory_budget: int | None = None
+
+    def build(self) -> Replay:
+        """The :class:`mgd.Replay` this section describes."""
+        policy = {
+            None: lambda: None,
+            "store_all": StoreAll,
+            "kary": lambda: KAryTree(self.k),
+            "binomial": lambda: Binomial(self.slots),
+        }[self.checkpoint]()
+        return Replay(checkpoint=policy, store=self.store, memory_budget=self.memory_budget)
+
+
+def load_data(cfg: DataConfig) -> tuple[Dataset, np.ndarray]:
+    """The dataset a :class:`DataConfig` names, with its label noise.
+
+    Returns:
+      ``(data, noisy)``: the ``Dataset`` and a bool ``(num_train,)`` mask of the training
+      examples whose labels the noise changed.
+
+    Raises:
+      ValueError: a missing or malformed file, or labels the loader refuses.
+    """
+    if cfg.name == "digits":
+        data = load_digits(
+            val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed
+        )
+    elif cfg.name == "cifar10":
+        data = load_cifar10(cfg.path)
+    elif cfg.name == "npz":
+        try:
+            data = load_npz(cfg.path, num_classes=cfg.num_classes)
+        except ValueError as e:
+            # Some numpy errors (e.g. a file that is not a zip) do not name the file.
+            message = str(e).strip().splitlines()[0]
+            if cfg.path not in message:
+                message = f"cannot read data file {cfg.path!r}: {message}"
+            raise ValueError(message) from e
+    else:
+        n_train, n_val, n_test = cfg.synthetic_sizes
+        data = make_synthetic(
+            num_train=n_train,
+            num_val=n_val,
+            num_test=n_test,
+            input_shape=tuple(cfg.synthetic_shape),
+            num_classes=10,
+            seed=cfg.split_seed,
+        )
+    if cfg.num_train is not None and cfg.num_train < data.num_train:
+        data = data.subset(np.arange(cfg.num_train))
+    noisy = np.zeros(data.num_train, bool)
+    if cfg.label_noise > 0:
+        rng = np.random.default_rng(cfg.noise_seed)
+        noisy[rng.permutation(data.num_train)[: round(cfg.label_noise * data.num_train)]] = True
+        # A shift by 1..C-1 classes: always a wrong label, uniformly among the wrong ones.
+        shift = rng.integers(1, data.num_classes, size=int(noisy.sum()))
+        y = data.y_train.copy()
+        y[noisy] = (y[noisy] + shift) % data.num_classes
+        data = data.replace(y_train=y)
+    return data, noisy
+
+
+def setup_from_config(
+    cfg: TrainConfig, data: Dataset, *, seed: int = 0, meta_spec: MetaSpec | None = None
+) -> TrainingSetup:
+    """The ``TrainingSetup`` of a :class:`TrainConfig` on ``data``.
+
+    The one place a config becomes a setup: the CLI, the scripts, the notebooks and the tests
+    all build theirs here.
+
+    Args:
+      cfg: the training section.
+      data: the dataset (its number of classes sizes the model's output).
+      seed: initialization and batch order.
+      meta_spec: the metaparameters switched on (default none).
+
+    Returns:
+      The ``TrainingSetup``.
+
+    Raises:
+      ValueError: a setting the model, optimizer or setup refuses.
+    """
+    return TrainingSetup(
+        make_model(cfg.model, num_classes=data.num_classes),
+        cfg.optimizer.build(cfg.num_steps),
+        data,
+        batch_size=cfg.batch_size,
+        num_steps=cfg.num_steps,
+        seed=seed,
+        meta_spec=MetaSpec() if meta_spec is None else meta_spec,
+        objective=cfg.objective,
+        augment=cfg.augment,
+    )
+
+
+def config_path(command: str, config: str | os.PathLike | None) -> Path | None:
+    """Where a ``--config`` value points: a shipped config's name or a file path.
+
+    ``None`` is the built-in default; a bare name without suffix (``default``, ``digits_noisy``)
+    is a config shipped in ``mgd/configs/<command>/``; anything else is a path.
+
+    Raises:
+      ValueError: a bare name that is not shipped (the shipped names are listed).
+    """
+    if config is None:
+        return None
+    text = str(config)
+    if os.sep in text or "/" in text or Path(text).suffix:
+        return Path(text)
+    shipped = resources.files("mgd") / "configs" / command
+    names = sorted(p.name[: -len(".yaml")] for p in shipped.iterdir() if p.name.endswith(".yaml"))
+    if text not in names:
+        raise ValueError(
+            f"no shipped config {text!r} for mgd {command}; pass one of {', '.join(names)} or a "
+            "path to a .yaml/.toml file"
+        )
+    return Path(str(shipped / f"{text}.yaml"))
+
+
+def read_config(command: str, config: str | os.PathLike | None, cls: type[C]) -> C:
+    """A config of type ``cls`` from a shipped name, a file path or ``None`` (the default)."""
+    return load_config(config_path(command, config), cls)
+
+
+def prepare_out(out: Path, command: str, config: Any, *, resume: bool) -> None:
+    """Checks the output folder and writes its ``config.yaml`` (before anything else).
+
+    A fresh run needs an empty or new folder. ``resume`` continues a run of the same command and
+    config: from its checkpoint, or from the start when it was killed before its first one.
+
+    Raises:
+      ValueError: the folder is a file, holds something without ``resume``, or holds another
+        command's or another config's run.
+    """
+    import yaml
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; pass a directory")
+    echo = {"command": command, "config": config_to_dict(config)}
+    non_empty = out.is_dir() and any(out.iterdir())
+    if non_empty and not resume:
+        raise ValueError(
+            f"--out {out} is not empty; pass --resume to continue that run or choose a new --out"
+        )
+    if non_empty:
+        try:
+            earlier = yaml.safe_load((out / "config.yaml").read_text())
+        except (OSError, yaml.YAMLError):
+            earlier = None
+        if not isinstance(earlier, dict) or earlier.get("command") != command:
+            raise ValueError(f"--out {out} holds no mgd {command} run; choose a new --out")
+        if earlier != json.loads(json.dumps(echo)):
+            raise ValueError(
+                f"--out {out} holds a different run (its config.yaml differs: config, data or "
+                "seed); resume with those, or choose a new --out"
+            )
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "config.yaml.tmp"
+    tmp.write_text(yaml.safe_dump(echo, sort_keys=False))
+    os.replace(tmp, out / "config.yaml")
+
+
+def write_json(path: Path, value: Any) -> None:
+    """Writes ``value`` as JSON atomically (write, then rename): never half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=1, default=_plain) + "\n")
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, np.ndarray | np.generic):
+        return value.tolist()
+    return repr(value)
+
+
+def new_figure(*size: float) -> Any:
+    """A matplotlib figure drawn off-screen, without touching pyplot's global backend."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=size)
+    FigureCanvasAgg(fig)
+    return fig

@@ -1,0 +1,310 @@
+"""The learning-rate schedule search experiment (``mgd lr``): config, ``run``, outputs.
+
+``run(config, out)`` searches a schedule with :func:`mgd.search_lr_schedule` from each start
+and, when the config asks, trains a grid of hand-designed schedules (one-cycle, constant,
+cosine, step decay) to compare with; starts may be given relative to the grid's best constant
+rate. Writes ``metrics.json``, ``history.json`` and ``lr_search.png`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mgd.config import config_to_dict
+from mgd.experiments._common import (
+    DataConfig,
+    OptimizerConfig,
+    ReplayConfig,
+    TrainConfig,
+    load_data,
+    new_figure,
+    prepare_out,
+    setup_from_config,
+    write_json,
+)
+from mgd.outer.lr import (
+    GridSchedule,
+    LRSearchResult,
+    PiecewiseLinearSchedule,
+    evaluate_schedules,
+    log_lr_adam,
+    lr_schedule_grid,
+    search_lr_schedule,
+)
+from mgd.outer.lr._evaluate import per_step_setup
+from mgd.train import MetaSpec, TrainingSetup, retrain_and_evaluate
+
+__all__ = ["SearchConfig", "GridConfig", "LRConfig", "LRRun", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    """The search (see :func:`mgd.search_lr_schedule`).
+
+    Attributes:
+      init_lr: constant starting rates.
+      start_factors: starting rates as factors of the grid's best constant rate (needs
+        ``grid.enabled``); one search per start, ``init_lr`` first.
+      meta_steps: metagradient steps per search.
+      learning_rate: the outer Adam's step on the log rates (``log_lr_adam``).
+      max_step: the largest change of a log rate per meta-step.
+      test_seeds: fresh seeds the found schedules (and the grid's best) are retrained with.
+    """
+
+    init_lr: tuple[float, ...] = ()
+    start_factors: tuple[float, ...] = (0.1, 10.0)
+    meta_steps: int = 50
+    learning_rate: float = 0.1
+    max_step: float = 0.5
+    test_seeds: int = 3
+
+    def __post_init__(self):
+        if self.meta_steps < 1:
+            raise ValueError(f"--meta-steps must be >= 1, got {self.meta_steps}")
+        if not self.init_lr and not self.start_factors:
+            raise ValueError("search: give init_lr or start_factors (at least one start)")
+        if any(not 0 < r < np.inf for r in (*self.init_lr, *self.start_factors)):
+            raise ValueError("search: init_lr and start_factors must be positive and finite")
+
+
+@dataclasses.dataclass(frozen=True)
+class GridConfig:
+    """The grid of hand-designed schedules the search is compared with (``lr_schedule_grid``).
+
+    Attributes:
+      enabled: train the grid and report the found schedules against its best.
+      lr_range: lowest and highest peak (or constant) rate.
+      num_peaks: one-cycle peak rates.
+    """
+
+    enabled: bool = True
+    lr_range: tuple[float, ...] = (0.01, 30.0)
+    num_peaks: int = 10
+
+
+@dataclasses.dataclass(frozen=True)
+class LRConfig:
+    """Everything ``mgd lr`` does; the shipped ``default`` config equals ``LRConfig()``.
+
+    Attributes:
+      seed: initialization and batch order of every search run.
+      data, train: the data and the training recipe (its optimizer's learning rate is 1.0:
+        the schedule sets the absolute rate).
+      num_knots: evenly spaced knots of the schedule on ``[0, num_steps]``, ends included.
+      search, grid, replay: the sections.
+    """
+
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig(
+        # Layer norm before the activation keeps a search that tries too high a rate alive.
+        model={"name": "mlp", "hidden": [128], "activation": "tanh", "normalize": True},
+        optimizer=OptimizerConfig(name="sgd", learning_rate=1.0, momentum=None),
+        batch_size=64,
+        num_steps=200,
+    )
+    num_knots: int = 11
+    search: SearchConfig = SearchConfig()
+    grid: GridConfig = GridConfig()
+    replay: ReplayConfig = ReplayConfig(checkpoint="store_all")
+
+    def __post_init__(self):
+        if self.num_knots < 2:
+            raise ValueError(f"num_knots must be >= 2, got {self.num_knots}")
+        if self.search.start_factors and not self.grid.enabled:
+            raise ValueError(
+                "search.start_factors are relative to the grid's best constant rate; set "
+                "grid.enabled: true or give absolute search.init_lr"
+            )
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LRRun:
+    """What :func:`run` produced.
+
+    Attributes:
+      config: the config that ran.
+      setup: the search's training setup.
+      searches: one :class:`mgd.LRSearchResult` per start, by start label.
+      metrics: the content of ``metrics.json``.
+      grid: the grid's schedules and their validation losses (empty without a grid).
+    """
+
+    config: LRConfig
+    setup: TrainingSetup
+    searches: dict[str, LRSearchResult]
+    metrics: dict[str, Any]
+    grid: tuple[list[GridSchedule], np.ndarray] | tuple[()] = ()
+
+    def table(self) -> str:
+        """The results table printed by ``mgd lr``."""
+        rows = [f"{'schedule':<36}{'val. loss':>10}{'test accuracy':>20}"]
+        for name, m in self.metrics["searches"].items():
+            rows.append(f"{'start: ' + name:<36}{m['start_val_loss']:>10.4f}")
+            acc = _acc(m["test"].get("accuracy"))
+            rows.append(f"{'  found':<36}{m['found_val_loss']:>10.4f}{acc:>20}")
+        if "grid" in self.metrics:
+            g = self.metrics["grid"]
+            label = f"grid's best of {g['runs']}"
+            rows.append(f"{label:<36}{g['val_loss']:>10.4f}{_acc(g.get('test_accuracy')):>20}")
+            rows.append(f"  ({g['best']})")
+        return "\n".join(rows)
+
+
+def _acc(values: list[float] | None) -> str:
+    if not values:
+        return ""
+    a = np.asarray(values)
+    return f"{a.mean():.4f} +- {a.std():.4f}"
+
+
+def run(
+    config: LRConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> LRRun:
+    """Runs the schedule search (and the grid comparison) and writes its outputs.
+
+    Args:
+      config: the experiment.
+      out: the output folder (new or empty, or the folder of the same run with ``resume``);
+        ``None`` writes nothing.
+      resume: continue the searches in ``out`` from their last meta-steps.
+      progress: show progress bars.
+
+    Returns:
+      An :class:`LRRun`.
+
+    Raises:
+      ValueError: bad input, before anything in ``out`` is written.
+    """
+    data, _ = load_data(config.data)
+    num_steps = config.train.num_steps
+    knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
+    setup = setup_from_config(
+        config.train, data, seed=config.seed, meta_spec=MetaSpec(lr_knots=knots)
+    )
+    out = None if out is None else Path(out)
+    if out is not None:
+        prepare_out(out, "lr", config, resume=resume)
+    metrics: dict[str, Any] = {}
+    starts = {f"lr {r:.4g}": float(r) for r in config.search.init_lr}
+    grid: tuple = ()
+    if config.grid.enabled:
+        schedules = lr_schedule_grid(
+            num_steps, lr_range=tuple(config.grid.lr_range), num_peaks=config.grid.num_peaks
+        )
+        started = time.perf_counter()
+        losses = evaluate_schedules(
+            setup, [g.schedule for g in schedules], batch_size=64, progress=progress
+        )
+        finite = np.where(np.isfinite(losses), losses, np.inf)
+        best = int(np.argmin(finite))
+        constants = [i for i, g in enumerate(schedules) if g.family == "constant"]
+        best_constant = schedules[constants[int(np.argmin(finite[constants]))]].params["lr"]
+        metrics["grid"] = {
+            "best": schedules[best].label(),
+            "val_loss": float(losses[best]),
+            "best_constant_lr": best_constant,
+            "runs": len(schedules),
+            "seconds": time.perf_counter() - started,
+        }
+        for f in config.search.start_factors:
+            starts[f"{f:g}x grid's best constant"] = best_constant * f
+        grid = (schedules, losses)
+
+    searches: dict[str, LRSearchResult] = {}
+    metrics["searches"] = {}
+    for i, (name, init) in enumerate(starts.items()):
+        res = search_lr_schedule(
+            setup,
+            init_schedule=init,
+            meta_steps=config.search.meta_steps,
+            optimizer=log_lr_adam(config.search.learning_rate, max_step=config.search.max_step),
+            replay=config.replay.build(),
+            test_seeds=config.search.test_seeds,
+            save_dir=None if out is None else out / "checkpoints" / f"start-{i}",
+            resume=resume,
+            fingerprint=config_to_dict(config),
+            progress=progress,
+        )
+        # Scored by the same batched code as the grid, so the comparison is like for like.
+        found, start_loss = evaluate_schedules(
+            setup,
+            [res.schedule, PiecewiseLinearSchedule.from_lr([0], init, num_steps=num_steps)],
+            progress=False,
+        )
+        searches[name] = res
+        metrics["searches"][name] = {
+            "init_lr": init,
+            "start_val_loss": float(start_loss),
+            "found_val_loss": float(found),
+            "best_step": res.best_step,
+            "schedule": res.schedule.to_dict(),
+            "test": res.test,
+            "cost": res.cost,
+        }
+        if grid:
+            metrics["searches"][name]["gap_to_grid"] = (
+                float(found) / metrics["grid"]["val_loss"] - 1
+            )
+
+    seeds = next(iter(searches.values())).test.get("seeds", [])
+    if grid and seeds:
+        # The grid's best, retrained on the same fresh seeds as the found schedules.
+        per_step = per_step_setup(setup)
+        best_rates = grid[0][int(np.argmin(np.where(np.isfinite(grid[1]), grid[1], np.inf)))]
+        meta = {
+            **per_step.init_meta(),
+            "log_lr": np.log(best_rates.schedule.rates()).astype(np.float32),
+        }
+        acc = retrain_and_evaluate(per_step, seeds=seeds, meta=meta, split="test")["accuracy"]
+        metrics["grid"]["test_accuracy"] = np.asarray(acc).tolist()
+
+    done = LRRun(config, setup, searches, metrics, grid)
+    if out is not None:
+        write_json(
+            out / "history.json",
+            {name: [h._asdict() for h in r.history] for name, r in searches.items()},
+        )
+        write_json(out / "metrics.json", metrics)
+        _plot(done).savefig(out / "lr_search.png", dpi=110)
+    return done
+
+
+def _plot(done: LRRun) -> Any:
+    """Each search's schedules over meta-steps (dark to light) next to the grid's best five;
+    the objective per meta-step."""
+    import matplotlib
+
+    searches = done.searches
+    fig = new_figure(6 * (len(searches) + 1), 4.5)
+    axes = fig.subplots(1, len(searches) + 1, squeeze=False)[0]
+    steps = np.arange(done.setup.num_steps)
+    cmap = matplotlib.colormaps["viridis"]
+    for ax, (name, res) in zip(axes[:-1], searches.items(), strict=True):
+        scheds = res.schedules()
+        for k, s in enumerate(scheds):
+            ax.plot(steps, s(steps), color=cmap(k / max(len(scheds) - 1, 1)), lw=0.8)
+        if done.grid:
+            schedules, losses = done.grid
+            for i in np.argsort(np.where(np.isfinite(losses), losses, np.inf))[:5]:
+                ax.plot(steps, schedules[i].schedule.rates(), "k--", lw=1)
+        ax.set(yscale="log", xlabel="training step", ylabel="learning rate", title=f"from {name}")
+    for name, res in searches.items():
+        axes[-1].plot(res.objectives, label=f"from {name}")
+    if done.grid:
+        axes[-1].axhline(np.nanmin(done.grid[1]), color="k", ls="--", label="grid's best")
+    axes[-1].set(yscale="log", xlabel="meta-step", ylabel="validation loss")
+    axes[-1].legend()
+    fig.tight_layout()
+    return fig

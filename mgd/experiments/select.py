@@ -1,0 +1,317 @@
+"""The dataset-selection experiment (``mgd select``): config, ``run``, outputs.
+
+``run(config, out)`` selects a fraction of the candidate pool with :func:`mgd.select_data`,
+retrains from scratch with fresh seeds on the selection, on random subsets of the same size and
+on the whole pool (:func:`mgd.evaluate_selection`), and writes ``selection.json``,
+``metrics.json``, ``history.json`` and ``objective.png`` into ``out``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import jax
+import numpy as np
+
+from mgd.config import config_to_dict
+from mgd.experiments._common import (
+    DataConfig,
+    OptimizerConfig,
+    ReplayConfig,
+    TrainConfig,
+    load_data,
+    new_figure,
+    prepare_out,
+    setup_from_config,
+    write_json,
+)
+from mgd.outer.selection import (
+    SelectionReport,
+    SelectionResult,
+    budget_exchange,
+    count_descent,
+    evaluate_selection,
+    select_data,
+)
+from mgd.train import MetaSpec, TrainingSetup
+
+__all__ = ["OuterConfig", "EvalConfig", "SelectConfig", "SelectRun", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class OuterConfig:
+    """The selection's update rule (see :mod:`mgd.outer.selection`).
+
+    Attributes:
+      method: ``"exchange"`` (fixed budget: swaps the worst-ranked selected candidates for the
+        best-ranked unselected ones) or ``"counts"`` (the paper's Algorithm 1).
+      meta_steps: number of meta-steps, one metagradient each.
+      p: Bernoulli probability of the random mask.
+      exchange_fraction: ``exchange`` only, most swaps per meta-step as a fraction of the subset.
+      momentum: weight of past metagradients in the ranking, in [0, 1).
+      step_size: ``counts`` only, how far a count moves per meta-step.
+    """
+
+    method: Literal["exchange", "counts"] = "exchange"
+    meta_steps: int = 10
+    p: float = 1.0
+    exchange_fraction: float = 0.1
+    momentum: float = 0.5
+    step_size: float = 1.0
+
+    def __post_init__(self):
+        if self.meta_steps < 1:
+            raise ValueError(f"--meta-steps must be >= 1, got {self.meta_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Honest evaluation: models retrained from scratch with seeds selection never used.
+
+    Attributes:
+      num_seeds: models trained on the selected subset and on the full pool (one per seed).
+      num_random: random subsets of the same size, one model each.
+      num_steps: training steps of the evaluation models (``None``: ``train.num_steps``); the
+        selected subset, the random subsets and the full pool all get this recipe.
+    """
+
+    num_seeds: int = 3
+    num_random: int = 5
+    num_steps: int | None = None
+
+    def __post_init__(self):
+        if self.num_seeds < 1:
+            raise ValueError(f"eval.num_seeds must be >= 1, got {self.num_seeds}")
+        if self.num_random < 1:
+            raise ValueError(f"eval.num_random must be >= 1, got {self.num_random}")
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"eval.num_steps must be >= 1 or null, got {self.num_steps}")
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectConfig:
+    """Everything ``mgd select`` does; the shipped ``default`` config equals ``SelectConfig()``.
+
+    Attributes:
+      fraction: size of the subset as a fraction of the candidate pool, in (0, 1].
+      seed: seed of the selection: initialization and batch order while selecting, the initial
+        subset and the update rule's masks.
+      data, train, outer, replay, eval: the sections.
+    """
+
+    fraction: float = 0.25
+    seed: int = 0
+    data: DataConfig = DataConfig()
+    train: TrainConfig = TrainConfig(
+        model={"name": "mlp", "hidden": [128]},
+        optimizer=OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9),
+        batch_size=64,
+        num_steps=1000,
+    )
+    outer: OuterConfig = OuterConfig()
+    replay: ReplayConfig = ReplayConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def __post_init__(self):
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if not 0 <= self.seed < 2**31:
+            raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}")
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class SelectRun:
+    """What :func:`run` produced.
+
+    Attributes:
+      config: the config that ran.
+      setup: the selection's training setup.
+      result: the selection (:class:`mgd.SelectionResult`).
+      report: the evaluation (:class:`mgd.SelectionReport`).
+      metrics: the content of ``metrics.json``.
+    """
+
+    config: SelectConfig
+    setup: TrainingSetup
+    result: SelectionResult
+    report: SelectionReport
+    metrics: dict[str, Any]
+
+    def table(self) -> str:
+        """The results table printed by ``mgd select``."""
+        lines = [self.report.table()]
+        if "label_noise" in self.metrics:
+            ln = self.metrics["label_noise"]
+            lines.append(
+                f"clean labels: {ln['selected_clean_fraction']:.3f} of the selection, "
+                f"{ln['pool_clean_fraction']:.3f} of the pool"
+            )
+        t = self.metrics["timing"]
+        lines.append(
+            f"time: {t['total_s']:.0f} s total, {t['metagradient_s']:.0f} s metagradients, "
+            f"{t['retrain_s']:.0f} s retraining; one meta-step = "
+            f"{t['meta_step_in_training_runs']:.1f} training runs"
+        )
+        return "\n".join(lines)
+
+
+def _optimizer(config: SelectConfig, size: int):
+    o = config.outer
+    if o.method == "exchange":
+        num_exchange = max(1, round(o.exchange_fraction * size))
+        return budget_exchange(
+            num_exchange=num_exchange, p=o.p, momentum=o.momentum, seed=config.seed
+        )
+    return count_descent(p=o.p, step_size=o.step_size, momentum=o.momentum, seed=config.seed)
+
+
+def run(
+    config: SelectConfig,
+    out: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> SelectRun:
+    """Runs the selection experiment and writes its outputs.
+
+    Args:
+      config: the experiment.
+      out: the output folder (new or empty, or the folder of the same run with ``resume``);
+        ``None`` writes nothing (no checkpoints either).
+      resume: continue the run in ``out`` (from its last meta-step; from the start if it was
+        killed before the first).
+      progress: show progress bars.
+
+    Returns:
+      A :class:`SelectRun`.
+
+    Raises:
+      ValueError: bad input, before anything in ``out`` is written: unreadable data, a subset
+        smaller than one batch, a model or optimizer setting refused, an ``out`` that is not
+        empty without ``resume`` or holds another run.
+    """
+    started = time.perf_counter()
+    data, noisy = load_data(config.data)
+    setup = setup_from_config(
+        config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
+    )
+    n = data.num_train
+    size = round(config.fraction * n)
+    if size < config.train.batch_size:
+        raise ValueError(
+            f"the subset ({size} of {n} candidates at --fraction {config.fraction}) is smaller "
+            f"than one batch ({config.train.batch_size}); raise --fraction or lower "
+            "train.batch_size"
+        )
+    optimizer = _optimizer(config, size)
+    echo = config_to_dict(config)
+    out = None if out is None else Path(out)
+    if out is not None:
+        prepare_out(out, "select", config, resume=resume)
+
+    def log(history) -> None:
+        write_json(out / "history.json", [h._asdict() for h in history])
+
+    result = select_data(
+        setup,
+        size=size,
+        meta_steps=config.outer.meta_steps,
+        optimizer=optimizer,
+        fixed_budget=config.outer.method == "exchange",
+        seed=config.seed,
+        replay=config.replay.build(),
+        save_dir=None if out is None else out / "checkpoints",
+        resume=resume,
+        fingerprint=echo,
+        callback=None if out is None else log,
+        progress=progress,
+    )
+    selected_at = time.perf_counter()
+
+    # One training run of the inner model, timed after compilation: the unit of meta-step cost
+    # (median of three: the machine may be shared).
+    meta = {"data_weights": jax.numpy.asarray(result.weights)}
+    jax.block_until_ready(setup.train(meta, seed=config.seed))
+    run_seconds = []
+    for _ in range(3):
+        run_started = time.perf_counter()
+        jax.block_until_ready(setup.train(meta, seed=config.seed))
+        run_seconds.append(time.perf_counter() - run_started)
+    train_run_s = float(np.median(run_seconds))
+
+    eval_started = time.perf_counter()
+    seeds = [10_000 + 100 * config.seed + j for j in range(config.eval.num_seeds)]
+    eval_setup = (
+        setup if config.eval.num_steps is None else setup.replace(num_steps=config.eval.num_steps)
+    )
+    report = evaluate_selection(
+        eval_setup,
+        result.indices,
+        seeds=seeds,
+        num_random=config.eval.num_random,
+        random_seed=config.seed + 1,
+        progress=progress,
+    )
+    retrain_s = time.perf_counter() - eval_started
+    total_s = time.perf_counter() - started
+
+    step_seconds = [h.seconds for h in result.history]
+    # The first meta-step includes compiling the engine's functions; the median is the steady cost.
+    meta_step_s = float(np.median(step_seconds))
+    metrics = report.to_dict()
+    metrics["best_step"] = result.best_step
+    metrics["timing"] = {
+        "total_s": total_s,
+        "selection_s": selected_at - started,
+        "metagradient_s": float(sum(step_seconds)),
+        "retrain_s": retrain_s,
+        "train_run_s": train_run_s,
+        "meta_step_s": meta_step_s,
+        "meta_step_in_training_runs": meta_step_s / train_run_s,
+        "note": "wall times on this machine; a resumed run counts its meta-steps of all parts",
+    }
+    if noisy.any():
+        metrics["label_noise"] = {
+            "fraction": config.data.label_noise,
+            "pool_clean_fraction": float(1 - noisy.mean()),
+            "selected_clean_fraction": float(1 - noisy[result.indices].mean()),
+        }
+    done = SelectRun(config, setup, result, report, metrics)
+    if out is not None:
+        log(result.history)
+        write_json(
+            out / "selection.json",
+            {
+                "indices": result.indices.tolist(),
+                "fraction": config.fraction,
+                "size": size,
+                "num_candidates": n,
+                "config": echo,
+            },
+        )
+        write_json(out / "metrics.json", metrics)
+        _plot(done).savefig(out / "objective.png", dpi=100)
+    return done
+
+
+def _plot(done: SelectRun) -> Any:
+    history, best_step, report = done.result.history, done.result.best_step, done.report
+    fig = new_figure(10, 4)
+    left, right = fig.subplots(1, 2)
+    left.plot([h.step for h in history], [h.objective for h in history], marker="o")
+    left.axvline(best_step, color="grey", linestyle=":", label=f"selected (step {best_step})")
+    left.set(xlabel="meta-step", ylabel="target loss", title="Target loss per meta-step")
+    left.legend()
+    entries = [report.selected, report.random, report.full]
+    labels = ["selected", "random\n(same size)", "full pool"]
+    means = [e.mean for e in entries]
+    stds = [e.std for e in entries]
+    right.bar(labels, means, yerr=stds, capsize=4, color=["tab:green", "tab:grey", "tab:blue"])
+    low = min(m - s for m, s in zip(means, stds, strict=True))
+    right.set_ylim(max(0.0, low - 0.05), 1.0)
+    right.set(ylabel="test accuracy", title="Retrained from scratch, fresh seeds")
+    fig.tight_layout()
+    return fig

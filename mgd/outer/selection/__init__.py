@@ -1,0 +1,18 @@
+"""Dataset selection: metagradient descent on per-example data weights.
+
+Update rules (optax-shaped ``(init, update)`` pairs), the search :func:`select_data` on the
+shared meta-descent loop, and the honest evaluation :func:`evaluate_selection`.
+"""
+
+from mgd.outer.selection._evaluate import SelectionReport as SelectionReport
+from mgd.outer.selection._evaluate import SubsetAccuracy as SubsetAccuracy
+from mgd.outer.selection._evaluate import evaluate_selection as evaluate_selection
+from mgd.outer.selection._search import SelectionResult as SelectionResult
+from mgd.outer.selection._search import select_data as select_data
+from mgd.outer.selection._update import BudgetExchangeState as BudgetExchangeState
+from mgd.outer.selection._update import CountDescentState as CountDescentState
+from mgd.outer.selection._update import SelectionOptimizer as SelectionOptimizer
+from mgd.outer.selection._update import budget_exchange as budget_exchange
+from mgd.outer.selection._update import count_descent as count_descent
+from mgd.outer.selection._update import subset_weights as subset_weights
+from mgd.outer.selection._update import top_k_subset as top_k_subset

@@ -1,0 +1,155 @@
+"""Honest evaluation of a selection: models retrained from scratch with fresh seeds.
+
+The selected subset, random subsets of the same size and the whole pool are each trained with
+the selection's recipe and seeds the selection never used; accuracy is on the test split only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from mgd.train import MetaSpec, TrainingSetup, retrain_and_evaluate
+
+__all__ = ["SubsetAccuracy", "SelectionReport", "evaluate_selection"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SubsetAccuracy:
+    """Test accuracy of models trained on one training set.
+
+    Attributes:
+      name: ``"selected"``, ``"random"`` or ``"full"``.
+      size: examples in the training set.
+      accuracies: float64 ``(r,)``: one accuracy per model (``random``: per random subset).
+    """
+
+    name: str
+    size: int
+    accuracies: np.ndarray
+
+    @property
+    def mean(self) -> float:
+        """Mean test accuracy."""
+        return float(np.mean(self.accuracies))
+
+    @property
+    def std(self) -> float:
+        """Standard deviation of the test accuracy (``ddof=0``)."""
+        return float(np.std(self.accuracies))
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"accuracy", "accuracy_std", "accuracies"}`` (JSON-able)."""
+        return {
+            "accuracy": self.mean,
+            "accuracy_std": self.std,
+            "accuracies": self.accuracies.tolist(),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionReport:
+    """What :func:`evaluate_selection` measured.
+
+    Attributes:
+      selected: models trained on the selection (one per seed).
+      random: random subsets of the same size (one model each).
+      full: models trained on the whole pool (one per seed).
+      seeds: the training seeds.
+    """
+
+    selected: SubsetAccuracy
+    random: SubsetAccuracy
+    full: SubsetAccuracy
+    seeds: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{"selected", "random", "full": {...}, "size", "num_candidates", "eval_seeds"}``."""
+        return {
+            "selected": self.selected.to_dict(),
+            "random": self.random.to_dict(),
+            "full": self.full.to_dict(),
+            "size": self.selected.size,
+            "num_candidates": self.full.size,
+            "eval_seeds": list(self.seeds),
+        }
+
+    def table(self) -> str:
+        """A plain-text table: size and test accuracy mean +- std per training set."""
+        rows = [
+            ("selected", self.selected),
+            (f"random (x{len(self.random.accuracies)})", self.random),
+            ("full pool", self.full),
+        ]
+        lines = [f"{'training set':<14}{'size':>6}  test accuracy (retrained, fresh seeds)"]
+        for name, r in rows:
+            lines.append(f"{name:<14}{r.size:>6}  {r.mean:.4f} +- {r.std:.4f}")
+        return "\n".join(lines)
+
+
+def evaluate_selection(
+    setup: TrainingSetup,
+    indices: Sequence[int] | np.ndarray,
+    *,
+    seeds: Sequence[int],
+    num_random: int = 5,
+    random_seed: int = 0,
+    progress: bool = True,
+) -> SelectionReport:
+    """Test accuracy of models retrained from scratch on the selection, random subsets, the pool.
+
+    Every model is trained with the setup's recipe (model, optimizer, batch size, steps) and no
+    metaparameters, from the seeds in ``seeds`` (seeds the selection never trained with).
+
+    Args:
+      setup: the training recipe used for selection (its ``meta_spec`` is ignored).
+      indices: the selected candidates, ``(k,)``.
+      seeds: training seeds for the selected subset and the full pool (one model each); the
+        ``j``-th random subset is trained with ``seeds[j % len(seeds)]``.
+      num_random: number of random subsets of size ``k`` (drawn with ``random_seed``).
+      random_seed: seed of the random subsets.
+      progress: show a tqdm progress bar over the retrained models.
+
+    Returns:
+      A :class:`SelectionReport`.
+
+    Raises:
+      ValueError: ``seeds`` is empty or contains the setup's own seed, or ``num_random < 1``.
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds or setup.seed in seeds:
+        raise ValueError(
+            f"evaluate_selection: seeds must be non-empty and exclude the selection's seed "
+            f"{setup.seed} (honest evaluation retrains with fresh seeds), got {seeds}"
+        )
+    if num_random < 1:
+        raise ValueError(f"evaluate_selection: num_random must be >= 1, got {num_random}")
+    plain = setup.replace(meta_spec=MetaSpec())
+    data, n, k = setup.data, setup.data.num_train, len(indices)
+    rng = np.random.default_rng(random_seed)
+    random_subsets = [np.sort(rng.permutation(n)[:k]) for _ in range(num_random)]
+    total = 2 * len(seeds) + num_random
+    with tqdm(total=total, desc="retraining", disable=not progress) as bar:
+
+        def run(subset: np.ndarray | None, run_seeds: list[int]) -> np.ndarray:
+            trained = plain if subset is None else plain.replace(data=data.subset(subset))
+            acc = retrain_and_evaluate(trained, seeds=run_seeds, split="test")["accuracy"]
+            bar.update(len(run_seeds))
+            return np.asarray(acc, np.float64)
+
+        selected = run(np.asarray(indices), seeds)
+        random = np.array(
+            [run(s, [seeds[j % len(seeds)]])[0] for j, s in enumerate(random_subsets)]
+        )
+        full = run(None, seeds)
+
+    return SelectionReport(
+        selected=SubsetAccuracy("selected", k, selected),
+        random=SubsetAccuracy("random", k, random),
+        full=SubsetAccuracy("full", n, full),
+        seeds=tuple(seeds),
+    )

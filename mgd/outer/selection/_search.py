@@ -1,0 +1,172 @@
+"""Dataset selection by metagradient descent on data weights.
+
+Each meta-step of the shared loop (:func:`mgd.outer.meta_descent`) takes the exact metagradient
+of the target loss with respect to every candidate's weight (``setup.metagradient``: the replay
+engine through the whole training run) and lets a selection update rule
+(:mod:`mgd.outer.selection`'s ``budget_exchange`` or ``count_descent``) move the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgd.outer._loop import MetaStep, Replay, meta_descent, setup_fingerprint
+from mgd.outer.selection._update import (
+    SelectionOptimizer,
+    budget_exchange,
+    subset_weights,
+    top_k_subset,
+)
+from mgd.train import TrainingSetup
+
+__all__ = ["SelectionResult", "select_data"]
+
+
+@dataclasses.dataclass(frozen=True)
+class SelectionResult:
+    """What :func:`select_data` found.
+
+    Attributes:
+      indices: int64 ``(size,)``, the selected candidates (sorted), from the meta-step with the
+        lowest target objective.
+      best_step: that meta-step (0-based).
+      weights: float ``(n,)``, the weights after the last meta-step.
+      history: one :class:`mgd.outer.MetaStep` per meta-step; ``info["indices"]`` is the subset
+        that step trained with (or would select, for counts).
+    """
+
+    indices: np.ndarray
+    best_step: int
+    weights: np.ndarray
+    history: list[MetaStep]
+
+
+def select_data(
+    setup: TrainingSetup,
+    *,
+    size: int,
+    meta_steps: int,
+    optimizer: SelectionOptimizer | None = None,
+    fixed_budget: bool = True,
+    seed: int = 0,
+    replay: Replay | None = None,
+    save_dir: str | Path | None = None,
+    resume: bool = False,
+    fingerprint: Any = None,
+    callback: Callable[[list[MetaStep]], None] | None = None,
+    progress: bool = True,
+) -> SelectionResult:
+    """Chooses ``size`` candidates of the training pool that minimize the target objective.
+
+    The weights start at a random subset of ``size`` candidates scaled to keep the training
+    budget (``subset_weights``) when ``fixed_budget``, else at the paper's counts of 1. Each
+    meta-step computes the metagradient of the target loss with respect to the weights and
+    applies ``optimizer``. The subset of a count vector is its ``size`` largest counts
+    (``top_k_subset``). The returned subset is the logged one with the lowest target objective
+    (the test split is never looked at).
+
+    Cost: one metagradient per meta-step (about ``1 + log_k T`` training runs forward plus the
+    reverse sweep for the engine's ``KAryTree(k)``).
+
+    Args:
+      setup: the training recipe, with ``MetaSpec(data_weights=True)``; its seed fixes the
+        initialization and batch order used during selection.
+      size: number of candidates to select, in ``[1, n]``.
+      meta_steps: number of meta-steps (metagradients), an int >= 1.
+      optimizer: a selection update rule; default
+        ``budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)``
+        (``budget_exchange`` needs ``fixed_budget=True``, ``count_descent``
+        ``fixed_budget=False``).
+      fixed_budget: start from a subset indicator (for ``budget_exchange``) rather than counts.
+      seed: seed of the initial subset.
+      replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
+      save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
+      resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
+        run).
+      fingerprint: JSON-able description of what else determines the run (e.g. the optimizer's
+        config), checked on resume together with the setup, size, seeds and replay options.
+      callback: called after every meta-step with the history so far.
+      progress: show a tqdm bar over meta-steps.
+
+    Returns:
+      A :class:`SelectionResult`.
+
+    Raises:
+      ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range, or a
+        resume refused (see :func:`mgd.outer.meta_descent`).
+
+    Example:
+      >>> setup = mgd.TrainingSetup(model, optax.sgd(0.01, momentum=0.9), data, batch_size=64,
+      ...                           num_steps=500, meta_spec=mgd.MetaSpec(data_weights=True))
+      >>> res = mgd.select_data(setup, size=data.num_train // 2, meta_steps=10)  # doctest: +SKIP
+      >>> data.subset(res.indices)  # the selected training set  # doctest: +SKIP
+    """
+    where = "select_data"
+    if not setup.meta_spec.data_weights:
+        raise ValueError(
+            f"{where}: the setup's meta_spec has data_weights=False; build it with "
+            "mgd.MetaSpec(data_weights=True)"
+        )
+    n = setup.data.num_train
+    if not 1 <= size <= n:
+        raise ValueError(f"{where}: size must be in [1, {n}] (the pool size), got {size}")
+    if optimizer is None:
+        if not fixed_budget:
+            raise ValueError(f"{where}: without fixed_budget pass optimizer=count_descent(...)")
+        optimizer = budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)
+    replay = Replay() if replay is None else replay
+    # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
+    optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
+
+    if fixed_budget:
+        start = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+        weights = subset_weights(jnp.asarray(start), n)
+    else:
+        weights = jnp.ones(n, jnp.float32)
+    base_meta = setup.init_meta()
+
+    def metagradient(step: int, weights):
+        res = setup.metagradient({**base_meta, "data_weights": weights}, **replay.options())
+        return res.value, res.grad["data_weights"], res.stats
+
+    def record(step, weights, value, grad, opt_state) -> dict[str, Any]:
+        if fixed_budget:
+            indices = np.flatnonzero(np.asarray(weights) > 0)
+        else:
+            indices = np.asarray(top_k_subset(weights, grad, size))
+        return {"indices": indices.tolist()}
+
+    loop = meta_descent(
+        metagradient,
+        weights,
+        optimizer,
+        meta_steps=meta_steps,
+        record=record,
+        fingerprint=lambda: {
+            "setup": setup_fingerprint(setup),
+            "size": size,
+            "fixed_budget": fixed_budget,
+            "replay": replay.describe(),
+            "user": fingerprint,
+        },
+        save_dir=save_dir,
+        resume=resume,
+        callback=callback,
+        progress=progress,
+        desc="selection",
+        where=where,
+    )
+    best = min(loop.history, key=lambda h: h.objective)
+    return SelectionResult(
+        indices=np.asarray(best.info["indices"], np.int64),
+        best_step=best.step,
+        weights=np.asarray(loop.params),
+        history=loop.history,
+    )
