@@ -9,6 +9,7 @@ and the auxiliary output.
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -17,6 +18,7 @@ import pytest
 
 import mgd
 from mgd.engine import leaf as leaf_lib
+from mgd.train import Augment, MetaSpec, TrainingSetup
 
 N, DIM, HIDDEN, CLASSES, BATCH = 12, 4, 6, 3, 4
 
@@ -171,3 +173,43 @@ def test_bad_leaf_options_are_one_line_errors():
         mgd.metagradient(step, objective, jnp.float32(1.0), jnp.float32(0.1), 3, leaf="fast")
     with pytest.raises(ValueError, match="needs a step that exposes its loss gradient"):
         mgd.metagradient(step, objective, jnp.float32(1.0), jnp.float32(0.1), 3, leaf="mixed")
+
+
+class _BatchNormMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Dense(6)(x.reshape(x.shape[0], -1))
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.8)(x)
+        return nn.Dense(3)(jnp.tanh(x))
+
+
+def test_training_setup_is_exact_in_mixed_mode(x64):
+    # Batch norm (its statistics are the loss's auxiliary output), every metaparameter kind, a
+    # partial last batch, augmentation: all through the mixed-mode step.
+    spec = MetaSpec(
+        data_weights=True, lr_knots=(0, 3, 5), perturb_indices=(1, 4), weight_decay=True
+    )
+    data = mgd.make_synthetic(num_train=20, num_val=6, num_test=6, input_shape=(4, 4, 1))
+    setup = TrainingSetup(
+        _BatchNormMLP(), optax.adam(0.05, eps_root=1e-8), data, batch_size=8, num_steps=5,
+        meta_spec=spec, augment=Augment(crop_padding=1), dtype=jnp.float64,
+    )  # fmt: skip
+    assert isinstance(setup.step_fn, mgd.GradientStep)
+    rng = np.random.default_rng(0)
+    meta = jax.tree.map(lambda m: m + 0.1 * rng.normal(size=m.shape), setup.init_meta())
+
+    def unrolled(m):
+        state = jax.lax.fori_loop(
+            0, setup.num_steps, lambda t, s: setup.step_fn(s, m, t), setup.init_state()
+        )
+        return setup.objective_fn(state, m)
+
+    value, expected = jax.jit(jax.value_and_grad(unrolled))(meta)
+    for leaf in ["mixed", "remat"]:
+        res = setup.metagradient(meta, checkpoint=mgd.KAryTree(2), leaf=leaf)
+        assert res.stats.leaf == leaf
+        np.testing.assert_allclose(res.value, value, rtol=1e-12)
+        assert max_relative_error(res.grad, expected) <= 1e-10, leaf
+    estimate = setup.estimate_memory(meta, checkpoint=mgd.KAryTree(2), leaf="mixed")
+    assert (estimate.policy, estimate.leaf, estimate.store) == (mgd.KAryTree(2), "mixed", "device")
+    assert estimate.peak_bytes == sum(estimate.components.values())

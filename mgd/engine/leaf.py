@@ -47,7 +47,7 @@ class GradientStep:
     training loss with respect to the parameters, and whatever else the loss's forward pass
     produces (e.g. batch-norm statistics). Calling the object runs that step, so it is a
     valid ``step_fn`` for every engine mode; ``leaf="mixed"`` needs it. It is a pytree: its
-    functions may be ``jax.tree_util.Partial``\\ s holding arrays, which the engine passes to
+    functions may be ``jax.tree_util.Partial`` objects holding arrays, which the engine passes to
     its compiled programs as arguments.
 
     Attributes:
