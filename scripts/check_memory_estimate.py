@@ -102,7 +102,7 @@ def _inputs(estimate) -> int:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", choices=["mlp", "resnet"], default=None)
-    parser.add_argument("--mlp-steps", type=int, default=200)
+    parser.add_argument("--mlp-steps", type=int, default=1000)
     parser.add_argument("--resnet-steps", type=int, default=32)
     parser.add_argument("--width-multiplier", type=float, default=1 / 16)
     args = parser.parse_args(argv)
