@@ -124,7 +124,8 @@ def _compile_only(args: argparse.Namespace) -> None:
     meta, state = setup.init_meta(), setup.init_state()
     fns = replay._split_fns(setup.step_fn, setup.objective_fn)
     gib = 2**30
-    step = replay._advance.lower(*fns, state, meta, np.int32(0), np.int32(1)).compile()
+    step = replay._advance.lower(*fns, state, meta, np.int32(0), np.int32(1), np.bool_(True))
+    step = step.compile()
     step_temps = step.memory_analysis().temp_size_in_bytes
     state_bytes = memory.tree_bytes(state)
     print(f"state {state_bytes / gib:.2f} GiB; one training step's temporaries "

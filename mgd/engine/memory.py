@@ -129,7 +129,10 @@ def measure_sizes(fns, init_state, meta, modes, lengths=None) -> policies.Memory
     diff_bytes = tree_bytes(leaf_lib.partition(init_state)[0])
     meta_bytes = tree_bytes(meta)
     t0 = np.int32(0)
-    temps, out = _analysis(replay._advance.lower(*fns, init_state, meta, t0, np.int32(1)).compile())
+    after = np.bool_(True)
+    temps, out = _analysis(
+        replay._advance.lower(*fns, init_state, meta, t0, np.int32(1), after).compile()
+    )
     step_bytes = temps + out
 
     def objective(s, m):

@@ -114,9 +114,15 @@ def _join_fns(static: _StaticFns, arrays: list) -> tuple[StepFn, ObjectiveFn]:
     return jax.tree.unflatten(static.treedef, leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("fns",))
-def _advance(fns: _StaticFns, fn_arrays, state, meta, t0, n):
-    """``n`` steps forward from step ``t0`` (``n`` traced: one compilation for every length)."""
+@functools.partial(jax.jit, static_argnames=("fns",), keep_unused=True)
+def _advance(fns: _StaticFns, fn_arrays, state, meta, t0, n, after):
+    """``n`` steps forward from step ``t0`` (``n`` traced: one compilation for every length).
+
+    ``after`` (unused, kept as an argument) is the last block's ``finite`` flag: the runtime
+    starts a program only when its arguments are ready, so a replay waits for the preceding
+    block instead of running beside it (as a CPU backend would), and the sweep's peak memory
+    is that of its plan, one action at a time (`mgd.engine.policies.sweep_peak`).
+    """
     step_fn, _ = _join_fns(fns, fn_arrays)
     return lax.fori_loop(t0, t0 + n, lambda t, s: step_fn(s, meta, t), state)
 
@@ -206,7 +212,7 @@ def _locate_non_finite(fns, state, meta, t0: int, n: int, ct_diff) -> int:
     """
     states = [state]
     for t in range(t0, t0 + n):
-        states.append(_advance(*fns, states[-1], meta, np.int32(t), np.int32(1)))
+        states.append(_advance(*fns, states[-1], meta, np.int32(t), np.int32(1), np.bool_(True)))
     grad = jax.tree.map(jnp.zeros_like, meta)
     if ct_diff is None:
         _, ct_diff, _, finite = _reverse(fns, states[-1], meta, t0 + n, 0, None, grad)
@@ -368,7 +374,8 @@ def _sweep(
     for i, action in enumerate(plan):
         match action:
             case policies.Advance(n):
-                state = _advance(*fns, state, meta, np.int32(t), np.int32(n))
+                after = np.bool_(True) if finite is None else finite
+                state = _advance(*fns, state, meta, np.int32(t), np.int32(n), after)
                 t += n
                 forward += n
                 peak = max(peak, held + 1)
