@@ -13,13 +13,16 @@ from mgd.engine import Binomial as Binomial
 from mgd.engine import BudgetChoice as BudgetChoice
 from mgd.engine import DeviceStore as DeviceStore
 from mgd.engine import DiskStore as DiskStore
+from mgd.engine import GradientStep as GradientStep
 from mgd.engine import HostStore as HostStore
 from mgd.engine import KAryTree as KAryTree
+from mgd.engine import MemoryEstimate as MemoryEstimate
 from mgd.engine import MetagradientResult as MetagradientResult
 from mgd.engine import MetagradientStats as MetagradientStats
 from mgd.engine import NonFiniteCotangentError as NonFiniteCotangentError
 from mgd.engine import StoreAll as StoreAll
 from mgd.engine import choose_for_budget as choose_for_budget
+from mgd.engine import estimate_memory as estimate_memory
 from mgd.engine import metagradient as metagradient
 from mgd.engine import policy_for_budget as policy_for_budget
 

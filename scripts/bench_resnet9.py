@@ -24,7 +24,6 @@ On a CPU, a small smoke run (minutes):
 from __future__ import annotations
 
 import argparse
-import math
 import multiprocessing
 import time
 from pathlib import Path
@@ -34,9 +33,8 @@ CONFIG = (
 )
 
 
-def _measure(config: str, args: argparse.Namespace, queue) -> None:
-    """Runs ``train`` or one policy expression in this (child) process; reports its figures."""
-    import jax
+def _setup(args: argparse.Namespace):
+    """The benchmark's `mgd.TrainingSetup` (metasmooth ResNet-9, synthetic CIFAR-shaped data)."""
     import yaml
 
     import mgd
@@ -53,7 +51,7 @@ def _measure(config: str, args: argparse.Namespace, queue) -> None:
         num_classes=10,
         seed=0,
     )
-    setup = mgd.TrainingSetup(
+    return mgd.TrainingSetup(
         models.make_model(model_cfg, num_classes=10),
         make_optimizer(cfg["optimizer"]),
         data,
@@ -61,13 +59,40 @@ def _measure(config: str, args: argparse.Namespace, queue) -> None:
         num_steps=args.steps,
         meta_spec=mgd.MetaSpec(data_weights=True),
     )
+
+
+def _options(config: str, args: argparse.Namespace) -> dict:
+    """Engine options of a configuration: ``"default"`` (``memory_budget`` if given) or
+    ``"POLICY"`` / ``"POLICY|LEAF"`` with a policy expression such as ``mgd.KAryTree(32)``."""
+    import mgd
+
+    if config == "default":
+        budget = args.memory_budget
+        return {} if budget is None else {"memory_budget": int(budget * 2**30)}
+    expression, _, leaf = config.partition("|")
+    policy = eval(expression, {"mgd": mgd})  # A policy expression from this script's caller.
+    return {"checkpoint": policy, **({"leaf": leaf} if leaf else {})}
+
+
+def _measure(config: str, args: argparse.Namespace, queue) -> None:
+    """Runs ``train`` or one engine configuration in this (child) process; reports its
+    figures, with `mgd.estimate_memory`'s estimate made (compiling only) before running."""
+    import jax
+
+    setup = _setup(args)
     meta = setup.init_meta()
     train = lambda: setup.train(meta)
+    estimate = None
     if config == "train":
         run = train
     else:
-        policy = eval(config, {"mgd": mgd})  # e.g. "mgd.KAryTree(32)", from this script.
-        run = lambda: setup.metagradient(meta, checkpoint=policy)
+        options = _options(config, args)
+        estimate = setup.estimate_memory(meta, **options)
+        print(f"  {config}: estimate {estimate.peak_bytes / 2**20:,.0f} MiB, "
+              f"{estimate.policy!r}, leaf={estimate.leaf}, store={estimate.store}; "
+              f"{ {k: round(v / 2**20) for k, v in estimate.components.items()} } MiB",
+              flush=True)  # fmt: skip
+        run = lambda: setup.metagradient(meta, **options)
 
     def seconds(fn) -> float:
         start = time.perf_counter()
@@ -84,7 +109,56 @@ def _measure(config: str, args: argparse.Namespace, queue) -> None:
         train_times.append(seconds(train))
     state_bytes = sum(x.nbytes for x in jax.tree.leaves(setup.init_state()))
     run_stats = getattr(result, "stats", None)
-    queue.put((min(times), min(train_times), peak, run_stats, state_bytes))
+    estimated = None if estimate is None else estimate.peak_bytes
+    queue.put((min(times), min(train_times), peak, run_stats, state_bytes, estimated))
+
+
+def _compile_only(args: argparse.Namespace) -> None:
+    """Prints, from compiled (never run) programs' memory analysis: a training step, leaf
+    blocks of n steps in each mode, and the plan the engine picks with its estimated peak."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from mgd.engine import leaf, memory, replay
+
+    setup = _setup(args)
+    meta, state = setup.init_meta(), setup.init_state()
+    fns = replay._split_fns(setup.step_fn, setup.objective_fn)
+    gib = 2**30
+    step = replay._advance.lower(*fns, state, meta, np.int32(0), np.int32(1), np.bool_(True))
+    step = step.compile()
+    step_temps = step.memory_analysis().temp_size_in_bytes
+    state_bytes = memory.tree_bytes(state)
+    print(f"state {state_bytes / gib:.2f} GiB; one training step's temporaries "
+          f"{step_temps / gib:.2f} GiB; training's peak (a state + a step) "
+          f"{(state_bytes + step_temps) / gib:.2f} GiB", flush=True)  # fmt: skip
+    ct = jax.tree.map(jnp.zeros_like, leaf.partition(state)[0])
+    grad = jax.tree.map(jnp.zeros_like, meta)
+    print("\n| leaf mode | n = " + " | n = ".join(map(str, args.block_lengths)) + " |")
+    print("|---|" + "---:|" * len(args.block_lengths))
+    for mode in ("fused", "remat", "mixed"):
+        cells = []
+        for n in args.block_lengths:
+            program = replay._reverse_block.lower(
+                *fns, state, meta, np.int32(0), ct, grad, np.bool_(True), np.bool_(True),
+                length=n, mode=mode,
+            ).compile()  # fmt: skip
+            cells.append(f"{program.memory_analysis().temp_size_in_bytes / gib:.1f}")
+        print(f"| {mode} | " + " | ".join(cells) + " |", flush=True)
+    options = _options("default", args)
+    start = time.perf_counter()
+    est = setup.estimate_memory(meta, **options)
+    training_peak = state_bytes + step_temps
+    print(f"\nmetagradient({options}): {est.policy!r}, leaf={est.leaf}, store={est.store}; "
+          f"estimated peak {est.peak_bytes / gib:.1f} GiB = "
+          f"{est.peak_bytes / training_peak:.1f}x training's peak "
+          f"(estimate made in {time.perf_counter() - start:.0f} s)")  # fmt: skip
+    for name, size in est.components.items():
+        print(f"  {name}: {size / gib:.2f} GiB")
+    cost = est.policy.cost(args.steps)
+    print(f"forward steps {cost.forward_steps / args.steps:.2f} T (+{args.steps} step VJPs"
+          f"{', each rematerializing its step' if est.leaf != 'fused' else ''})")  # fmt: skip
 
 
 def main(argv=None) -> None:
@@ -96,7 +170,20 @@ def main(argv=None) -> None:
                         help="factor on the config's widths (e.g. 0.0625 on a CPU)")  # fmt: skip
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--policies", nargs="*", default=[],
-                        help='extra policy expressions, e.g. "mgd.KAryTree(10)"')  # fmt: skip
+                        help='extra configurations: a policy expression, optionally with a '
+                             'leaf mode: "mgd.KAryTree(10)", "mgd.KAryTree(32)|mixed"')  # fmt: skip
+    parser.add_argument(
+        "--memory-budget",
+        type=float,
+        default=None,
+        help="GiB: the default configuration runs with this memory_budget",
+    )
+    parser.add_argument(
+        "--compile-only",
+        action="store_true",
+        help="compile, never run: leaf-block memory by mode and the estimate",
+    )
+    parser.add_argument("--block-lengths", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "repeats", "num_train"):
         if getattr(args, name) < 1:
@@ -108,14 +195,17 @@ def main(argv=None) -> None:
 
     import jax
 
-    sqrt_k = max(2, math.isqrt(args.steps - 1) + 1)
-    configs = ["train", f"mgd.KAryTree({sqrt_k})", *args.policies]
     device = f"{jax.devices()[0].device_kind} ({jax.default_backend()})"
     print(f"device: {device}; T = {args.steps:,}, batch {args.batch_size}, "
           f"width x{args.width_multiplier}")  # fmt: skip
+    if args.compile_only:
+        _compile_only(args)
+        return
+    configs = ["train", "default", *args.policies]
     print("\n| configuration | time (s) | train, same process (s) | x train | replay steps / T | "
-          "peak states | state (MiB) | peak device memory (MiB) |")  # fmt: skip
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "peak states | leaf | state (MiB) | estimated peak (MiB) | peak device memory (MiB) "
+          "| measured / estimated |")  # fmt: skip
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|")
     context = multiprocessing.get_context("spawn")
     for config in configs:
         queue = context.Queue()
@@ -123,15 +213,19 @@ def main(argv=None) -> None:
         child.start()
         child.join()
         if child.exitcode != 0:
-            print(f"| {config} | failed: exit code {child.exitcode} | | | | | | |", flush=True)
+            print(f"| {config} | failed: exit code {child.exitcode} |" + " |" * 9, flush=True)
             continue
-        seconds, train, peak, stats, state_bytes = queue.get()
+        seconds, train, peak, stats, state_bytes, estimated = queue.get()
         mib = 2**20
+        name = f"{config}: {stats.policy}" if config == "default" and stats else config
         replay = f"{stats.replay_steps / args.steps:.2f}" if stats else ""
         peak_states = str(stats.peak_states) if stats else ""
         memory = "n/a" if peak is None else f"{peak / mib:,.0f}"
-        print(f"| {config} | {seconds:.3f} | {train:.3f} | {seconds / train:.2f} | {replay} | "
-              f"{peak_states} | {state_bytes / mib:.1f} | {memory} |", flush=True)  # fmt: skip
+        est = "" if estimated is None else f"{estimated / mib:,.0f}"
+        ratio = f"{peak / estimated:.2f}" if peak and estimated else "n/a"
+        print(f"| {name} | {seconds:.3f} | {train:.3f} | {seconds / train:.2f} | {replay} | "
+              f"{peak_states} | {stats.leaf if stats else ''} | {state_bytes / mib:.1f} | {est} | "
+              f"{memory} | {ratio} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

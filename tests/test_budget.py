@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mgd
-from mgd.engine import policies, replay, storage
+from mgd.engine import memory, policies, replay, storage
 
 
 def _expected(T, state_bytes, budget):
@@ -108,51 +108,94 @@ def test_budget_too_small_says_how_much_is_needed():
         mgd.policy_for_budget(100, 1000, 2.5e6)
 
 
-def _problem():
-    steps = {"n": 0}
+def _problem(size=4096):
+    runs = {"n": 0}
+
+    def count(_):
+        runs["n"] += 1
 
     def step(w, m, t):
-        steps["n"] += 1
+        jax.debug.callback(count, t)  # Counts executed steps, not traces.
         return w - m * jnp.sin(w)
 
-    return step, lambda w, m: jnp.sum(w**2), jnp.arange(4.0), jnp.float32(0.1), steps
+    w0 = jnp.linspace(0.0, 3.0, size, dtype=jnp.float32)
+    return step, lambda w, m: jnp.sum(w**2), w0, jnp.float32(0.1), runs
 
 
-def test_metagradient_stays_within_the_budget():
+def _sizes(step, objective, w0, meta, modes=("fused", "remat")):
+    fns = replay._split_fns(step, objective)
+    return memory.measure_sizes(fns, w0, meta, modes)
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25])
+def test_metagradient_runs_the_plan_its_budget_picks(fraction):
     step, objective, w0, meta, _ = _problem()
-    state_bytes = w0.nbytes  # 16
-    expected = mgd.metagradient(step, objective, w0, meta, 30, checkpoint=mgd.StoreAll())
-    for budget, policy in [(31 * 16, mgd.StoreAll()), (12 * 16, mgd.KAryTree(6)),
-                           (5 * 16 + 7, mgd.Binomial(4))]:  # fmt: skip
-        res = mgd.metagradient(step, objective, w0, meta, 30, memory_budget=budget)
-        assert res.stats.peak_states * state_bytes <= budget
-        assert res.stats.forward_steps == policy.cost(30).forward_steps, policy
-        np.testing.assert_allclose(res.grad, expected.grad, rtol=1e-5)
+    T = 30
+    sizes = _sizes(step, objective, w0, meta)
+    everything = policies.sweep_peak(mgd.StoreAll().plan(T), sizes, "fused").bytes
+    budget = int(everything * fraction)
+    expected_choice = policies.choose_plan(T, sizes, budget)
+    estimate = mgd.estimate_memory(
+        step, objective, w0, meta, T, memory_budget=budget, store="device"
+    )
+    res = mgd.metagradient(step, objective, w0, meta, T, memory_budget=budget, store="device")
+    assert (res.stats.policy, res.stats.leaf) == (
+        repr(expected_choice.policy),
+        expected_choice.leaf,
+    )
+    assert (estimate.policy, estimate.leaf) == (expected_choice.policy, expected_choice.leaf)
+    assert expected_choice.peak.bytes <= budget
+    assert estimate.peak_bytes == sum(estimate.components.values())
+    reference = mgd.metagradient(step, objective, w0, meta, T, checkpoint=mgd.StoreAll())
+    np.testing.assert_allclose(res.grad, reference.grad, rtol=1e-5)
+
+
+def test_budget_below_the_leanest_plan_is_a_one_line_error_by_component():
+    step, objective, w0, meta, runs = _problem()
+    with pytest.raises(ValueError) as info:
+        mgd.metagradient(step, objective, w0, meta, 30, memory_budget=4 * w0.nbytes)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "the leanest plan, Binomial(1)" in message
+    needed = int(message.split(" needs ")[1].split(" bytes")[0])
+    assert needed > 4 * w0.nbytes
+    for part in ("stored_states", "cotangents", "meta_grad", "fn_arrays"):
+        assert part in message or part == "fn_arrays"
+    assert f"raise memory_budget to at least {needed}" in message
+    assert runs["n"] == 0  # Measured by compiling, not by running steps.
+    assert (
+        mgd.estimate_memory(step, objective, w0, meta, 30, memory_budget=needed).peak_bytes
+        <= needed
+    )
 
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"memory_budget": 31}, "needs 32 bytes"),
         ({"memory_budget": 100, "checkpoint": mgd.KAryTree(2)}, "not both"),
+        ({"memory_budget": 2.5e6}, "memory_budget must be an integer"),
     ],
 )
 def test_bad_budget_is_rejected_before_training(kwargs, match):
-    step, objective, w0, meta, steps = _problem()
+    step, objective, w0, meta, runs = _problem()
     with pytest.raises(ValueError, match=match):
         mgd.metagradient(step, objective, w0, meta, 30, **kwargs)
-    assert steps["n"] == 0
+    assert runs["n"] == 0
 
 
-@pytest.mark.parametrize(("room", "store"), [((10**6, 10**6), "host"), ((0, 10**6), "disk")])
+@pytest.mark.parametrize(("room", "store"), [((10**9, 10**9), "host"), ((0, 10**9), "disk")])
 def test_budget_moves_stored_states_off_the_device(room, store, monkeypatch):
-    # T = 30 states of 16 bytes: KAryTree(6) holds 11 on the device, or 7 (a 6-step block and
-    # a prefetched state) with its 5 stored slots off it. A 7-state budget picks the tree
-    # off the device over Binomial(6) on it.
-    monkeypatch.setattr(replay, "offload_room", lambda: room)
+    # T = 30: KAryTree(6) holds its 5 stored slots and a 6-step block on the device, or, off
+    # it, one prefetched state and the block. A budget of exactly the latter picks the tree
+    # off the device.
+    monkeypatch.setattr(memory, "offload_room", lambda: room)
     step, objective, w0, meta, _ = _problem()
+    sizes = _sizes(step, objective, w0, meta, ("fused",))
+    plan = mgd.KAryTree(6).plan(30)
+    budget = policies.sweep_peak(plan, sizes, "fused", offloaded=True).bytes
+    assert policies.sweep_peak(plan, sizes, "fused").bytes > budget
     expected = mgd.metagradient(step, objective, w0, meta, 30, checkpoint=mgd.KAryTree(6))
-    res = mgd.metagradient(step, objective, w0, meta, 30, memory_budget=7 * 16)
+    res = mgd.metagradient(step, objective, w0, meta, 30, memory_budget=budget, leaf="fused")
     assert (res.stats.policy, res.stats.store) == ("KAryTree(k=6)", store)
     assert (expected.stats.policy, expected.stats.store) == ("KAryTree(k=6)", "device")
     np.testing.assert_array_equal(res.grad, expected.grad)
@@ -163,11 +206,61 @@ def test_explicit_store_keeps_the_budget_to_choosing_the_policy(monkeypatch):
     def no_probe():
         raise AssertionError("the store was given: nothing to measure")
 
-    monkeypatch.setattr(replay, "offload_room", no_probe)
+    monkeypatch.setattr(memory, "offload_room", no_probe)
     step, objective, w0, meta, _ = _problem()
-    res = mgd.metagradient(step, objective, w0, meta, 30, memory_budget=7 * 16, store="host")
-    assert (res.stats.policy, res.stats.store) == ("Binomial(slots=6)", "host")
-    assert res.stats.peak_states * 16 <= 7 * 16
+    sizes = _sizes(step, objective, w0, meta)
+    budget = policies.sweep_peak(mgd.KAryTree(6).plan(30), sizes, "fused").bytes - 1
+    res = mgd.metagradient(step, objective, w0, meta, 30, memory_budget=budget, store="host")
+    choice = policies.choose_plan(30, sizes, budget)
+    assert (res.stats.policy, res.stats.store, res.stats.leaf) == (
+        repr(choice.policy),
+        "host",
+        choice.leaf,
+    )
+
+
+def test_sweep_peak_walks_the_plan():
+    # KAryTree(3) over 9 steps: 3 slots stored (0, 3, 6) while reversing the last leaf.
+    leaf = policies.LeafCost((("fixed", 7),), 100, "block_states")
+    sizes = policies.MemorySizes(1000, 50, (("remat", leaf),), (("meta", 3),))
+    peak = policies.sweep_peak(mgd.KAryTree(3).plan(9), sizes, "remat")
+    assert peak.components == {"stored_states": 3000, "block_states": 300, "fixed": 7, "meta": 3}
+    assert peak.bytes == 3310
+    offloaded = policies.sweep_peak(mgd.KAryTree(3).plan(9), sizes, "remat", offloaded=True)
+    assert offloaded.bytes == 1310
+    # The states-only model is `simulate`'s peak_states.
+    for policy in [mgd.StoreAll(), mgd.KAryTree(3), mgd.Binomial(3)]:
+        plan = policy.plan(20)
+        states = policies.sweep_peak(plan, policies.MemorySizes.states_only(8), "fused").bytes
+        assert states == 8 * policies.simulate(plan, 20).peak_states
+
+
+def test_choose_plan_prefers_a_rematerialized_leaf_to_replaying():
+    # Fused blocks keep 5 states' worth of residuals per step, rematerialized ones one state.
+    fused = policies.LeafCost((), 5000, "block_residuals")
+    remat = policies.LeafCost((("step_vjp", 5000),), 1000, "block_states")
+    sizes = policies.MemorySizes(1000, 2000, (("fused", fused), ("remat", remat)))
+    T = 100
+    storeall_remat = 1000 + 100 * 1000 + 5000  # The initial state and the 100-step block.
+    choice = policies.choose_plan(T, sizes, storeall_remat)
+    assert (choice.policy, choice.leaf, choice.peak.bytes) == (
+        mgd.StoreAll(),
+        "remat",
+        storeall_remat,
+    )
+    tree_fused = 10 * 1000 + 10 * 5000  # 10 stored slots and a 10-step fused block.
+    choice = policies.choose_plan(T, sizes, tree_fused)
+    assert (choice.policy, choice.leaf, choice.peak.bytes) == (
+        mgd.KAryTree(10),
+        "fused",
+        tree_fused,
+    )
+    choice = policies.choose_plan(T, sizes, 20_000)  # 15 slots and a one-step fused block.
+    assert (choice.policy, choice.leaf, choice.peak.bytes) == (mgd.Binomial(15), "fused", 20_000)
+    with pytest.raises(
+        ValueError, match=r"needs 6000 bytes \(stored_states 1000, block_residuals 5000\)"
+    ):
+        policies.choose_plan(T, sizes, 5999)
 
 
 def test_offload_room_offers_no_host_memory_on_a_cpu_backend():

@@ -234,7 +234,8 @@ def test_compiles_once_per_problem():
         return step_fn(s, m, t)
 
     policy = mgd.KAryTree(6)  # 200 steps: 34 leaves, 2 levels of replay.
-    mgd.metagradient(counting_step, objective_fn, state, meta, 200, checkpoint=policy)
+    run = functools.partial(mgd.metagradient, checkpoint=policy, leaf="fused")
+    run(counting_step, objective_fn, state, meta, 200)
     first = traces["step"]
     # Validation traces once; then one trace each for the replay loop and each distinct block
     # length (full leaves of 6 steps, the last leaf of 2, which also seeds the sweep from the
@@ -242,8 +243,15 @@ def test_compiles_once_per_problem():
     assert policy.cost(200).block_lengths == {6, 2}
     assert first == 2 + 2
     meta2 = jax.tree.map(lambda m: m * 1.01, meta)
-    mgd.metagradient(counting_step, objective_fn, state, meta2, 200, checkpoint=policy)
+    run(counting_step, objective_fn, state, meta2, 200)
     assert traces["step"] == first  # Nothing is traced again, not even the validation.
+    # leaf="auto" traces a one- and a two-step block once to size their residuals.
+    auto = functools.partial(mgd.metagradient, checkpoint=policy)
+    assert auto(counting_step, objective_fn, state, meta, 200).stats.leaf == "fused"
+    second = traces["step"]
+    assert second == first + 2
+    auto(counting_step, objective_fn, state, meta2, 200)
+    assert traces["step"] == second
 
 
 def test_last_block_shares_the_compiled_block_program():
@@ -256,7 +264,9 @@ def test_last_block_shares_the_compiled_block_program():
 
     policy = mgd.KAryTree(6)  # 216 = 6**3: every leaf, the run's last included, has 6 steps.
     assert policy.cost(216).block_lengths == {6}
-    res = mgd.metagradient(counting_step, objective_fn, state, meta, 216, checkpoint=policy)
+    res = mgd.metagradient(
+        counting_step, objective_fn, state, meta, 216, checkpoint=policy, leaf="fused"
+    )
     # Validation, the replay loop, and one block program that also seeds from the objective.
     assert traces["step"] == 3
     problem = (step_fn, objective_fn, state, meta)

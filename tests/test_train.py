@@ -343,6 +343,7 @@ def test_engine_gets_the_data_as_arguments_and_same_shaped_copies_reuse_its_prog
         np.bool_(True),
         np.bool_(True),
         length=3,
+        mode="fused",
     ).as_text()
     assert "tensor<30x5x5x1xf32>" in hlo  # x_train, an argument.
     assert max(map(len, re.findall(r'dense<"0x([0-9A-F]*)">', hlo)), default=0) < 1000

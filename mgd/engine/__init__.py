@@ -1,11 +1,16 @@
 """The replay engine: `metagradient` and its checkpoint policies."""
 
+from mgd.engine.leaf import GradientStep as GradientStep
+from mgd.engine.memory import MemoryEstimate as MemoryEstimate
+from mgd.engine.memory import estimate_memory as estimate_memory
 from mgd.engine.policies import AbstractCheckpointPolicy as AbstractCheckpointPolicy
 from mgd.engine.policies import Binomial as Binomial
 from mgd.engine.policies import BudgetChoice as BudgetChoice
 from mgd.engine.policies import KAryTree as KAryTree
+from mgd.engine.policies import PlanChoice as PlanChoice
 from mgd.engine.policies import StoreAll as StoreAll
 from mgd.engine.policies import choose_for_budget as choose_for_budget
+from mgd.engine.policies import choose_plan as choose_plan
 from mgd.engine.policies import policy_for_budget as policy_for_budget
 from mgd.engine.replay import MetagradientResult as MetagradientResult
 from mgd.engine.replay import MetagradientStats as MetagradientStats

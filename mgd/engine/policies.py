@@ -438,28 +438,20 @@ def choose_for_budget(
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{name} must be an integer number of bytes >= 0, got {value!r}")
 
-    def fits(num_states: int, room: int) -> bool:
-        return num_states * state_bytes <= room
-
-    if not fits(2, budget_bytes):
+    if 2 * state_bytes > budget_bytes:
         raise ValueError(
             f"memory budget of {budget_bytes} bytes is too small: the smallest schedule, "
             f"Binomial(1), holds 2 training states of {state_bytes} bytes, so it needs "
             f"{2 * state_bytes} bytes; raise memory_budget to at least that"
         )
-    if fits(num_steps + 1, budget_bytes):
-        return BudgetChoice(StoreAll(), "device")
-    tree = default_policy(num_steps)
-    cost = tree.cost(num_steps)
-    if fits(cost.peak_states, budget_bytes):
-        return BudgetChoice(tree, "device")
-    # With the stored states elsewhere, the device keeps the longest block's inputs and one
-    # prefetched state.
-    if fits(max(cost.block_lengths) + 1, budget_bytes):
-        for store, room in offload.items():
-            if room is not None and fits(cost.peak_slots, room):
-                return BudgetChoice(tree, store)
-    return BudgetChoice(Binomial(budget_bytes // state_bytes - 1), "device")
+    choice = choose_plan(
+        num_steps,
+        MemorySizes.states_only(state_bytes),
+        budget_bytes,
+        host_bytes=host_bytes,
+        disk_bytes=disk_bytes,
+    )
+    return BudgetChoice(choice.policy, choice.store)
 
 
 def policy_for_budget(
@@ -498,6 +490,196 @@ def policy_for_budget(
       Binomial(slots=49)
     """
     return choose_for_budget(num_steps, state_bytes, budget_bytes).policy
+
+
+class LeafCost(NamedTuple):
+    """Device bytes a differentiated block of ``n`` steps adds to the stored states.
+
+    ``bytes(n) = sum(fixed) + n * per_step``: ``fixed`` is what the block program holds
+    whatever its length (its input state, cotangents, the meta gradient, one step's VJP
+    temporaries, the objective's VJP), ``per_step`` what each further step keeps until the
+    block's backward pass (its residuals when fused, its input state when rematerialized).
+
+    Attributes:
+      fixed: ``((name, bytes), ...)``, the length-independent parts by name.
+      per_step: bytes kept per step of the block.
+      per_step_name: what ``per_step`` is, e.g. ``"block_residuals"`` or ``"block_states"``.
+    """
+
+    fixed: tuple[tuple[str, int], ...]
+    per_step: int
+    per_step_name: str = "block_states"
+
+    def bytes(self, n: int) -> int:
+        """The block's device bytes for ``n`` steps."""
+        return sum(b for _, b in self.fixed) + n * self.per_step
+
+    def parts(self, n: int) -> dict[str, int]:
+        """``bytes(n)`` by component name."""
+        return {self.per_step_name: n * self.per_step, **dict(self.fixed)}
+
+
+class MemorySizes(NamedTuple):
+    """What the memory model of a sweep counts, in bytes (see `sweep_peak`).
+
+    Attributes:
+      state_bytes: one training state (the sum of its leaves' ``nbytes``).
+      step_bytes: what an ``Advance`` adds to the stored states: its output state and its
+        temporaries (its input is a stored state).
+      leaves: ``((mode, LeafCost), ...)``: the leaf modes that may run, fastest first.
+      resident: ``((name, bytes), ...)``: held throughout the sweep (``meta``, the arrays of
+        ``step_fn`` and ``objective_fn``).
+    """
+
+    state_bytes: int
+    step_bytes: int
+    leaves: tuple[tuple[str, LeafCost], ...]
+    resident: tuple[tuple[str, int], ...] = ()
+
+    @classmethod
+    def states_only(cls, state_bytes: int) -> MemorySizes:
+        """The model that counts training states alone: a block of ``n`` steps holds ``n``
+        states, an ``Advance`` one (`simulate`'s ``peak_states``)."""
+        return cls(state_bytes, state_bytes, (("fused", LeafCost((), state_bytes)),))
+
+
+class SweepPeak(NamedTuple):
+    """The device bytes of a sweep at its peak (`sweep_peak`).
+
+    Attributes:
+      bytes: the total.
+      components: the total by name (``stored_states``, the action's parts, the resident ones).
+    """
+
+    bytes: int
+    components: dict[str, int]
+
+
+def sweep_peak(
+    plan: list[Action], sizes: MemorySizes, mode: str, *, offloaded: bool = False
+) -> SweepPeak:
+    """Device bytes at the peak of a plan's sweep, in the model of ``sizes``.
+
+    Walks the plan: during an ``Advance`` the device holds the stored states plus
+    ``step_bytes``; during a ``Reverse(n)``, the stored states plus the leaf's
+    ``LeafCost.bytes(n)`` in ``mode``; always, the resident bytes. With ``offloaded`` (a host
+    or disk store) the device holds one stored state, the prefetched one, instead of all.
+
+    Args:
+      plan: the actions, as returned by `AbstractCheckpointPolicy.plan` (assumed valid).
+      sizes: the `MemorySizes`.
+      mode: the leaf mode, one of ``sizes.leaves``' names.
+      offloaded: whether stored states live off the device.
+
+    Returns:
+      The `SweepPeak` (the first action reaching the maximum gives the components).
+    """
+    leaf = dict(sizes.leaves)[mode]
+    resident = dict(sizes.resident)
+    slots, best = 1, None  # The initial state is in slot 0.
+    for action in plan:
+        match action:
+            case Store():
+                slots += 1
+            case Free():
+                slots -= 1
+            case Advance() | Reverse():
+                stored = sizes.state_bytes * (1 if offloaded else slots)
+                if isinstance(action, Advance):
+                    parts = {"step": sizes.step_bytes}
+                else:
+                    parts = leaf.parts(action.n)
+                total = stored + sum(parts.values()) + sum(resident.values())
+                if best is None or total > best.bytes:
+                    best = SweepPeak(total, {"stored_states": stored, **parts, **resident})
+    return best
+
+
+class PlanChoice(NamedTuple):
+    """What `choose_plan` picks: the fastest plan whose peak fits.
+
+    Attributes:
+      policy: the checkpoint policy.
+      store: ``"device"``, ``"host"`` or ``"disk"``.
+      leaf: the leaf mode (`mgd.engine.leaf`).
+      peak: its `SweepPeak` on the device.
+    """
+
+    policy: AbstractCheckpointPolicy
+    store: str
+    leaf: str
+    peak: SweepPeak
+
+
+def _format_bytes(components: dict[str, int]) -> str:
+    return ", ".join(f"{name} {b}" for name, b in components.items() if b)
+
+
+def choose_plan(
+    num_steps: int,
+    sizes: MemorySizes,
+    budget_bytes: int,
+    *,
+    host_bytes: int | None = None,
+    disk_bytes: int | None = None,
+) -> PlanChoice:
+    """The policy, store and leaf mode a ``memory_budget`` picks, counting everything.
+
+    `choose_for_budget`'s rule with `sweep_peak` as the measure and the leaf modes of
+    ``sizes`` tried in order (fastest first) for each candidate: ``StoreAll()`` on the device;
+    ``KAryTree(max(2, ceil(sqrt(T))))`` on the device, then with its stored states in host
+    memory, then on disk (if its ``peak_slots`` states fit there); else the ``Binomial`` with
+    the most slots whose peak fits, in the leaf mode whose one-step block is smallest.
+
+    Args:
+      num_steps: ``T``, ``>= 1``.
+      sizes: the `MemorySizes` of the problem.
+      budget_bytes: the device bytes the sweep may hold at its peak.
+      host_bytes: host memory for stored states; ``None``: no host store.
+      disk_bytes: disk space for stored states; ``None``: no disk store.
+
+    Returns:
+      A `PlanChoice` whose ``peak.bytes <= budget_bytes``.
+
+    Raises:
+      ValueError: if even ``Binomial(1)`` in the leanest leaf mode does not fit; the message
+        gives its bytes by component.
+    """
+    leaves = dict(sizes.leaves)
+    s = sizes.state_bytes
+    tree = default_policy(num_steps)
+    candidates = [(StoreAll(), "device"), (tree, "device")]
+    offload = {"host": host_bytes, "disk": disk_bytes}
+    tree_slots = tree.cost(num_steps).peak_slots if num_steps > tree.k else 1
+    candidates += [(tree, st) for st, room in offload.items() if room is not None]
+    for policy, store in candidates:
+        if store != "device" and tree_slots * s > offload[store]:
+            continue
+        plan = policy.plan(num_steps)
+        for mode in leaves:
+            peak = sweep_peak(plan, sizes, mode, offloaded=store != "device")
+            if peak.bytes <= budget_bytes:
+                return PlanChoice(policy, store, mode, peak)
+    # Binomial(slots) holds at most `slots` stored states and reverses one step at a time:
+    # its peak is at most that many states plus the larger action (not walked: its plan has
+    # O(T log T) actions).
+    mode = min(leaves, key=lambda m: leaves[m].bytes(1))
+    action = {"step": sizes.step_bytes}
+    if leaves[mode].bytes(1) >= sizes.step_bytes:
+        action = leaves[mode].parts(1)
+    resident = dict(sizes.resident)
+    fixed = sum(action.values()) + sum(resident.values())
+    slots = max(1, min((budget_bytes - fixed) // s if s else num_steps, num_steps))
+    stored = slots * s
+    peak = SweepPeak(stored + fixed, {"stored_states": stored, **action, **resident})
+    if peak.bytes > budget_bytes:
+        raise ValueError(
+            f"memory budget of {budget_bytes} bytes is too small: the leanest plan, Binomial(1) "
+            f"with leaf={mode!r}, needs {peak.bytes} bytes ({_format_bytes(peak.components)}); "
+            f"raise memory_budget to at least {peak.bytes}"
+        )
+    policy = Binomial(slots)
+    return PlanChoice(policy, "device", mode, peak)
 
 
 def next_restores(plan: list[Action]) -> dict[int, int]:

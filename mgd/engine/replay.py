@@ -23,8 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from mgd.engine import policies
-from mgd.engine.storage import AbstractStateStore, make_store, offload_room
+from mgd.engine import leaf, memory, policies
+from mgd.engine.leaf import combine as _combine
+from mgd.engine.leaf import partition as _partition
+from mgd.engine.storage import AbstractStateStore, make_store
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -45,6 +47,8 @@ class MetagradientStats:
       policy: the checkpoint policy that ran, as its ``repr``, e.g. ``"KAryTree(k=32)"``.
       store: where stored states lived: ``"device"``, ``"host"``, ``"disk"`` (or a custom
         store's `mgd.AbstractStateStore.name`).
+      leaf: how the leaf blocks were differentiated: ``"fused"``, ``"remat"`` or ``"mixed"``
+        (`mgd.engine.leaf`).
     """
 
     forward_steps: int
@@ -53,6 +57,7 @@ class MetagradientStats:
     peak_states: int
     policy: str
     store: str
+    leaf: str
 
 
 @functools.partial(
@@ -72,21 +77,6 @@ class MetagradientResult:
     value: jax.Array
     grad: PyTree
     stats: MetagradientStats
-
-
-def _is_differentiable(x) -> bool:
-    return jnp.issubdtype(jnp.result_type(x), jnp.inexact)
-
-
-def _partition(state: PyTree) -> tuple[PyTree, PyTree]:
-    """Splits a state into its floating leaves and the rest (integer counters, flags)."""
-    diff = jax.tree.map(lambda x: x if _is_differentiable(x) else None, state)
-    rest = jax.tree.map(lambda x: None if _is_differentiable(x) else x, state)
-    return diff, rest
-
-
-def _combine(diff: PyTree, rest: PyTree) -> PyTree:
-    return jax.tree.map(lambda a, b: b if a is None else a, diff, rest, is_leaf=lambda x: x is None)
 
 
 def _all_finite(tree: PyTree) -> jax.Array:
@@ -124,21 +114,20 @@ def _join_fns(static: _StaticFns, arrays: list) -> tuple[StepFn, ObjectiveFn]:
     return jax.tree.unflatten(static.treedef, leaves)
 
 
-@functools.partial(jax.jit, static_argnames=("fns",))
-def _advance(fns: _StaticFns, fn_arrays, state, meta, t0, n):
-    """``n`` steps forward from step ``t0`` (``n`` traced: one compilation for every length)."""
+@functools.partial(jax.jit, static_argnames=("fns",), keep_unused=True)
+def _advance(fns: _StaticFns, fn_arrays, state, meta, t0, n, after):
+    """``n`` steps forward from step ``t0`` (``n`` traced: one compilation for every length).
+
+    ``after`` (unused, kept as an argument) is the last block's ``finite`` flag: the runtime
+    starts a program only when its arguments are ready, so a replay waits for the preceding
+    block instead of running beside it (as a CPU backend would), and the sweep's peak memory
+    is that of its plan, one action at a time (`mgd.engine.policies.sweep_peak`).
+    """
     step_fn, _ = _join_fns(fns, fn_arrays)
     return lax.fori_loop(t0, t0 + n, lambda t, s: step_fn(s, meta, t), state)
 
 
-def _run_block(step_fn: StepFn, state, meta, t0, length: int):
-    def body(s, i):
-        return step_fn(s, meta, t0 + i), None
-
-    return lax.scan(body, state, jnp.arange(length, dtype=jnp.int32))[0]
-
-
-@functools.partial(jax.jit, static_argnames=("fns", "length"))
+@functools.partial(jax.jit, static_argnames=("fns", "length", "mode"))
 def _reverse_block(
     fns: _StaticFns,
     fn_arrays,
@@ -151,8 +140,10 @@ def _reverse_block(
     is_last,
     *,
     length: int,
+    mode: str,
 ):
-    """VJP of ``length`` steps from ``t0``; adds the meta cotangent into ``grad``.
+    """VJP of ``length`` steps from ``t0`` (`mgd.engine.leaf.block_vjp` in leaf ``mode``);
+    adds the meta cotangent into ``grad``.
 
     ``is_last`` (a bool scalar) says the block ends the run: then the cotangent of its output
     is the objective's gradient there (``ct_diff`` is ignored; pass zeros) and the objective's
@@ -167,12 +158,8 @@ def _reverse_block(
       ``(value, ct_diff, grad, finite)``: the cotangent of the state at ``t0``.
     """
     step_fn, objective_fn = _join_fns(fns, fn_arrays)
-    diff, rest = _partition(state)
-
-    def block(d, m):
-        return _partition(_run_block(step_fn, _combine(d, rest), m, t0, length))
-
-    out_diff, vjp, out_rest = jax.vjp(block, diff, meta, has_aux=True)
+    out, vjp = leaf.block_vjp(step_fn, state, meta, t0, length=length, mode=mode)
+    out_diff, out_rest = _partition(out)
     objective = lambda d, m: objective_fn(_combine(d, out_rest), m)
     value_shape = jax.eval_shape(objective, out_diff, meta)
 
@@ -189,10 +176,11 @@ def _reverse_block(
     return value, ct_diff, grad, finite & _all_finite(ct_diff)
 
 
-def _reverse(fns, state, meta, t0: int, n: int, ct_diff, grad, finite=None):
+def _reverse(fns, state, meta, t0: int, n: int, ct_diff, grad, finite=None, mode="fused"):
     """`_reverse_block` of the ``n`` steps from ``t0``; ``fns`` is `_split_fns`'s pair;
     ``ct_diff=None`` marks the run's last block, seeded by the objective (``finite=None``: no
-    block checked yet)."""
+    block checked yet). The error path reverses one step at a time, where ``"fused"``, the
+    default ``mode``, holds one step's residuals like the others."""
     is_last = ct_diff is None
     if is_last:
         ct_diff = jax.tree.map(jnp.zeros_like, _partition(state)[0])
@@ -206,6 +194,7 @@ def _reverse(fns, state, meta, t0: int, n: int, ct_diff, grad, finite=None):
         np.bool_(True) if finite is None else finite,
         np.bool_(is_last),
         length=n,
+        mode=mode,
     )
 
 
@@ -223,7 +212,7 @@ def _locate_non_finite(fns, state, meta, t0: int, n: int, ct_diff) -> int:
     """
     states = [state]
     for t in range(t0, t0 + n):
-        states.append(_advance(*fns, states[-1], meta, np.int32(t), np.int32(1)))
+        states.append(_advance(*fns, states[-1], meta, np.int32(t), np.int32(1), np.bool_(True)))
     grad = jax.tree.map(jnp.zeros_like, meta)
     if ct_diff is None:
         _, ct_diff, _, finite = _reverse(fns, states[-1], meta, t0 + n, 0, None, grad)
@@ -247,6 +236,7 @@ def metagradient(
     check_finite: bool = True,
     store: AbstractStateStore | str | None = None,
     memory_budget: int | None = None,
+    leaf: str = "auto",
 ) -> MetagradientResult:
     """Exact reverse-mode metagradient of a training run: ``d objective(A(meta)) / d meta``.
 
@@ -287,14 +277,32 @@ def metagradient(
         `mgd.engine.AbstractStateStore`. ``None`` is ``"device"``, or with ``memory_budget``
         whichever the budget picks. Off-device stores copy each stored state out once and
         back on each restore, overlapped with compute; the gradient is the same bits.
-      memory_budget: bytes of device memory the held training states may use (the number
-        held times the state's size, its leaves' ``nbytes``); only with ``checkpoint=None``.
-        With ``store=None`` it picks the policy and the store (`mgd.choose_for_budget`),
-        offering off-device stores half the available host memory (none on a CPU backend,
-        whose host memory is the device's) and half the free disk space of the temporary
-        directory, measured at the call (`mgd.engine.storage.offload_room`). With an explicit
-        ``store`` it picks only the policy (`mgd.policy_for_budget`), counting every held
-        state whichever store holds it. ``result.stats`` names the policy and store that ran.
+      memory_budget: bytes of device memory the whole sweep may hold at its peak: stored
+        states, the running differentiated block (its residuals or states, one step's VJP,
+        the objective's VJP, cotangents, the meta gradient) and the inputs, as
+        `mgd.estimate_memory` counts them from the compiled programs (compiled, not run,
+        before the sweep); only with ``checkpoint=None``. With ``store=None`` it picks the
+        policy, the store and the leaf mode (`mgd.engine.policies.choose_plan`: the rule of
+        `mgd.choose_for_budget` with every byte counted): ``StoreAll()`` if ``T + 1`` states
+        fit, else ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else that tree with
+        its stored states in host memory, then on disk, else ``Binomial(budget // state_bytes
+        - 1)`` in spirit: the ``Binomial`` with the most slots that fit; each candidate first
+        with fused leaves, then rematerialized ones. Off-device stores are offered half the
+        available host memory (none on a CPU backend, whose host memory is the device's) and
+        half the free disk space of the temporary directory, measured at the call
+        (`mgd.engine.storage.offload_room`). With an explicit ``store`` it picks only the
+        policy and leaf mode, counting every held state whichever store holds it.
+        ``result.stats`` names the policy, store and leaf mode that ran.
+      leaf: how each differentiated block is back-propagated (`mgd.engine.leaf`):
+        ``"fused"`` (one VJP of the whole block: every step's residuals kept, fastest),
+        ``"remat"`` (the block's states kept, each step's VJP rematerialized: memory ``n``
+        states plus one step's residuals), ``"mixed"`` (as ``"remat"`` with mixed-mode
+        per-step VJPs, forward-over-reverse; needs a `mgd.engine.GradientStep`, such as
+        ``TrainingSetup.step_fn``), or ``"auto"``: with a ``memory_budget``, the fastest that
+        fits; without one, ``"fused"`` if the plan's states and its longest block's residuals
+        fit in half the device's free memory, else ``"mixed"`` for a
+        `mgd.engine.GradientStep` and ``"remat"`` otherwise (`mgd.engine.memory.auto_leaf`).
+        All are exact.
 
     Returns:
       A `MetagradientResult` with ``value`` (scalar), ``grad`` (structure of ``meta``) and
@@ -303,8 +311,10 @@ def metagradient(
     Raises:
       ValueError: ``num_steps < 1``; ``step_fn`` changes the state's structure or a leaf's
         shape; ``objective_fn`` does not return a scalar; ``memory_budget`` is below what
-        ``Binomial(1)`` needs (two states) or is given with a ``checkpoint``; ``store`` is an
-        unknown name or ``DiskStore`` an unwritable directory.
+        ``Binomial(1)`` in the leanest leaf mode needs (the message gives its bytes by
+        component) or is given with a ``checkpoint``; ``store`` is an unknown name or
+        ``DiskStore`` an unwritable directory; ``leaf`` is unknown, or ``"mixed"`` for a step
+        that is not a `mgd.engine.GradientStep`.
       TypeError: a ``meta`` leaf is not floating point; ``step_fn`` changes a leaf's dtype;
         the objective is not floating point; ``checkpoint`` is not a policy.
       NonFiniteCotangentError: with ``check_finite``, when the reverse sweep goes non-finite.
@@ -318,34 +328,26 @@ def metagradient(
       0.011529...
     """
     check_num_steps(num_steps)
-    if memory_budget is None:
-        policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
-    elif checkpoint is not None:
-        raise ValueError("pass either checkpoint or memory_budget, not both")
-    else:
-        shapes = jax.eval_shape(lambda s: s, init_state)
-        state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
-        if store is None:
-            host_bytes, disk_bytes = offload_room()
-            policy, store = policies.choose_for_budget(
-                num_steps, state_bytes, memory_budget, host_bytes=host_bytes, disk_bytes=disk_bytes
-            )
-        else:
-            policy = policies.policy_for_budget(num_steps, state_bytes, memory_budget)
+    memory.check_options(step_fn, checkpoint, memory_budget, leaf)
     fns = _split_fns(step_fn, objective_fn)
-    init_state, meta = check_inputs(*_join_fns(*fns), init_state, meta, num_steps, policy)
+    init_state, meta = check_inputs(
+        *_join_fns(*fns), init_state, meta, num_steps, checkpoint or policies.StoreAll()
+    )
+    policy, store, mode, _ = memory.resolve(
+        fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf
+    )
     # Built after validation: a disk store makes a directory that only the sweep's `finally`
     # removes.
     store = make_store(store)
     plan = policy.plan(num_steps)
     try:
-        result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store)
+        result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store, mode)
         # One device-to-host sync for the whole sweep: per-block checks would stall the
         # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
         # re-run, checking each block, to name the step.
         if check_finite and not bool(finite):
             store.clear()
-            _sweep(fns, init_state, meta, num_steps, policy, plan, store, locate=True)
+            _sweep(fns, init_state, meta, num_steps, policy, plan, store, mode, locate=True)
             raise NonFiniteCotangentError(_non_finite_message(num_steps, None))
     finally:
         store.clear()
@@ -353,7 +355,7 @@ def metagradient(
 
 
 def _sweep(
-    fns, init_state, meta, num_steps, policy, plan, store, *, locate=False
+    fns, init_state, meta, num_steps, policy, plan, store, mode, *, locate=False
 ) -> tuple[MetagradientResult, jax.Array]:
     """Executes ``plan`` (``policy``'s) with ``fns``, `_split_fns`'s pair; returns the result
     and whether every block's state cotangent was finite (a bool scalar on the device).
@@ -372,7 +374,8 @@ def _sweep(
     for i, action in enumerate(plan):
         match action:
             case policies.Advance(n):
-                state = _advance(*fns, state, meta, np.int32(t), np.int32(n))
+                after = np.bool_(True) if finite is None else finite
+                state = _advance(*fns, state, meta, np.int32(t), np.int32(n), after)
                 t += n
                 forward += n
                 peak = max(peak, held + 1)
@@ -390,7 +393,7 @@ def _sweep(
                     store.prefetch(prefetch_at[i])
                 ct_in = ct_diff  # None for the run's last block: seeded by the objective.
                 block_value, ct_diff, grad, finite = _reverse(
-                    fns, state, meta, t, n, ct_diff, grad, finite
+                    fns, state, meta, t, n, ct_diff, grad, finite, mode
                 )
                 if ct_in is None:
                     value = block_value
@@ -399,7 +402,7 @@ def _sweep(
                     raise NonFiniteCotangentError(_non_finite_message(num_steps, bad))
                 vjp += n
                 peak = max(peak, held + n)
-    stats = MetagradientStats(forward + vjp, forward, vjp, peak, repr(policy), store.name)
+    stats = MetagradientStats(forward + vjp, forward, vjp, peak, repr(policy), store.name, mode)
     return MetagradientResult(value, grad, stats), finite
 
 

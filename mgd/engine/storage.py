@@ -297,6 +297,22 @@ def offload_room() -> tuple[int, int]:
     return int(host * _ROOM_FRACTION), int(disk * _ROOM_FRACTION)
 
 
+def device_room() -> int:
+    """Bytes of device memory a sweep may take without a ``memory_budget``, measured now.
+
+    Half of what the first device has free: ``bytes_limit - bytes_in_use`` of its
+    ``memory_stats()`` where the backend reports them (GPUs, TPUs), else (a CPU) the available
+    host memory (`psutil.virtual_memory`). ``leaf="auto"`` fuses leaf blocks only if their
+    residuals fit there (`mgd.engine.memory.auto_leaf`).
+    """
+    stats = jax.devices()[0].memory_stats() or {}
+    if "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    else:
+        free = psutil.virtual_memory().available
+    return int(free * _ROOM_FRACTION)
+
+
 def make_store(store: AbstractStateStore | str | None) -> AbstractStateStore:
     """The store named by ``metagradient``'s ``store`` argument.
 

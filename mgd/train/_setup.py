@@ -63,6 +63,10 @@ class _Arrays(NamedTuple):
     x_high: jax.Array
 
 
+def _params(state: TrainState) -> Any:
+    return state.params
+
+
 def _margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
     # Smooth accuracy surrogate per example: logsumexp of the wrong logits minus the right one
     # (negative when the right logit dominates).
@@ -374,6 +378,14 @@ class TrainingSetup:
         return jnp.where(inside, clipped, x)
 
     def _step(self, arrays, batches, augment_key, state: TrainState, meta: dict, t) -> TrainState:
+        grads, model_state = jax.grad(self._loss, has_aux=True)(
+            state.params, arrays, batches, augment_key, state, meta, t
+        )
+        return self._update(state, meta, t, grads, model_state)
+
+    def _loss(self, params, arrays, batches, augment_key, state: TrainState, meta: dict, t):
+        # The training loss of step t and the model state its forward pass makes (the step's
+        # GradientStep.loss, so the engine can differentiate it in mixed mode).
         spec = self.meta_spec
         index = batches.index[t]
         x = self._batch_inputs(arrays, index, meta)
@@ -384,13 +396,13 @@ class TrainingSetup:
         if spec.data_weights:
             weight = weight * meta["data_weights"][index]
         x, y, weight = shard_batch((x, y, weight), self.mesh, self.data_axis)
+        outputs, model_state = self._model.apply(params, state.model_state, x, True)
+        losses = self._per_example("loss", outputs, y)
+        return jnp.sum(weight * losses) / batches.count[t], model_state
 
-        def loss_fn(params):
-            outputs, model_state = self._model.apply(params, state.model_state, x, True)
-            losses = self._per_example("loss", outputs, y)
-            return jnp.sum(weight * losses) / batches.count[t], model_state
-
-        grads, model_state = jax.grad(loss_fn, has_aux=True)(state.params)
+    def _update(self, state: TrainState, meta: dict, t, grads, model_state) -> TrainState:
+        # The optimizer step given the loss gradient (the step's GradientStep.update).
+        spec = self.meta_spec
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
         if spec.has_lr_schedule or spec.weight_decay:
             lr = spec.learning_rate(meta, t)
@@ -464,16 +476,24 @@ class TrainingSetup:
         )
 
     @functools.cached_property
-    def step_fn(self) -> Callable[[TrainState, dict, jax.Array], TrainState]:
+    def step_fn(self) -> engine.GradientStep:
         """``step_fn(state, meta, t) -> state``: one training step, pure and jittable.
 
         ``t`` is the step index (int32 scalar); the step fetches batch ``t`` of the setup's
-        batch order itself. A ``jax.tree_util.Partial`` holding the data and the batch order,
-        so the engine passes them to its compiled programs as arguments instead of compiling
-        them in as constants. The same object is returned on every access.
+        batch order itself. An `mgd.engine.GradientStep` (the loss of step ``t`` and the
+        optimizer update given its gradient), so the engine can differentiate it in mixed
+        mode (``leaf="mixed"``); its functions are ``jax.tree_util.Partial`` objects holding the
+        data and the batch order, so the engine passes them to its compiled programs as
+        arguments instead of compiling them in as constants. The same object is returned on
+        every access.
         """
-        step = self._jitted["step"]
-        return jax.tree_util.Partial(step, self._arrays, self._batches, self._augment_key)
+        return engine.GradientStep(
+            loss=jax.tree_util.Partial(
+                self._jitted["loss"], self._arrays, self._batches, self._augment_key
+            ),
+            update=jax.tree_util.Partial(self._jitted["update"]),
+            params=_params,
+        )
 
     @functools.cached_property
     def objective_fn(self) -> Callable[[TrainState, dict], jax.Array]:
@@ -483,12 +503,16 @@ class TrainingSetup:
 
     @functools.cached_property
     def _jitted(self) -> dict[str, Callable]:
-        # The functions compiled once per recipe: by jax.jit here, and "step" and "objective"
-        # by the engine (through step_fn / objective_fn). Everything data-dependent comes in
-        # through the arguments (shapes included), never from self.data: setups made by
-        # `replace(data=..., seed=...)` share these functions and their compilations.
-        def step(arrays, batches, augment_key, state, meta, t):
-            return self._step(arrays, batches, augment_key, state, meta, t)
+        # The functions compiled once per recipe: by jax.jit here, and "loss", "update" and
+        # "objective" by the engine (through step_fn / objective_fn). Everything
+        # data-dependent comes in through the arguments (shapes included), never from
+        # self.data: setups made by `replace(data=..., seed=...)` share these functions and
+        # their compilations.
+        def loss(arrays, batches, augment_key, params, state, meta, t):
+            return self._loss(params, arrays, batches, augment_key, state, meta, t)
+
+        def update(state, meta, t, grads, model_state):
+            return self._update(state, meta, t, grads, model_state)
 
         def objective(arrays, state, meta):
             return self._objective(arrays, state, meta)
@@ -513,7 +537,8 @@ class TrainingSetup:
             return self._split_sums(params, model_state, x, y, sums) / x.shape[0]
 
         return {
-            "step": step,
+            "loss": loss,
+            "update": update,
             "objective": objective,
             "batches": jax.jit(self._make_batches, static_argnums=1),
             "init": jax.jit(lambda key, arrays: self._init(key, arrays)),
@@ -605,5 +630,26 @@ class TrainingSetup:
             self._checked_meta(meta),
             self.num_steps,
             checkpoint=checkpoint,
+            **engine_options,
+        )
+
+    def estimate_memory(self, meta: dict | None = None, **engine_options):
+        """``mgd.estimate_memory`` for this setup: what ``metagradient(meta, **engine_options)``
+        would run and its peak device bytes, from compiled programs, without training.
+
+        Args:
+          meta: metaparameters as from ``init_meta()``; ``None`` is ``init_meta()``.
+          **engine_options: keyword options of ``mgd.estimate_memory`` (``checkpoint``,
+            ``store``, ``memory_budget``, ``leaf``).
+
+        Returns:
+          An ``mgd.MemoryEstimate``.
+        """
+        return engine.estimate_memory(
+            self.step_fn,
+            self.objective_fn,
+            self.init_state(),
+            self._checked_meta(meta),
+            self.num_steps,
             **engine_options,
         )

@@ -1,0 +1,295 @@
+"""Device memory of a metagradient, measured before running: `estimate_memory` and the choice
+a ``memory_budget`` makes.
+
+The sizes come from the engine's own compiled programs (``compiled.memory_analysis()``: the
+temporaries XLA assigns to a training step and to a differentiated block) and from
+``jax.eval_shape`` (a block's residuals per step), so nothing runs; `mgd.engine.policies`
+turns them into the peak of a plan's sweep (`mgd.engine.policies.sweep_peak`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mgd.engine import leaf as leaf_lib
+from mgd.engine import policies
+from mgd.engine.storage import AbstractStateStore, device_room, offload_room
+from mgd.engine.validation import check_inputs, check_num_steps
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryEstimate:
+    """What `mgd.estimate_memory` returns: the plan that would run and its peak device bytes.
+
+    Attributes:
+      peak_bytes: device bytes at the sweep's peak (stored states, the running action's
+        program, the resident inputs), from the compiled programs' memory analysis.
+      policy: the checkpoint policy that would run, as `mgd.metagradient` chooses it.
+      store: where its stored states would live: ``"device"``, ``"host"``, ``"disk"`` (or a
+        custom store's name).
+      leaf: the leaf mode that would run (``"fused"``, ``"remat"`` or ``"mixed"``).
+      components: ``peak_bytes`` by name, e.g. ``stored_states``, ``block_residuals`` (a fused
+        block's residuals) or ``block_states`` (a rematerialized block's states),
+        ``step_vjp`` (one step's VJP temporaries), ``objective_vjp``, ``cotangents``,
+        ``meta_grad``, ``input_state``, ``meta``, ``fn_arrays`` (the arrays of ``step_fn`` and
+        ``objective_fn``), or ``step`` when the peak is in a forward replay.
+      state_bytes: one training state.
+      step_peak_bytes: training's own peak: a state plus one step's temporaries (the unit to
+        compare ``peak_bytes`` with).
+    """
+
+    peak_bytes: int
+    policy: policies.AbstractCheckpointPolicy
+    store: str
+    leaf: str
+    components: dict[str, int]
+    state_bytes: int
+    step_peak_bytes: int
+
+
+def tree_bytes(tree: PyTree) -> int:
+    """Bytes of a pytree's array leaves (or ``ShapeDtypeStruct``\\ s)."""
+    return sum(int(np.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(tree))
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "length"))
+def _fused_pullback(fns, fn_arrays, state, meta, *, length: int):
+    # Only ever traced (`.eval_shape`): the residuals of a fused block, as the leaves of its
+    # pullback. Jitted so that a problem is traced once, not on every call.
+    step_fn = _join((fns, fn_arrays))[0]
+    return leaf_lib.block_vjp(step_fn, state, meta, jnp.int32(0), length=length, mode="fused")[1]
+
+
+def residual_bytes_per_step(fns, state, meta) -> int:
+    """Bytes one more step adds to a fused block's residuals (traced, nothing compiled).
+
+    ``fns`` is `mgd.engine.replay`'s split ``(step_fn, objective_fn)`` pair.
+    """
+    one, two = (tree_bytes(_fused_pullback.eval_shape(*fns, state, meta, length=n)) for n in (1, 2))
+    return max(0, two - one)
+
+
+def auto_leaf(fns, state, meta, plan_cost: policies.PlanCost, state_bytes: int) -> str:
+    """The leaf mode ``leaf="auto"`` runs without a ``memory_budget``.
+
+    ``"fused"`` (the fastest) if the plan's ``peak_states`` states plus its longest block's
+    residuals (``n`` times one step's, by `jax.eval_shape`) fit in half the device's free
+    memory (`mgd.engine.storage.device_room`); else ``"mixed"`` for a
+    `mgd.engine.GradientStep`, ``"remat"`` otherwise: their blocks hold ``n`` states and one
+    step's residuals.
+    """
+    longest = max(plan_cost.block_lengths)
+    per_step = residual_bytes_per_step(fns, state, meta)
+    if plan_cost.peak_states * state_bytes + longest * per_step <= device_room():
+        return "fused"
+    return per_step_leaf(_join(fns)[0])
+
+
+def per_step_leaf(step_fn) -> str:
+    """The rematerializing mode a step allows: ``"mixed"`` for a `GradientStep`, else
+    ``"remat"``."""
+    return "mixed" if isinstance(step_fn, leaf_lib.GradientStep) else "remat"
+
+
+def _analysis(compiled) -> tuple[int, int]:
+    stats = compiled.memory_analysis()
+    return int(stats.temp_size_in_bytes), int(stats.output_size_in_bytes)
+
+
+def measure_sizes(fns, init_state, meta, modes, lengths=None) -> policies.MemorySizes:
+    """Compiles (without running) the engine's step and block programs; their sizes.
+
+    Args:
+      fns: `mgd.engine.replay`'s split ``(step_fn, objective_fn)`` pair.
+      init_state: the state at step 0 (arrays).
+      meta: the metaparameters (arrays).
+      modes: the leaf modes to measure, in order of preference.
+      lengths: ``{mode: n}``, a block length to compile for a mode instead of extrapolating
+        from one step (`mgd.engine.policies.LeafCost`); ``None``: one step for every mode.
+
+    Returns:
+      `mgd.engine.policies.MemorySizes`: a state, a forward step (temporaries and output), and
+      per mode a `LeafCost` (``fixed``: the input state, cotangents in and out, meta gradient
+      in and out, one step's VJP temporaries and the objective's; ``per_step``: a fused step's
+      residuals or a rematerialized block's state).
+    """
+    from mgd.engine import replay  # The programs live with the sweep that runs them.
+
+    lengths = lengths or {}
+    step_fn, objective_fn = replay._join_fns(*fns)
+    state_bytes = tree_bytes(init_state)
+    diff_bytes = tree_bytes(leaf_lib.partition(init_state)[0])
+    meta_bytes = tree_bytes(meta)
+    t0 = np.int32(0)
+    after = np.bool_(True)
+    temps, out = _analysis(
+        replay._advance.lower(*fns, init_state, meta, t0, np.int32(1), after).compile()
+    )
+    step_bytes = temps + out
+
+    def objective(s, m):
+        d, r = leaf_lib.partition(s)
+        return jax.value_and_grad(lambda d, m: objective_fn(leaf_lib.combine(d, r), m), (0, 1))(
+            d, m
+        )
+
+    objective_vjp = _analysis(jax.jit(objective).lower(init_state, meta).compile())[0]
+    ct = jax.tree.map(jnp.zeros_like, leaf_lib.partition(init_state)[0])
+    grad = jax.tree.map(jnp.zeros_like, meta)
+    per_fused = residual_bytes_per_step(fns, init_state, meta)
+    leaves = []
+    for mode in modes:
+        n = lengths.get(mode, 1)
+        program = replay._reverse_block.lower(
+            *fns, init_state, meta, t0, ct, grad, np.bool_(True), np.bool_(True),
+            length=n, mode=mode,
+        )  # fmt: skip
+        temps = _analysis(program.compile())[0]
+        if mode == "fused":
+            per_step, name = per_fused, "block_residuals"
+        else:
+            per_step, name = state_bytes, "block_states"
+        # What the n-step program holds beyond its n per-step parts: one step's VJP working
+        # memory, of which the objective's VJP (run in the same program) is reported apart.
+        rest = max(0, temps - n * per_step)
+        objective_part = min(objective_vjp, rest)
+        fixed = (
+            ("input_state", state_bytes),
+            ("cotangents", 2 * diff_bytes),
+            ("meta_grad", 2 * meta_bytes),
+            ("step_vjp", rest - objective_part),
+            ("objective_vjp", objective_part),
+        )
+        leaves.append((mode, policies.LeafCost(fixed, per_step, name)))
+    fn_arrays = tree_bytes([a for a in fns[1] if a is not None])
+    resident = (("meta", meta_bytes), ("fn_arrays", fn_arrays))
+    return policies.MemorySizes(state_bytes, step_bytes, tuple(leaves), resident)
+
+
+def _store_name(store) -> str | None:
+    if store is None or isinstance(store, str):
+        return store
+    return store.name if isinstance(store, AbstractStateStore) else None
+
+
+def check_options(step_fn, checkpoint, memory_budget, leaf) -> None:
+    """Validates `mgd.metagradient`'s engine options in plain Python, before any tracing."""
+    if leaf != "auto" and leaf not in leaf_lib.LEAF_MODES:
+        raise ValueError(f"leaf must be 'auto' or one of {leaf_lib.LEAF_MODES}, got {leaf!r}")
+    if leaf == "mixed" and not isinstance(step_fn, leaf_lib.GradientStep):
+        raise ValueError(
+            "leaf='mixed' needs a step that exposes its loss gradient, an "
+            "mgd.engine.GradientStep (TrainingSetup.step_fn is one); pass leaf='remat' instead"
+        )
+    if memory_budget is None:
+        return
+    if checkpoint is not None:
+        raise ValueError("pass either checkpoint or memory_budget, not both")
+    if isinstance(memory_budget, bool) or not isinstance(memory_budget, int) or memory_budget < 0:
+        raise ValueError(
+            f"memory_budget must be an integer number of bytes >= 0, got {memory_budget!r}"
+        )
+
+
+def resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf):
+    """What a `mgd.metagradient` call runs: ``(policy, store, leaf_mode, sizes)``.
+
+    ``sizes`` is the `MemorySizes` measured to choose under a ``memory_budget`` (``None``
+    without one). The options are checked by `check_options`, the inputs by `check_inputs`.
+    """
+    step_fn, _ = _join(fns)
+    if memory_budget is None:
+        policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
+        if leaf == "auto":
+            state_bytes = tree_bytes(init_state)
+            leaf = auto_leaf(fns, init_state, meta, policy.cost(num_steps), state_bytes)
+        return policy, store, leaf, None
+    modes = ("fused", per_step_leaf(step_fn)) if leaf == "auto" else (leaf,)
+    sizes = measure_sizes(fns, init_state, meta, modes)
+    if store is None:
+        host_bytes, disk_bytes = offload_room()
+        choice = policies.choose_plan(
+            num_steps, sizes, memory_budget, host_bytes=host_bytes, disk_bytes=disk_bytes
+        )
+        return choice.policy, choice.store, choice.leaf, sizes
+    # An explicit store: every held state is counted, wherever it lives.
+    choice = policies.choose_plan(num_steps, sizes, memory_budget)
+    return choice.policy, store, choice.leaf, sizes
+
+
+def _join(fns):
+    from mgd.engine import replay
+
+    return replay._join_fns(*fns)
+
+
+def estimate_memory(
+    step_fn,
+    objective_fn,
+    init_state: PyTree,
+    meta: PyTree,
+    num_steps: int,
+    *,
+    checkpoint: policies.AbstractCheckpointPolicy | None = None,
+    store: AbstractStateStore | str | None = None,
+    memory_budget: int | None = None,
+    leaf: str = "auto",
+) -> MemoryEstimate:
+    """Peak device memory of ``mgd.metagradient`` with the same arguments, without running it.
+
+    Resolves the policy, store and leaf mode exactly as `mgd.metagradient` does, compiles
+    (without running any step) the programs the sweep would run (a forward step, the
+    plan's longest differentiated block in that mode, the objective's VJP) and reads their
+    sizes from XLA's memory analysis; `mgd.engine.policies.sweep_peak` then walks the plan.
+    The result counts the inputs (``init_state`` as stored slot 0, ``meta``, the functions'
+    arrays) and everything the sweep allocates on the device.
+
+    Args:
+      step_fn, objective_fn, init_state, meta, num_steps, checkpoint, store, memory_budget,
+        leaf: as for `mgd.metagradient`.
+
+    Returns:
+      A `MemoryEstimate`: ``peak_bytes``, ``policy``, ``store``, ``leaf``, ``components``.
+
+    Raises:
+      ValueError, TypeError: as `mgd.metagradient` for the same arguments (bad inputs, a
+        budget that nothing fits, with its bytes by component).
+
+    Example:
+      >>> est = mgd.estimate_memory(step, objective, w0, lr, 1000)  # doctest: +SKIP
+      >>> est.peak_bytes, est.policy, est.leaf  # doctest: +SKIP
+    """
+    from mgd.engine import replay
+
+    check_num_steps(num_steps)
+    check_options(step_fn, checkpoint, memory_budget, leaf)
+    fns = replay._split_fns(step_fn, objective_fn)
+    init_state, meta = check_inputs(
+        *replay._join_fns(*fns), init_state, meta, num_steps, checkpoint or policies.StoreAll()
+    )
+    policy, store, mode, _ = resolve(
+        fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf
+    )
+    store_name = _store_name(store) or "device"
+    plan = policy.plan(num_steps)
+    cost = policies.simulate(plan, num_steps)
+    # The exact program of the plan's longest block, not an extrapolation from one step.
+    sizes = measure_sizes(fns, init_state, meta, (mode,), {mode: max(cost.block_lengths)})
+    peak = policies.sweep_peak(plan, sizes, mode, offloaded=store_name != "device")
+    return MemoryEstimate(
+        peak.bytes,
+        policy,
+        store_name,
+        mode,
+        peak.components,
+        sizes.state_bytes,
+        sizes.state_bytes + sizes.step_bytes,
+    )
