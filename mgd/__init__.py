@@ -22,6 +22,7 @@ from mgd.engine import StoreAll as StoreAll
 from mgd.engine import choose_for_budget as choose_for_budget
 from mgd.engine import metagradient as metagradient
 from mgd.engine import policy_for_budget as policy_for_budget
+from mgd.engine import replay_loop as replay_loop
 
 # Outer optimizers: dataset selection, learning-rate schedule search, data poisoning.
 from mgd.outer import LRSearchResult as LRSearchResult

@@ -24,7 +24,7 @@ import numpy as np
 from jax import lax
 
 from mgd.engine import policies
-from mgd.engine.storage import AbstractStateStore, make_store, offload_room
+from mgd.engine.storage import AbstractStateStore, DeviceStore, make_store, offload_room
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -337,14 +337,20 @@ def metagradient(
     # Built after validation: a disk store makes a directory that only the sweep's `finally`
     # removes.
     store = make_store(store)
-    plan = policy.plan(num_steps)
     try:
-        result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store)
+        if type(store) is DeviceStore:  # Stored states on the device: one compiled program.
+            from mgd.engine import compiled  # noqa: PLC0415 (compiled imports this module)
+
+            result, finite = compiled.sweep(fns, init_state, meta, num_steps, policy, store.name)
+        else:  # Off-device or custom stores: the driver, one jitted program per block.
+            plan = policy.plan(num_steps)
+            result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store)
         # One device-to-host sync for the whole sweep: per-block checks would stall the
         # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
         # re-run, checking each block, to name the step.
         if check_finite and not bool(finite):
             store.clear()
+            plan = policy.plan(num_steps)
             _sweep(fns, init_state, meta, num_steps, policy, plan, store, locate=True)
             raise NonFiniteCotangentError(_non_finite_message(num_steps, None))
     finally:
