@@ -1,5 +1,6 @@
 """The replay engine: `metagradient`, `replay_loop` and their checkpoint policies."""
 
+from mgd.engine.compiled import meta_step as meta_step
 from mgd.engine.compiled import replay_loop as replay_loop
 from mgd.engine.policies import AbstractCheckpointPolicy as AbstractCheckpointPolicy
 from mgd.engine.policies import Binomial as Binomial
