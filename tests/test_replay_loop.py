@@ -94,7 +94,7 @@ def test_vmap_over_four_metaparameter_sets_equals_separate_calls(x64):
     for i, meta in enumerate(metas):
         separate = jax.jit(grad_fn)(meta)
         expected = jax.grad(lambda m: unrolled_objective(problem, T_SMALL, m))(meta)
-        assert max_relative_error(jax.tree.map(lambda x: x[i], batched), separate) <= 1e-12
+        assert max_relative_error(jax.tree.map(lambda x, i=i: x[i], batched), separate) <= 1e-12
         assert max_relative_error(separate, expected) <= 1e-10
 
 
