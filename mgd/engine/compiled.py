@@ -298,7 +298,10 @@ def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def _replay(fns, shape, fn_arrays, tables, init_state, meta):
-    return _forward(fns, shape, fn_arrays, tables, init_state, meta)[0]
+    # Not differentiated: the plain training run, nothing stored.
+    step_fn = _join_fns(fns, fn_arrays)[0]
+    num_steps = shape.last_start + shape.last_length
+    return _run_block(step_fn, init_state, meta, jnp.int32(0), num_steps)
 
 
 def _replay_fwd(fns, shape, fn_arrays, tables, init_state, meta):
