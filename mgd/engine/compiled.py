@@ -208,10 +208,19 @@ def _run_rows(fns, fn_arrays, restore, start, advance, store, lo, hi, state, buf
 
 @functools.partial(jax.jit, static_argnames=("fns", "length"))
 def _block_forward(fns, fn_arrays, diff, rest, meta, t0, *, length):
-    """``length`` steps from step ``t0`` as one ``lax.scan``, split into (differentiable,
-    other) leaves. Jitted so that every block of one length shares one trace of ``step_fn``."""
+    """``length`` steps from step ``t0`` as one ``lax.scan`` whose carry holds the state's
+    (differentiable, other) leaves and ``meta``, unchanged; returns
+    ``((out_diff, meta), out_rest)``. Jitted so that every block of one
+    length shares one trace of ``step_fn``."""
     step_fn = _join_fns(fns, fn_arrays)[0]
-    return _partition(_run_block(step_fn, _combine(diff, rest), meta, t0, length))
+
+    def body(carry, i):
+        diff, rest, meta = carry
+        return (*_partition(step_fn(_combine(diff, rest), meta, t0 + i)), meta), None
+
+    steps = jnp.arange(length, dtype=jnp.int32)
+    (out_diff, out_rest, meta), _ = lax.scan(body, (diff, rest, meta), steps)
+    return (out_diff, meta), out_rest
 
 
 def _block_vjp(fns, fn_arrays, state, meta, t0, length: int):
@@ -219,16 +228,20 @@ def _block_vjp(fns, fn_arrays, state, meta, t0, length: int):
 
     ``length`` steps from step ``t0`` run as one ``lax.scan`` under ``jax.vjp``, which keeps
     every step's residuals for the pullback (the block's ``length`` states of ``peak_states``).
-    Integer leaves are carried along, not differentiated.
+    Integer leaves are carried along, not differentiated. ``meta`` rides in the scan's carry,
+    so the reverse scan adds each step's meta cotangent into the one it is handed: a sweep
+    accumulates its gradient in place instead of adding a fresh meta-sized array per block.
 
     Returns:
-      ``(out_state, pullback)``: ``pullback(ct_out_diff) -> (ct_in_diff, ct_meta)`` maps the
-      cotangent of the output's floating leaves (`_partition`'s first half) to that of the
-      input's and of ``meta``; it is a pytree of the residuals (a ``custom_vjp`` residual).
+      ``(out_state, pullback)``: ``pullback(ct_out_diff, grad) -> (ct_in_diff, grad +
+      ct_meta)`` maps the cotangent of the output's floating leaves (`_partition`'s first
+      half) to that of the input's, and adds the block's meta cotangent to ``grad``; it is a
+      pytree of the residuals (a ``custom_vjp`` residual).
     """
     diff, rest = _partition(state)
     block = lambda d, m: _block_forward(fns, fn_arrays, d, rest, m, t0, length=length)
-    out_diff, pullback, out_rest = jax.vjp(block, diff, meta, has_aux=True)
+    (out_diff, _), vjp, out_rest = jax.vjp(block, diff, meta, has_aux=True)
+    pullback = jax.tree_util.Partial(lambda vjp, ct, grad: vjp((ct, grad)), vjp)
     return _combine(out_diff, out_rest), pullback
 
 
@@ -267,13 +280,13 @@ def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
       scalar on the device).
     """
     state, buffer, pullback, fn_arrays, tables, meta = residuals
-    ct, grad = pullback(ct_final_diff)
+    ct, grad = pullback(ct_final_diff, jax.tree.map(jnp.zeros_like, meta))
     if shape.num_blocks == 1:  # StoreAll: the forward pass's block was the whole run.
         return ct, grad, jnp.asarray(_all_finite(ct))
 
     def reverse(length):
-        def branch(state, ct, t0):
-            return _block_vjp(fns, fn_arrays, state, meta, t0, length)[1](ct)
+        def branch(state, ct, grad, t0):
+            return _block_vjp(fns, fn_arrays, state, meta, t0, length)[1](ct, grad)
 
         return branch
 
@@ -285,10 +298,9 @@ def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
             fns, fn_arrays, *tables[:4], tables.lo[j], tables.hi[j], state, buffer, meta
         )
         if len(branches) == 1:  # The built-in policies: one length besides the last block's.
-            ct, ct_meta = branches[0](state, ct, tables.t0[j])
+            ct, grad = branches[0](state, ct, grad, tables.t0[j])
         else:
-            ct, ct_meta = lax.switch(tables.branch[j], branches, state, ct, tables.t0[j])
-        grad = jax.tree.map(jnp.add, grad, ct_meta)
+            ct, grad = lax.switch(tables.branch[j], branches, state, ct, grad, tables.t0[j])
         return state, buffer, ct, grad, finite & _all_finite(ct)
 
     carry = (state, buffer, ct, grad, jnp.asarray(_all_finite(ct)))
