@@ -8,7 +8,8 @@ ratios compare runs under the same conditions:
    examples, per-example weights and a per-step learning rate as metaparameters),
    ``KAryTree(316)``: the metagradient against its training run (a jitted ``fori_loop``), for
    the compiled sweep and for the Python driver (a `mgd.DeviceStore` subclass, which
-   `mgd.metagradient` runs block by block). Target: compiled <= 4x training.
+   `mgd.metagradient` runs block by block), and ``jax.grad`` of the unrolled loop (one
+   ``lax.scan``, every step's residuals kept). Target: compiled <= 4x training.
 2. **Digits MLP, T = 1,000** (64-256-10, `mgd.train.adam`, batch 32, per-example weights; the
    problem of ``scripts/bench_replay.py``), ``KAryTree(32)``: against training and against
    ``jax.grad`` of the unrolled loop (one ``lax.scan``). Targets: <= 5x training, <= 1.5x
@@ -97,9 +98,20 @@ def best(fns: dict, repeats: int) -> dict:
 def linear_regression_overhead(repeats: int) -> None:
     T, policy = 100_000, mgd.KAryTree(316)
     step_fn, objective_fn, state, meta = linear_regression(T)
+
+    @jax.jit
+    def unrolled(meta):  # jax.grad of the loop as one lax.scan: every step's residuals kept
+        def objective(meta):
+            body = lambda s, t: (step_fn(s, meta, t), None)
+            final = jax.lax.scan(body, state, jnp.arange(T, dtype=jnp.int32))[0]
+            return objective_fn(final, meta)
+
+        return jax.value_and_grad(objective)(meta)
+
     times = best(
         {
             "train": lambda: _train(step_fn, state, meta),
+            "unroll": lambda: unrolled(meta),
             "compiled": lambda: mgd.metagradient(
                 step_fn, objective_fn, state, meta, T, checkpoint=policy
             ),
