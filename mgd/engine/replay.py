@@ -9,6 +9,11 @@ as static arguments (their array leaves, if they are pytrees such as
 compile once per problem (and per distinct block length of the plan, at most two for the
 built-in policies), not once per segment or step, and repeated calls with new ``meta`` values
 reuse them.
+
+That Python driver runs for off-device and custom stores; with the stored states on the device
+(``store=None``, ``"device"`` or a plain `mgd.DeviceStore`), `metagradient` runs the same plan
+as one compiled program (`mgd.engine.compiled`, the sweep of `mgd.replay_loop`), with the same
+results, statistics and errors.
 """
 
 from __future__ import annotations
@@ -286,7 +291,11 @@ def metagradient(
         (`mgd.engine.DiskStore`, a temporary directory removed when the call ends), or any
         `mgd.engine.AbstractStateStore`. ``None`` is ``"device"``, or with ``memory_budget``
         whichever the budget picks. Off-device stores copy each stored state out once and
-        back on each restore, overlapped with compute; the gradient is the same bits.
+        back on each restore, overlapped with compute; the gradient is the same bits as the
+        driver's with the states on the device. The device store runs the whole sweep as one
+        compiled program (`mgd.replay_loop`'s; equal up to float rounding, and bit for bit
+        in the test suite's problems); other stores, subclasses of `mgd.DeviceStore`
+        included, run the driver, one program per block.
       memory_budget: bytes of device memory the held training states may use (the number
         held times the state's size, its leaves' ``nbytes``); only with ``checkpoint=None``.
         With ``store=None`` it picks the policy and the store (`mgd.choose_for_budget`),
