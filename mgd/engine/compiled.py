@@ -369,6 +369,9 @@ def replay_loop(
     residuals; the backward pass runs the rest of the plan. Step evaluations are the plan's
     ``forward_steps`` (`mgd.AbstractCheckpointPolicy.cost`), as in `mgd.metagradient`.
 
+    Reverse mode only: like any `jax.custom_vjp`, it has no forward-mode derivative
+    (``jax.jvp`` and ``jax.hessian`` raise a ``TypeError``).
+
     Use `mgd.metagradient` instead for stored states off the device (``store="host"`` or
     ``"disk"``), a ``memory_budget``, work statistics, or a non-finite check that names the
     step; it runs this same compiled sweep for device-resident stores.
