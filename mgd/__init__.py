@@ -23,8 +23,10 @@ from mgd.engine import NonFiniteCotangentError as NonFiniteCotangentError
 from mgd.engine import StoreAll as StoreAll
 from mgd.engine import choose_for_budget as choose_for_budget
 from mgd.engine import estimate_memory as estimate_memory
+from mgd.engine import meta_step as meta_step
 from mgd.engine import metagradient as metagradient
 from mgd.engine import policy_for_budget as policy_for_budget
+from mgd.engine import replay_loop as replay_loop
 
 # Outer optimizers on one meta-descent loop: dataset selection, learning-rate schedule search,
 # data poisoning (update rules, baselines and the loop itself live in mgd.outer.*).

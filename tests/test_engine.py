@@ -29,6 +29,7 @@ def _optimizer(name):
         "nesterov": optax.sgd(0.2, momentum=0.9, nesterov=True),
         "adam": optax.adam(0.05),
         "adamw": optax.inject_hyperparams(optax.adamw)(learning_rate=0.05, weight_decay=0.0),
+        "mgd_adam": mgd.train.adam(0.05),  # optax's Adam with a hand-written reverse pass
     }[name]
 
 

@@ -1,5 +1,7 @@
-"""The replay engine: `metagradient` and its checkpoint policies."""
+"""The replay engine: `metagradient`, `replay_loop` and their checkpoint policies."""
 
+from mgd.engine.compiled import meta_step as meta_step
+from mgd.engine.compiled import replay_loop as replay_loop
 from mgd.engine.leaf import GradientStep as GradientStep
 from mgd.engine.memory import MemoryEstimate as MemoryEstimate
 from mgd.engine.memory import estimate_memory as estimate_memory

@@ -9,6 +9,11 @@ as static arguments (their array leaves, if they are pytrees such as
 compile once per problem (and per distinct block length of the plan, at most two for the
 built-in policies), not once per segment or step, and repeated calls with new ``meta`` values
 reuse them.
+
+That Python driver runs for off-device and custom stores; with the stored states on the device
+(``store=None``, ``"device"`` or a plain `mgd.DeviceStore`), `metagradient` runs the same plan
+as one compiled program (`mgd.engine.compiled`, the sweep of `mgd.replay_loop`), with the same
+results, statistics and errors.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from jax import lax
 from mgd.engine import leaf, memory, policies
 from mgd.engine.leaf import combine as _combine
 from mgd.engine.leaf import partition as _partition
-from mgd.engine.storage import AbstractStateStore, make_store
+from mgd.engine.storage import AbstractStateStore, DeviceStore, make_store
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -276,7 +281,12 @@ def metagradient(
         (`mgd.engine.DiskStore`, a temporary directory removed when the call ends), or any
         `mgd.engine.AbstractStateStore`. ``None`` is ``"device"``, or with ``memory_budget``
         whichever the budget picks. Off-device stores copy each stored state out once and
-        back on each restore, overlapped with compute; the gradient is the same bits.
+        back on each restore, overlapped with compute; the gradient is the same bits as the
+        driver's with the states on the device. The device store with fused leaves runs the
+        whole sweep as one compiled program (`mgd.replay_loop`'s; equal up to float rounding,
+        and bit for bit in the test suite's problems); other stores (subclasses of
+        `mgd.DeviceStore` included) and the other leaf modes run the driver, one program per
+        block.
       memory_budget: bytes of device memory the whole sweep may hold at its peak: stored
         states, the running differentiated block (its residuals or states, one step's VJP,
         the objective's VJP, cotangents, the meta gradient) and the inputs, as
@@ -339,14 +349,21 @@ def metagradient(
     # Built after validation: a disk store makes a directory that only the sweep's `finally`
     # removes.
     store = make_store(store)
-    plan = policy.plan(num_steps)
     try:
-        result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store, mode)
+        if type(store) is DeviceStore and mode == "fused":
+            # Stored states on the device, fused leaves: the sweep is one compiled program.
+            from mgd.engine import compiled  # noqa: PLC0415 (compiled imports this module)
+
+            result, finite = compiled.sweep(fns, init_state, meta, num_steps, policy, store.name)
+        else:  # Off-device or custom stores, rematerialized leaves: one program per block.
+            plan = policy.plan(num_steps)
+            result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store, mode)
         # One device-to-host sync for the whole sweep: per-block checks would stall the
         # dispatch queue after every block. NaN and Inf are rare, so only then is the sweep
         # re-run, checking each block, to name the step.
         if check_finite and not bool(finite):
             store.clear()
+            plan = policy.plan(num_steps)
             _sweep(fns, init_state, meta, num_steps, policy, plan, store, mode, locate=True)
             raise NonFiniteCotangentError(_non_finite_message(num_steps, None))
     finally:

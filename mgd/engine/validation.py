@@ -26,7 +26,7 @@ def check_num_steps(num_steps) -> None:
 
 
 def check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy):
-    """Validates the arguments of `mgd.metagradient`.
+    """Validates the arguments of `mgd.metagradient`: `check_step`'s checks and the objective's.
 
     Returns:
       ``(init_state, meta)`` with every leaf converted to a JAX array.
@@ -34,13 +34,36 @@ def check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy):
     Raises:
       ValueError, TypeError: naming the offending argument or leaf (see `mgd.metagradient`).
     """
+    if not callable(step_fn) or not callable(objective_fn):
+        raise TypeError("step_fn and objective_fn must be callables")
+    init_state, meta = check_step(step_fn, init_state, meta, num_steps, policy)
+    value = jax.eval_shape(objective_fn, init_state, meta)
+    if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
+        shape = getattr(value, "shape", type(value).__name__)
+        raise ValueError(f"objective_fn must return a scalar, got shape {shape}")
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"objective_fn must return a floating-point scalar, got {value.dtype}")
+    return init_state, meta
+
+
+def check_step(step_fn, init_state, meta, num_steps, policy):
+    """Validates the arguments of `mgd.replay_loop` (all of `mgd.metagradient`'s but the
+    objective): ``num_steps``, the policy, ``meta``'s dtypes, and that ``step_fn`` keeps the
+    state's structure, shapes and dtypes (`jax.eval_shape`, nothing run).
+
+    Returns:
+      ``(init_state, meta)`` with every leaf converted to a JAX array.
+
+    Raises:
+      ValueError, TypeError: naming the offending argument or leaf (see `mgd.replay_loop`).
+    """
     check_num_steps(num_steps)
     if not isinstance(policy, AbstractCheckpointPolicy):
         raise TypeError(
             f"checkpoint must be a policy such as mgd.KAryTree(k) or None, got {policy!r}"
         )
-    if not callable(step_fn) or not callable(objective_fn):
-        raise TypeError("step_fn and objective_fn must be callables")
+    if not callable(step_fn):
+        raise TypeError(f"step_fn must be a callable, got {type(step_fn).__name__}")
     init_state, meta = _as_arrays(init_state), _as_arrays(meta)
     for path, leaf in jax.tree_util.tree_leaves_with_path(meta):
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
@@ -68,11 +91,4 @@ def check_inputs(step_fn, objective_fn, init_state, meta, num_steps, policy):
                 f"step_fn changes the dtype of {name} from {a.dtype} to {b.dtype}; cast the "
                 "step's output back to the input's dtype"
             )
-
-    value = jax.eval_shape(objective_fn, init_state, meta)
-    if not isinstance(value, jax.ShapeDtypeStruct) or value.shape != ():
-        shape = getattr(value, "shape", type(value).__name__)
-        raise ValueError(f"objective_fn must return a scalar, got shape {shape}")
-    if not jnp.issubdtype(value.dtype, jnp.floating):
-        raise TypeError(f"objective_fn must return a floating-point scalar, got {value.dtype}")
     return init_state, meta

@@ -1,0 +1,519 @@
+"""The replay engine as a JAX function: the whole checkpointed sweep in one compiled program.
+
+`replay_loop` runs ``T`` training steps and returns the final state; its reverse-mode
+derivative (a `jax.custom_vjp`) executes a checkpoint policy's plan (`mgd.engine.policies`)
+inside compiled code, so ``jax.grad``, ``jax.value_and_grad``, ``jax.jit`` and ``jax.vmap``
+compose with it like with ``lax.scan`` or ``jax.checkpoint``.
+
+How a plan becomes compiled code. `_tables` turns the plan, once per ``(policy, T)``, into
+integer arrays and a few static numbers (`_PlanShape`):
+
+- the plan's ``Store``/``Restore``/``Free`` slots are mapped onto the rows of one
+  preallocated buffer of states (a stacked pytree, one row per slot the plan holds at once,
+  plus a scratch row that "no store" writes to), so storing is a ``dynamic_update_index``
+  and restoring a ``dynamic_index``, never a host round trip;
+- the actions between two ``Reverse`` actions become *rows* ``(restore, t, advance,
+  store)``: restore a buffer row (or keep the current state), run ``advance`` steps from step
+  ``t`` (a ``fori_loop`` with traced bounds), store into a buffer row;
+- each ``Reverse(n)`` is a *block*: its rows, then the VJP of ``n`` steps as one
+  differentiated ``lax.scan`` (`_block_vjp`), chosen by ``lax.switch`` when the plan has
+  blocks of several lengths.
+
+The forward pass runs the plan up to its first ``Reverse`` (the run's last block: the first
+pass of the tree, storing its states) and that block under ``jax.vjp``; its residuals, the
+buffer and the block's pullback are the ``custom_vjp`` residuals. The backward pass applies
+the pullback and loops over the remaining blocks in a ``fori_loop``. So the step evaluations
+are exactly the plan's (`mgd.engine.policies.simulate`), and the programs compile once per
+problem and plan shape: the tables are arguments, not constants.
+
+`mgd.metagradient` calls `sweep` for device-resident stores: the same forward and backward
+halves in one jitted program, with the objective in between and a finite flag carried out.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax import lax
+
+from mgd.engine import policies
+from mgd.engine.leaf import run_block as _run_block
+from mgd.engine.replay import (
+    MetagradientResult,
+    MetagradientStats,
+    _all_finite,
+    _combine,
+    _join_fns,
+    _partition,
+    _split_fns,
+)
+from mgd.engine.validation import check_step
+
+PyTree = Any
+
+
+class _PlanShape(NamedTuple):
+    """The static half of a compiled plan (hashable: part of the compiled program's key).
+
+    Attributes:
+      num_slots: buffer rows the plan's stored states need at once (its ``peak_slots``); the
+        buffer has one more, the scratch row.
+      first_rows: rows before the plan's first ``Reverse`` (run by the forward pass).
+      last_length: ``n`` of the first ``Reverse``: the run's last block, ending at ``T``.
+      last_start: the step at which that block starts, ``T - last_length``.
+      lengths: the distinct lengths of the other blocks, sorted (``lax.switch`` branches).
+      num_blocks: ``Reverse`` actions in the plan.
+    """
+
+    num_slots: int
+    first_rows: int
+    last_length: int
+    last_start: int
+    lengths: tuple[int, ...]
+    num_blocks: int
+
+
+class _Tables(NamedTuple):
+    """The plan's integer arrays (int32; traced arguments of the compiled programs).
+
+    Row ``r``: restore buffer row ``restore[r]`` (``-1``: keep the current state), then run
+    ``advance[r]`` steps from step ``start[r]``, then store into buffer row ``store[r]`` (the
+    scratch row if the plan stores nothing there). Block ``j >= 1``: rows ``lo[j]`` to
+    ``hi[j] - 1``, then the VJP of ``lengths[branch[j]]`` steps from step ``t0[j]``.
+    """
+
+    restore: np.ndarray
+    start: np.ndarray
+    advance: np.ndarray
+    store: np.ndarray
+    lo: np.ndarray
+    hi: np.ndarray
+    t0: np.ndarray
+    branch: np.ndarray
+
+
+@functools.lru_cache(maxsize=32)
+def _tables(
+    policy: policies.AbstractCheckpointPolicy, num_steps: int
+) -> tuple[_PlanShape, _Tables, policies.PlanCost]:
+    """Compiles ``policy``'s plan for ``num_steps`` into `_PlanShape` and `_Tables`, with the
+    plan's simulated cost (which also checks the plan). Cached: building and simulating a plan
+    costs Python time linear in its length, which a compiled call should not pay again."""
+    plan = policy.plan(num_steps)
+    cost = policies.simulate(plan, num_steps)
+    slot_row = {0: 0}  # plan slot -> buffer row; the initial state is in row 0
+    slot_step = {0: 0}
+    free_rows: list[int] = []
+    num_rows = 1
+    rows: list[list[int]] = []
+    blocks: list[tuple[int, int, int, int]] = []  # (lo, hi, t0, n)
+    t = 0
+    row = None  # the open row [restore, start, advance, store]; store -1 until set
+
+    def close():
+        nonlocal row
+        if row is not None:
+            rows.append(row)
+        row = None
+
+    for action in plan:
+        match action:
+            case policies.Restore(slot):
+                close()
+                t = slot_step[slot]
+                row = [slot_row[slot], t, 0, -1]
+            case policies.Advance(n):
+                if row is None or row[2]:
+                    close()
+                    row = [-1, t, 0, -1]
+                row[2] = n
+                t += n
+            case policies.Store(slot):
+                if row is None:
+                    row = [-1, t, 0, -1]
+                if free_rows:
+                    slot_row[slot] = free_rows.pop()
+                else:
+                    slot_row[slot], num_rows = num_rows, num_rows + 1
+                slot_step[slot] = t
+                row[3] = slot_row[slot]
+                close()
+            case policies.Free(slot):
+                free_rows.append(slot_row.pop(slot))
+                del slot_step[slot]
+            case policies.Reverse(n):
+                close()
+                lo = blocks[-1][1] if blocks else 0
+                blocks.append((lo, len(rows), t, n))
+    scratch = num_rows
+    # A trailing row that no block runs: the row loop's body is traced even for a plan
+    # without rows (StoreAll), and indexing an empty table cannot be traced.
+    table = np.asarray([*rows, [-1, 0, 0, -1]], np.int32)
+    table[:, 3] = np.where(table[:, 3] < 0, scratch, table[:, 3])
+    lengths = tuple(sorted({n for *_, n in blocks[1:]}))
+    later = np.asarray(blocks[1:], np.int32).reshape(-1, 4)
+    shape = _PlanShape(
+        num_slots=num_rows,
+        first_rows=blocks[0][1],
+        last_length=blocks[0][3],
+        last_start=blocks[0][2],
+        lengths=lengths,
+        num_blocks=len(blocks),
+    )
+    branch = np.searchsorted(np.asarray(lengths, np.int32), later[:, 3]).astype(np.int32)
+    # Block 0 runs in the forward pass; its entries pad the arrays so block j is at index j.
+    pad = lambda a: np.concatenate([np.zeros(1, np.int32), a]).astype(np.int32)
+    tables = _Tables(
+        *(np.ascontiguousarray(table[:, i]) for i in range(4)),
+        *(pad(later[:, i]) for i in range(3)),
+        pad(branch),
+    )
+    for array in tables:
+        array.flags.writeable = False  # Cached and shared between calls.
+    return shape, tables, cost
+
+
+@functools.partial(jax.jit, static_argnames=("fns",))
+def _run_rows(fns, fn_arrays, restore, start, advance, store, lo, hi, state, buffer, meta):
+    """Rows ``lo .. hi - 1`` of the tables on ``(state, buffer)`` (see `_Tables`).
+
+    Jitted with ``fns`` static so that the forward and backward passes share one trace of
+    ``step_fn`` (inlined into the enclosing program; no separate dispatch).
+    """
+    step_fn = _join_fns(fns, fn_arrays)[0]
+
+    def row(r, carry):
+        state, buffer = carry
+        kept = restore[r]
+        at = jnp.maximum(kept, 0)
+        state = jax.tree.map(
+            lambda s, b: jnp.where(kept >= 0, lax.dynamic_index_in_dim(b, at, 0, False), s),
+            state,
+            buffer,
+        )
+        t0 = start[r]
+        state = lax.fori_loop(t0, t0 + advance[r], lambda t, s: step_fn(s, meta, t), state)
+        buffer = jax.tree.map(
+            lambda b, s: lax.dynamic_update_index_in_dim(b, s, store[r], 0), buffer, state
+        )
+        return state, buffer
+
+    return lax.fori_loop(lo, hi, row, (state, buffer))
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "length"))
+def _block_forward(fns, fn_arrays, diff, rest, meta, t0, *, length):
+    """``length`` steps from step ``t0`` as one ``lax.scan`` whose carry holds the state's
+    (differentiable, other) leaves and ``meta``, unchanged; returns
+    ``((out_diff, meta), out_rest)``. Jitted so that every block of one
+    length shares one trace of ``step_fn``."""
+    step_fn = _join_fns(fns, fn_arrays)[0]
+
+    def body(carry, i):
+        diff, rest, meta = carry
+        return (*_partition(step_fn(_combine(diff, rest), meta, t0 + i)), meta), None
+
+    steps = jnp.arange(length, dtype=jnp.int32)
+    (out_diff, out_rest, meta), _ = lax.scan(body, (diff, rest, meta), steps)
+    return (out_diff, meta), out_rest
+
+
+def _block_vjp(fns, fn_arrays, state, meta, t0, length: int):
+    """The one place a differentiated block is built: its output state and its pullback.
+
+    ``length`` steps from step ``t0`` run as one ``lax.scan`` under ``jax.vjp``, which keeps
+    every step's residuals for the pullback (the block's ``length`` states of ``peak_states``).
+    Integer leaves are carried along, not differentiated. ``meta`` rides in the scan's carry,
+    so the reverse scan adds each step's meta cotangent into the one it is handed: a sweep
+    accumulates its gradient in place instead of adding a fresh meta-sized array per block.
+
+    Returns:
+      ``(out_state, pullback)``: ``pullback(ct_out_diff, grad) -> (ct_in_diff, grad +
+      ct_meta)`` maps the cotangent of the output's floating leaves (`_partition`'s first
+      half) to that of the input's, and adds the block's meta cotangent to ``grad``; it is a
+      pytree of the residuals (a ``custom_vjp`` residual).
+    """
+    diff, rest = _partition(state)
+    block = lambda d, m: _block_forward(fns, fn_arrays, d, rest, m, t0, length=length)
+    (out_diff, _), vjp, out_rest = jax.vjp(block, diff, meta, has_aux=True)
+    pullback = jax.tree_util.Partial(lambda vjp, ct, grad: vjp((ct, grad)), vjp)
+    return _combine(out_diff, out_rest), pullback
+
+
+def _forward(fns, shape: _PlanShape, fn_arrays, tables: _Tables, init_state, meta):
+    """The plan up to its first ``Reverse``, then that block (the run's last) under ``jax.vjp``.
+
+    Returns:
+      ``(final_state, residuals)``; the residuals are what `_backward` takes.
+    """
+    tables = _Tables(*map(jnp.asarray, tables))
+    buffer = jax.tree.map(
+        lambda x: jnp.zeros((shape.num_slots + 1, *x.shape), x.dtype).at[0].set(x), init_state
+    )
+    state, buffer = _run_rows(
+        fns,
+        fn_arrays,
+        *tables[:4],
+        jnp.int32(0),
+        jnp.int32(shape.first_rows),
+        init_state,
+        buffer,
+        meta,
+    )
+    final, pullback = _block_vjp(
+        fns, fn_arrays, state, meta, jnp.int32(shape.last_start), shape.last_length
+    )
+    return final, (state, buffer, pullback, fn_arrays, tables, meta)
+
+
+def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
+    """The reverse sweep from the cotangent of the final state's floating leaves.
+
+    Returns:
+      ``(ct_init_diff, ct_meta, finite)``: the cotangents of the initial state's floating
+      leaves and of ``meta``, and whether every block's state cotangent was finite (a bool
+      scalar on the device).
+    """
+    state, buffer, pullback, fn_arrays, tables, meta = residuals
+    ct, grad = pullback(ct_final_diff, jax.tree.map(jnp.zeros_like, meta))
+    if shape.num_blocks == 1:  # StoreAll: the forward pass's block was the whole run.
+        return ct, grad, jnp.asarray(_all_finite(ct))
+
+    def reverse(length):
+        def branch(state, ct, grad, t0):
+            return _block_vjp(fns, fn_arrays, state, meta, t0, length)[1](ct, grad)
+
+        return branch
+
+    branches = [reverse(n) for n in shape.lengths]
+
+    def block(j, carry):
+        state, buffer, ct, grad, finite = carry
+        state, buffer = _run_rows(
+            fns, fn_arrays, *tables[:4], tables.lo[j], tables.hi[j], state, buffer, meta
+        )
+        if len(branches) == 1:  # The built-in policies: one length besides the last block's.
+            ct, grad = branches[0](state, ct, grad, tables.t0[j])
+        else:
+            ct, grad = lax.switch(tables.branch[j], branches, state, ct, grad, tables.t0[j])
+        return state, buffer, ct, grad, finite & _all_finite(ct)
+
+    carry = (state, buffer, ct, grad, jnp.asarray(_all_finite(ct)))
+    _, _, ct, grad, finite = lax.fori_loop(1, shape.num_blocks, block, carry)
+    return ct, grad, finite
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _replay(fns, shape, fn_arrays, tables, init_state, meta):
+    # Not differentiated: the plain training run, nothing stored.
+    step_fn = _join_fns(fns, fn_arrays)[0]
+    num_steps = shape.last_start + shape.last_length
+    return _run_block(step_fn, init_state, meta, jnp.int32(0), num_steps)
+
+
+def _replay_fwd(fns, shape, fn_arrays, tables, init_state, meta):
+    if any(x.perturbed for x in jax.tree.leaves(fn_arrays)):
+        raise ValueError(
+            "replay_loop differentiates with respect to meta and init_state only, not the "
+            "arrays held by step_fn; pass those as (part of) meta instead"
+        )
+    unwrap = lambda tree: jax.tree.map(lambda x: x.value, tree)
+    fn_arrays, tables, init_state, meta = map(unwrap, (fn_arrays, tables, init_state, meta))
+    return _forward(fns, shape, fn_arrays, tables, init_state, meta)
+
+
+def _replay_bwd(fns, shape, residuals, ct_final):
+    # A symbolic zero (the objective ignores a leaf) becomes a zero array: the sweep adds it.
+    ct_final = jax.tree.map(
+        lambda c: jnp.zeros(c.shape, c.dtype) if isinstance(c, jax.custom_derivatives.SymbolicZero)
+        else c,
+        ct_final,
+        is_leaf=lambda c: isinstance(c, jax.custom_derivatives.SymbolicZero),
+    )  # fmt: skip
+    ct_diff = _partition(ct_final)[0]
+    ct_init, ct_meta, _ = _backward(fns, shape, residuals, ct_diff)
+    return None, None, ct_init, ct_meta
+
+
+_replay.defvjp(_replay_fwd, _replay_bwd, symbolic_zeros=True)
+
+
+def replay_loop(
+    step_fn,
+    init_state: PyTree,
+    meta: PyTree,
+    num_steps: int,
+    *,
+    checkpoint: policies.AbstractCheckpointPolicy | None = None,
+) -> PyTree:
+    """``num_steps`` training steps as a differentiable JAX function with checkpointed reverse
+    mode: ``state_T`` from ``state_{t+1} = step_fn(state_t, meta, t)``.
+
+    The forward pass is the training run. Its reverse-mode derivative (a `jax.custom_vjp`)
+    executes ``checkpoint``'s plan in compiled code, like `mgd.metagradient` but as part of
+    the caller's program: stored states in one preallocated device buffer, replays as
+    ``fori_loop``s, differentiated blocks as ``lax.scan``s under ``jax.vjp``, all inside one
+    ``fori_loop`` over the plan's blocks, with no host round trip. So ``jax.grad``,
+    ``jax.value_and_grad``, ``jax.jit`` and ``jax.vmap`` (over ``meta`` or ``init_state``)
+    compose with it, and any objective written after it is differentiated exactly: the same
+    numbers as ``jax.grad`` of the unrolled loop, up to float rounding, holding the plan's
+    ``peak_states`` training states instead of ``T + 1``.
+
+    The forward pass runs the plan up to its first differentiated block (for `mgd.KAryTree`,
+    the first pass storing the segment starts) and that block, the run's last, keeping its
+    residuals; the backward pass runs the rest of the plan. Step evaluations are the plan's
+    ``forward_steps`` (`mgd.AbstractCheckpointPolicy.cost`), as in `mgd.metagradient`.
+
+    Reverse mode only: like any `jax.custom_vjp`, it has no forward-mode derivative
+    (``jax.jvp`` and ``jax.hessian`` raise a ``TypeError``).
+
+    Use `mgd.metagradient` instead for stored states off the device (``store="host"`` or
+    ``"disk"``), a ``memory_budget``, work statistics, or a non-finite check that names the
+    step; it runs this same compiled sweep for device-resident stores.
+
+    Args:
+      step_fn: ``(state, meta, t) -> state``, one training step, as for `mgd.metagradient`;
+        pure and jittable; ``t`` an int32 scalar. Integer state leaves are carried along,
+        not differentiated. A ``jax.tree_util.Partial``'s arrays are passed to the compiled
+        programs as arguments (they are not differentiated: put what you differentiate in
+        ``meta``).
+      init_state: the training state at step 0, a pytree of arrays.
+      meta: the metaparameters, a pytree of floating-point arrays.
+      num_steps: ``T``, the number of training steps, a Python int ``>= 1``.
+      checkpoint: `mgd.StoreAll`, `mgd.KAryTree` or `mgd.Binomial`; ``None`` is
+        ``KAryTree(max(2, ceil(sqrt(T))))`` (`mgd.engine.policies.default_policy`).
+
+    Returns:
+      The state after ``num_steps`` steps, with the structure, shapes and dtypes of
+      ``init_state``.
+
+    Raises:
+      ValueError: ``num_steps < 1``; ``step_fn`` changes the state's structure or a leaf's
+        shape; differentiating with respect to an array held by ``step_fn``.
+      TypeError: a ``meta`` leaf is not floating point; ``step_fn`` changes a leaf's dtype;
+        ``checkpoint`` is not a policy.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, mgd
+      >>> step = lambda w, lr, t: w - lr * 2 * w        # gradient descent on w**2
+      >>> loss = lambda lr: mgd.replay_loop(step, jnp.float32(1.0), lr, 10) ** 2
+      >>> float(jax.grad(loss)(jnp.float32(0.1)))  # d (1 - 2 lr)**20 / d lr = -40 (0.8)**19
+      -0.576460...
+    """
+    policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
+    init_state, meta = check_step(step_fn, init_state, meta, num_steps, policy)
+    fns, fn_arrays = _split_fns(step_fn, None)
+    shape, tables, _ = _tables(policy, num_steps)
+    return _replay(fns, shape, fn_arrays, tables, init_state, meta)
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "shape"))
+def _metagradient_program(fns, shape, fn_arrays, tables, init_state, meta):
+    """Forward pass, objective, backward pass: `mgd.metagradient`'s whole sweep, one program."""
+    objective_fn = _join_fns(fns, fn_arrays)[1]
+    final, residuals = _forward(fns, shape, fn_arrays, tables, init_state, meta)
+    diff, rest = _partition(final)
+    objective = lambda d, m: objective_fn(_combine(d, rest), m)
+    value, (ct, ct_meta_objective) = jax.value_and_grad(objective, argnums=(0, 1))(diff, meta)
+    _, grad, finite = _backward(fns, shape, residuals, ct)
+    return value, jax.tree.map(jnp.add, ct_meta_objective, grad), finite
+
+
+def sweep(
+    fns, init_state, meta, num_steps: int, policy: policies.AbstractCheckpointPolicy, store_name
+) -> tuple[MetagradientResult, jax.Array]:
+    """`mgd.metagradient`'s sweep as one compiled program (device-resident stored states).
+
+    Args:
+      fns: `mgd.engine.replay._split_fns`'s pair for ``(step_fn, objective_fn)``.
+      init_state, meta: validated (`mgd.engine.validation.check_inputs`).
+      num_steps, policy: the run's ``T`` and checkpoint policy.
+      store_name: what ``result.stats.store`` says.
+
+    Returns:
+      The result, and whether every block's state cotangent was finite (a bool scalar on the
+      device), as `mgd.engine.replay._sweep` returns them.
+    """
+    shape, tables, cost = _tables(policy, num_steps)
+    static, fn_arrays = fns
+    value, grad, finite = _metagradient_program(static, shape, fn_arrays, tables, init_state, meta)
+    stats = MetagradientStats(
+        cost.forward_steps, cost.replay_steps, cost.vjp_steps, cost.peak_states, repr(policy),
+        store_name, "fused",
+    )  # fmt: skip
+    return MetagradientResult(value, grad, stats), finite
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "num_steps", "optimizer", "checkpoint"))
+def _meta_step(fns, fn_arrays, init_state, meta, opt_state, *, num_steps, optimizer, checkpoint):
+    step_fn, objective_fn = _join_fns(fns, fn_arrays)
+
+    def objective(meta):
+        final = replay_loop(step_fn, init_state, meta, num_steps, checkpoint=checkpoint)
+        return objective_fn(final, meta)
+
+    value, grad = jax.value_and_grad(objective)(meta)
+    updates, opt_state = optimizer.update(grad, opt_state, meta)
+    return optax.apply_updates(meta, updates), opt_state, value
+
+
+def meta_step(
+    step_fn,
+    objective_fn,
+    init_state: PyTree,
+    meta: PyTree,
+    opt_state: PyTree,
+    num_steps: int,
+    optimizer: optax.GradientTransformation,
+    *,
+    checkpoint: policies.AbstractCheckpointPolicy | None = None,
+) -> tuple[PyTree, PyTree, jax.Array]:
+    """One meta-step as one compiled program: the metagradient (`replay_loop` under
+    ``jax.value_and_grad``) and an optax update of ``meta``, with no host round trip between.
+
+    Compiled once per problem (``step_fn``, ``objective_fn``, shapes), ``num_steps``,
+    ``optimizer`` and ``checkpoint``; an outer loop calls it again with the returned ``meta``
+    and ``opt_state``. It descends the objective; to ascend, give ``optimizer`` a negative
+    learning rate or negate the objective. A ``jax.tree_util.Partial`` ``step_fn`` or
+    ``objective_fn`` has its arrays passed as arguments (new data of the same shapes reuses the
+    compilation); a closure's are compiled in as constants.
+
+    Args:
+      step_fn: ``(state, meta, t) -> state``, as for `mgd.metagradient`.
+      objective_fn: ``(state, meta) -> scalar``, as for `mgd.metagradient`.
+      init_state: the training state at step 0, a pytree of arrays.
+      meta: the metaparameters, a pytree of floating-point arrays.
+      opt_state: ``optimizer``'s state for ``meta`` (``optimizer.init(meta)`` at first).
+      num_steps: ``T``, the number of training steps, ``>= 1``.
+      optimizer: the outer optimizer, an ``optax.GradientTransformation`` (hashable: reuse
+        one object across calls, or each call compiles anew).
+      checkpoint: the checkpoint policy, as for `replay_loop`.
+
+    Returns:
+      ``(new_meta, new_opt_state, value)``: the updated metaparameters and optimizer state,
+      and the objective at the end of the run with the *old* ``meta`` (a scalar array).
+
+    Raises:
+      ValueError, TypeError: as `mgd.metagradient` for bad input (checked when traced).
+
+    Example:
+      >>> import jax.numpy as jnp, mgd, optax
+      >>> step = lambda w, lr, t: w - lr * 2 * w        # gradient descent on w**2
+      >>> loss = lambda w, lr: w**2
+      >>> outer = optax.sgd(0.1)
+      >>> lr, opt_state = jnp.float32(0.1), outer.init(jnp.float32(0.1))
+      >>> lr, opt_state, value = mgd.meta_step(step, loss, jnp.float32(1.0), lr, opt_state,
+      ...                                      10, outer)
+      >>> float(lr)  # 0.1 - 0.1 * d (1 - 2 lr)**20 / d lr = 0.1 + 0.1 * 40 (0.8)**19
+      0.157646...
+    """
+    fns, fn_arrays = _split_fns(step_fn, objective_fn)
+    return _meta_step(
+        fns, fn_arrays, init_state, meta, opt_state,
+        num_steps=num_steps, optimizer=optimizer, checkpoint=checkpoint,
+    )  # fmt: skip

@@ -1,0 +1,184 @@
+"""mgd.replay_loop: a JAX function whose checkpointed reverse mode equals jax.grad of the
+unrolled loop, composing with grad, value_and_grad, jit and vmap; and mgd.metagradient's
+compiled sweep against the Python driver."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from test_engine import (
+    OPTIMIZERS,
+    POLICIES,
+    T_SMALL,
+    _reference_grad,
+    make_problem,
+    max_relative_error,
+    unrolled_objective,
+)
+
+import mgd
+
+
+def _objective_after_loop(problem, policy, num_steps=T_SMALL):
+    """``meta -> objective(replay_loop(...), meta)``: the user's objective after the loop."""
+    step_fn, objective_fn, state, _ = problem
+    return lambda meta: objective_fn(
+        mgd.replay_loop(step_fn, state, meta, num_steps, checkpoint=policy), meta
+    )
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=repr)
+@pytest.mark.parametrize("opt_name", [*OPTIMIZERS, "mgd_adam"])
+def test_grad_equals_jax_grad_of_unrolled_loop_float64(x64, opt_name, policy):
+    problem = make_problem(opt_name, T_SMALL)
+    value, expected = _reference_grad(opt_name, T_SMALL)
+    got_value, grad = jax.jit(jax.value_and_grad(_objective_after_loop(problem, policy)))(
+        problem[3]
+    )
+    assert max_relative_error(grad, expected) <= 1e-10
+    np.testing.assert_allclose(got_value, value, rtol=1e-12)
+
+
+def test_forward_is_the_training_run(x64):
+    step_fn, _, state, meta = problem = make_problem("adam", T_SMALL)
+    final = mgd.replay_loop(step_fn, state, meta, T_SMALL, checkpoint=mgd.KAryTree(2))
+    for t in range(T_SMALL):
+        state = step_fn(state, meta, jnp.int32(t))
+    assert jax.tree.structure(final) == jax.tree.structure(state)
+    assert max_relative_error(final, state) <= 1e-12
+    assert problem  # The cached problem is not mutated.
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=repr)
+def test_integer_leaves_and_init_state_cotangent(x64, policy):
+    # Adam's int32 step counter plus a counter and a meta-independent float leaf of our own;
+    # the cotangent of the initial state's floating leaves too (argnums=(0, 1)).
+    step_fn, objective_fn, state, meta = make_problem("adam", T_SMALL)
+    wrapped_step = lambda s, m, t: (step_fn(s[0], m, t), s[1] + 1, s[2] * 2.0)
+
+    def user_objective(s, m):  # Uses the integer counter and the extra float leaf.
+        return objective_fn(s[0], m) * (1.0 + s[2] / 1000.0) + s[1].astype(s[2].dtype)
+
+    state = (state, jnp.int32(0), jnp.float64(1.0))
+
+    def via_replay(s0, m):
+        final = mgd.replay_loop(wrapped_step, s0, m, T_SMALL, checkpoint=policy)
+        assert final[1].dtype == jnp.int32
+        return user_objective(final, m)
+
+    def unrolled(s0, m):
+        for t in range(T_SMALL):
+            s0 = wrapped_step(s0, m, jnp.int32(t))
+        return user_objective(s0, m)
+
+    float_part = lambda s: (s[0][0], s[2])  # params and the extra float leaf
+    expected = jax.jit(jax.grad(unrolled, argnums=(0, 1), allow_int=True))(state, meta)
+    got = jax.jit(jax.grad(via_replay, argnums=(0, 1), allow_int=True))(state, meta)
+    assert max_relative_error(got[1], expected[1]) <= 1e-10
+    assert max_relative_error(float_part(got[0]), float_part(expected[0])) <= 1e-10
+    assert got[0][1].dtype == jax.dtypes.float0  # No cotangent for the integer counter.
+
+
+def test_vmap_over_four_metaparameter_sets_equals_separate_calls(x64):
+    problem = make_problem("momentum", T_SMALL)
+    grad_fn = jax.grad(_objective_after_loop(problem, mgd.KAryTree(2)))
+    rng = np.random.default_rng(3)
+    metas = [
+        jax.tree.map(lambda x: x * (1 + 0.1 * rng.normal(size=np.shape(x))), problem[3])
+        for _ in range(4)
+    ]
+    batched = jax.jit(jax.vmap(grad_fn))(jax.tree.map(lambda *xs: jnp.stack(xs), *metas))
+    for i, meta in enumerate(metas):
+        separate = jax.jit(grad_fn)(meta)
+        expected = jax.grad(lambda m: unrolled_objective(problem, T_SMALL, m))(meta)
+        assert max_relative_error(jax.tree.map(lambda x, i=i: x[i], batched), separate) <= 1e-12
+        assert max_relative_error(separate, expected) <= 1e-10
+
+
+def test_vmap_over_init_states(x64):
+    step_fn, objective_fn, state, meta = make_problem("sgd", T_SMALL)
+    states = jax.tree.map(lambda x: jnp.stack([x, 0.5 * x, -x]), state)
+
+    def final_loss(s0, m, replay):
+        if replay:
+            return objective_fn(mgd.replay_loop(step_fn, s0, m, T_SMALL), m)
+        for t in range(T_SMALL):
+            s0 = step_fn(s0, m, jnp.int32(t))
+        return objective_fn(s0, m)
+
+    got = jax.vmap(jax.grad(final_loss, argnums=1), (0, None, None))(states, meta, True)
+    expected = jax.vmap(jax.grad(final_loss, argnums=1), (0, None, None))(states, meta, False)
+    assert max_relative_error(got, expected) <= 1e-10
+
+
+def test_jitted_meta_step_equals_metagradient_and_optax_update(x64):
+    step_fn, objective_fn, state, meta = make_problem("adam", T_SMALL)
+    outer = optax.adam(0.01)
+    opt_state = outer.init(meta)
+    policy = mgd.Binomial(3)
+    new_meta, new_opt_state, value = mgd.meta_step(
+        step_fn, objective_fn, state, meta, opt_state, T_SMALL, outer, checkpoint=policy
+    )
+    res = mgd.metagradient(step_fn, objective_fn, state, meta, T_SMALL, checkpoint=policy)
+    updates, expected_state = outer.update(res.grad, opt_state, meta)
+    np.testing.assert_allclose(value, res.value, rtol=1e-12)
+    assert max_relative_error(new_meta, optax.apply_updates(meta, updates)) <= 1e-10
+    assert max_relative_error(new_opt_state[0].mu, expected_state[0].mu) <= 1e-10
+
+
+def test_differentiating_step_fn_arrays_is_an_error():
+    def step(data, w, m, t):
+        return w - m * (w - data[t % 3])
+
+    data = jnp.arange(3.0)
+
+    def loss(d):
+        final = mgd.replay_loop(jax.tree_util.Partial(step, d), jnp.float32(0.0), 0.5, 4)
+        return final**2
+
+    with pytest.raises(ValueError, match="not the arrays held by step_fn; pass those as"):
+        jax.grad(loss)(data)
+    # Not differentiated with respect to them: a Partial's traced arrays are fine.
+    assert np.isfinite(jax.jit(loss)(data))
+
+
+def test_bad_input_is_rejected():
+    step = lambda w, m, t: w * m
+    with pytest.raises(ValueError, match="num_steps must be >= 1"):
+        mgd.replay_loop(step, 1.0, 0.5, 0)
+    with pytest.raises(TypeError, match="checkpoint must be a policy"):
+        mgd.replay_loop(step, 1.0, 0.5, 3, checkpoint="tree")
+    with pytest.raises(TypeError, match="step_fn must be a callable"):
+        mgd.replay_loop(None, 1.0, 0.5, 3)
+    with pytest.raises(ValueError, match="step_fn changes the shape"):
+        mgd.replay_loop(lambda w, m, t: jnp.stack([w, w]), jnp.float32(1.0), 0.5, 3)
+
+
+class _DriverStore(mgd.DeviceStore):
+    """Device memory through the Python driver: stores other than DeviceStore keep it."""
+
+
+@pytest.mark.parametrize("policy", [*POLICIES, mgd.KAryTree(3), None], ids=repr)
+def test_metagradient_compiled_sweep_equals_the_driver(x64, policy):
+    problem = make_problem("nesterov", T_SMALL)
+    compiled = mgd.metagradient(*problem, T_SMALL, checkpoint=policy)
+    driver = mgd.metagradient(*problem, T_SMALL, checkpoint=policy, store=_DriverStore())
+    assert dataclasses.replace(driver.stats, store="device") == compiled.stats
+    assert max_relative_error(compiled.grad, driver.grad) <= 1e-12
+    np.testing.assert_allclose(compiled.value, driver.value, rtol=1e-14)
+
+
+def test_metagradient_compiles_once_per_plan_shape():
+    from mgd.engine import compiled
+
+    step_fn, objective_fn, state, meta = make_problem("sgd", 30, jnp.float32)
+    policy = mgd.KAryTree(4)
+    mgd.metagradient(step_fn, objective_fn, state, meta, 30, checkpoint=policy)
+    programs = compiled._metagradient_program._cache_size()
+    for scale in [1.01, 0.99]:  # New meta values: no new program.
+        meta = jax.tree.map(lambda m, s=scale: m * s, meta)
+        mgd.metagradient(step_fn, objective_fn, state, meta, 30, checkpoint=policy)
+    assert compiled._metagradient_program._cache_size() == programs
