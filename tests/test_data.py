@@ -148,3 +148,61 @@ def test_dataset_arrays_are_read_only_views():
     with pytest.raises(ValueError):
         data.x_train[0, 0] = 1.0
     x[0, 0] = 1.0  # The caller's array stays writable.
+
+
+def test_load_npz_refuses_labels_that_leave_classes_empty(tmp_path):
+    y = np.arange(20) % 10
+    stray = y.copy()
+    stray[5] = 99
+    path = _npz(tmp_path, y_train=stray, y_target=y[:8], y_test=y[:8])
+    with pytest.raises(ValueError, match=r"y_train has labels 0-99 but class\(es\) 10-98 never"):
+        mgd.load_npz(path)
+    with pytest.raises(ValueError, match="num_classes=100"):
+        mgd.load_npz(path)
+    data = mgd.load_npz(path, num_classes=100)
+    assert data.num_classes == 100 and data.y_train[5] == 99
+    # A class missing in the middle is named too, wherever the largest label is.
+    train, test = np.array([0, 1, 2, 4] * 5), np.array([0, 1, 2, 4, 5, 6, 7, 8, 9, 0])
+    x = np.zeros((20, 4), np.float32)
+    with pytest.raises(ValueError, match=r"y_test has labels 0-9 but class\(es\) 3 never"):
+        mgd.Dataset(x, train, x[:8], train[:8], x[:10], test)
+    # Labels present in some split only are fine: the classes are counted over all splits.
+    only_test = mgd.load_npz(
+        _npz(tmp_path, y_train=np.arange(20) % 2, y_target=np.zeros(8, int), y_test=np.arange(8))
+    )
+    assert only_test.num_classes == 8
+    # Subsets keep the number of classes, even when they miss classes.
+    assert only_test.subset([0]).num_classes == 8
+
+
+def test_regression_targets():
+    x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    for y in (x @ np.ones(4), x @ np.ones((4, 3))):
+        data = mgd.Dataset(x, y, x[:8], y[:8], x[:5], y[:5])
+        assert data.num_classes is None and data.target_shape == y.shape[1:]
+        assert data.y_train.dtype == np.float32
+        np.testing.assert_allclose(data.y_val, y[:8], rtol=1e-6)
+        assert data.subset([1, 2]).target_shape == y.shape[1:]
+    assert mgd.make_synthetic().target_shape == ()
+
+
+@pytest.mark.parametrize(
+    "ys, kw, match",
+    [
+        ((np.zeros(20), np.zeros(8, int), np.zeros(5)), {}, "y_val holds integer class labels"),
+        ((np.zeros(20), np.zeros((8, 2)), np.zeros(5)), {}, r"shape \(n, 2\)"),
+        (
+            (np.zeros((20, 2, 2)), np.zeros((8, 2, 2)), np.zeros((5, 2, 2))),
+            {},
+            r"\(n,\) or \(n, d\)",
+        ),
+        ((np.full(20, np.nan), np.zeros(8), np.zeros(5)), {}, "NaN"),
+        ((np.zeros(20), np.zeros(8), np.zeros(5)), dict(num_classes=3), "leave num_classes=None"),
+        ((np.zeros(20, int), np.zeros(8, int), np.zeros(5, int)), {}, "num_classes=2"),
+        ((np.zeros(20, bool), np.zeros(8, bool), np.zeros(5, bool)), {}, "dtype bool"),
+    ],
+)
+def test_dataset_rejects_bad_targets(ys, kw, match):
+    x = np.zeros((20, 4), np.float32)
+    with pytest.raises(ValueError, match=match):
+        mgd.Dataset(x, ys[0], x[:8], ys[1], x[:5], ys[2], **kw)

@@ -1,8 +1,10 @@
 """Smooth training: a training recipe as pure, differentiable functions of its metaparameters.
 
-``TrainingSetup`` turns model + optimizer + data + batch order into the ``step_fn`` /
-``objective_fn`` / ``init_state`` that ``mgd.metagradient`` differentiates; ``MetaSpec`` switches
-metaparameters on; ``models`` holds ready networks; the loaders build validated ``Dataset``s.
+``TrainingSetup`` turns model + optimizer + data + batch order + per-example loss into the
+``step_fn`` / ``objective_fn`` / ``init_state`` that ``mgd.metagradient`` differentiates;
+``MetaSpec`` switches metaparameters on; ``models`` holds ready networks; the loaders build
+validated ``Dataset``s (class labels or regression targets); ``softmax_cross_entropy``,
+``squared_error``, ``accuracy`` and ``absolute_error`` are the built-in losses and metrics.
 """
 
 from mgd.train import models as models
@@ -14,6 +16,10 @@ from mgd.train._data import load_cifar10 as load_cifar10
 from mgd.train._data import load_digits as load_digits
 from mgd.train._data import load_npz as load_npz
 from mgd.train._data import make_synthetic as make_synthetic
+from mgd.train._losses import absolute_error as absolute_error
+from mgd.train._losses import accuracy as accuracy
+from mgd.train._losses import softmax_cross_entropy as softmax_cross_entropy
+from mgd.train._losses import squared_error as squared_error
 from mgd.train._meta import MetaSpec as MetaSpec
 from mgd.train._metasmooth import MetasmoothnessResult as MetasmoothnessResult
 from mgd.train._metasmooth import metasmoothness as metasmoothness

@@ -26,20 +26,25 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
-    """Train / validation (target) / test splits of a classification problem, as numpy arrays.
+    """Train / validation (target) / test splits of a supervised problem, as numpy arrays.
 
-    The validation split is the *target*: the data whose loss outer optimizers minimize (dataset
-    selection, learning-rate search) or attack (poisoning); Contract 2 calls it ``x_target``. The
-    test split is held out and used only for reporting.
+    Classification has integer labels, regression float targets; the dtype of ``y_*`` decides
+    (all splits alike). The validation split is the *target*: the data whose loss outer
+    optimizers minimize (dataset selection, learning-rate search) or attack (poisoning); ``.npz``
+    files name it ``x_target, y_target``. The test split is held out and used only for reporting.
 
     Attributes:
       x_train: float32 inputs of the training pool, shape ``(n_train, *input_shape)``, normalized.
-      y_train: int32 labels in ``[0, num_classes)``, shape ``(n_train,)``.
+      y_train: int32 labels in ``[0, num_classes)``, shape ``(n_train,)``; or float32 regression
+        targets, shape ``(n_train,)`` or ``(n_train, d)``.
       x_val: float32 target inputs, shape ``(n_val, *input_shape)``.
-      y_val: int32 target labels, shape ``(n_val,)``.
+      y_val: the target labels or targets, shape ``(n_val, *target_shape)``.
       x_test: float32 held-out inputs, shape ``(n_test, *input_shape)``.
-      y_test: int32 held-out labels, shape ``(n_test,)``.
-      num_classes: number of classes.
+      y_test: the held-out labels or targets, shape ``(n_test, *target_shape)``.
+      num_classes: number of classes, at least 2. ``None`` takes the largest label plus one and
+        refuses labels that leave a class between 0 and the largest label empty in every split
+        (a stray label would otherwise add classes nobody has; give ``num_classes`` to allow
+        it). Always ``None`` for regression targets.
       x_range: ``(low, high)``, the valid range of an input (floats, or arrays broadcastable to
         ``input_shape``, e.g. per channel). Perturbed inputs are clipped to it. ``None`` takes the
         smallest and largest value over all three splits.
@@ -51,6 +56,9 @@ class Dataset:
       >>> data = mgd.make_synthetic(num_train=100)
       >>> data.subset(np.arange(10)).num_train
       10
+      >>> x = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+      >>> mgd.Dataset(x, x @ np.ones((4, 2)), x, x[:, :2], x, x[:, :2]).target_shape
+      (2,)
     """
 
     x_train: np.ndarray
@@ -59,21 +67,26 @@ class Dataset:
     y_val: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-    num_classes: int
+    num_classes: int | None = None
     x_range: tuple | None = None
 
     def __post_init__(self):
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int | np.integer):
-            raise TypeError(
-                f"Dataset: num_classes must be an int, got {type(self.num_classes).__name__}"
-            )
-        if self.num_classes < 2:
-            raise ValueError(f"Dataset: num_classes must be at least 2, got {self.num_classes}")
-        object.__setattr__(self, "num_classes", int(self.num_classes))
+        ys = {s: _check_targets(getattr(self, f"y_{s}"), f"y_{s}") for s in _SPLITS}
+        _check_same_kind(ys)
+        if np.issubdtype(ys["train"].dtype, np.floating):
+            if self.num_classes is not None:
+                raise ValueError(
+                    f"Dataset: num_classes={self.num_classes!r} is for integer class labels, but "
+                    "the y arrays hold float regression targets; leave num_classes=None"
+                )
+        else:
+            object.__setattr__(self, "num_classes", _checked_num_classes(self.num_classes, ys))
         input_shape = None
         for split in _SPLITS:
             x = _check_inputs(getattr(self, f"x_{split}"), f"x_{split}")
-            y = _check_labels(getattr(self, f"y_{split}"), f"y_{split}", self.num_classes)
+            y = ys[split]
+            if self.num_classes is not None:
+                _check_label_range(y, f"y_{split}", self.num_classes)
             if x.shape[0] != y.shape[0]:
                 raise ValueError(
                     f"Dataset: x_{split} has {x.shape[0]} examples but y_{split} has {y.shape[0]}; "
@@ -119,6 +132,11 @@ class Dataset:
         return tuple(self.x_train.shape[1:])
 
     @property
+    def target_shape(self) -> tuple[int, ...]:
+        """Shape of one label or target: ``()`` for class labels and scalar targets, ``(d,)``."""
+        return tuple(self.y_train.shape[1:])
+
+    @property
     def num_train(self) -> int:
         """Number of examples in the training pool."""
         return int(self.x_train.shape[0])
@@ -158,18 +176,93 @@ def _check_inputs(x, name: str) -> np.ndarray:
     return x
 
 
-def _check_labels(y, name: str, num_classes: int) -> np.ndarray:
+def _check_targets(y, name: str) -> np.ndarray:
+    # Integer labels become int32, float targets float32 (the dtype of the inputs).
     y = np.asarray(y)
-    if y.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"{name} must hold integer class labels, got dtype {y.dtype}")
-    if y.size and (y.min() < 0 or y.max() >= num_classes):
+    if np.issubdtype(y.dtype, np.integer):
+        if y.ndim != 1:
+            raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
+        if y.size and y.max() > np.iinfo(np.int32).max:
+            raise ValueError(f"{name} has label {y.max()}, beyond int32; number the classes 0..")
+        return y.astype(np.int32, copy=False)
+    if np.issubdtype(y.dtype, np.floating):
+        if y.ndim not in (1, 2):
+            raise ValueError(
+                f"{name} holds float regression targets, which need shape (n,) or (n, d); "
+                f"got shape {y.shape}"
+            )
+        y = y.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(y)):
+            raise ValueError(f"{name} contains NaN or infinite targets; clean or drop those")
+        return y
+    raise ValueError(
+        f"{name} must hold integer class labels or float regression targets, got dtype {y.dtype}"
+    )
+
+
+def _check_same_kind(ys: dict[str, np.ndarray]) -> None:
+    def kind(y):
+        if np.issubdtype(y.dtype, np.integer):
+            return "integer class labels"
+        return "float targets of shape " + ("(n,)" if y.ndim == 1 else f"(n, {y.shape[1]})")
+
+    train = kind(ys["train"])
+    for split in _SPLITS[1:]:
+        if kind(ys[split]) != train:
+            raise ValueError(
+                f"Dataset: y_train holds {train} but y_{split} holds {kind(ys[split])}; "
+                "all splits need the same kind of labels"
+            )
+
+
+def _checked_num_classes(num_classes, ys: dict[str, np.ndarray]) -> int:
+    if num_classes is not None:
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int | np.integer):
+            raise TypeError(
+                f"Dataset: num_classes must be an int, got {type(num_classes).__name__}"
+            )
+        if num_classes < 2:
+            raise ValueError(f"Dataset: num_classes must be at least 2, got {num_classes}")
+        return int(num_classes)
+    for split, y in ys.items():
+        _check_label_range(y, f"y_{split}", None)
+    present = np.unique(np.concatenate(list(ys.values())))
+    if not present.size:
+        raise ValueError("Dataset: no split holds a label; pass num_classes= or some examples")
+    top = int(present[-1])
+    where = next(s for s in _SPLITS if ys[s].size and ys[s].max() == top)
+    if top == 0:
         raise ValueError(
-            f"{name} has labels in [{y.min()}, {y.max()}] outside [0, {num_classes}); "
+            "Dataset: every label is 0, one class; a classifier needs at least 2: pass "
+            "num_classes=2 if that is intended"
+        )
+    missing = np.setdiff1d(np.arange(top + 1), present)
+    if missing.size:
+        raise ValueError(
+            f"Dataset: y_{where} has labels 0-{top} but class(es) {_ranges(missing)} never occur "
+            f"in any split; pass num_classes={top + 1} if that is intended"
+        )
+    return top + 1
+
+
+def _ranges(values: np.ndarray, limit: int = 8) -> str:
+    # Sorted ints as "1, 4-7, 10-98", at most `limit` runs (a long list helps nobody).
+    breaks = np.flatnonzero(np.diff(values) != 1) + 1
+    runs = [(int(r[0]), int(r[-1])) for r in np.split(values, breaks)]
+    text = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:limit])
+    return text + (f", ... ({values.size} in all)" if len(runs) > limit else "")
+
+
+def _check_label_range(y: np.ndarray, name: str, num_classes: int | None) -> None:
+    # num_classes=None checks only the lower end (the upper one is then inferred).
+    if not y.size:
+        return
+    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+        bound = "[0, ...)" if num_classes is None else f"[0, {num_classes})"
+        raise ValueError(
+            f"{name} has labels in [{y.min()}, {y.max()}] outside {bound}; "
             "labels must be 0..num_classes-1"
         )
-    return y.astype(np.int32, copy=False)
 
 
 def _check_indices(indices, size: int, name: str) -> np.ndarray:
@@ -219,17 +312,20 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Data
     """A user's ``.npz`` file with ``x_train, y_train, x_target, y_target, x_test, y_test``.
 
     ``x_target, y_target`` become the validation (target) split. Integer (e.g. ``uint8``) inputs
-    are scaled to [0, 1] by their dtype's maximum; float inputs are used as they are.
+    are scaled to [0, 1] by their dtype's maximum; float inputs are used as they are. Integer
+    ``y`` arrays are class labels, float ones regression targets (see ``Dataset``).
 
     Args:
-      path: the ``.npz`` file (Contract 2).
-      num_classes: number of classes; ``None`` takes the largest label plus one.
+      path: the ``.npz`` file.
+      num_classes: number of classes; ``None`` takes the largest label plus one and refuses
+        labels that leave classes in between empty (e.g. 0-9 and a stray 99), naming them.
 
     Returns:
       A validated ``Dataset``.
 
     Raises:
-      ValueError: if the file is missing or unreadable, a key is absent, or an array is invalid.
+      ValueError: if the file is missing or unreadable, a key is absent, an array is invalid, or
+        (with ``num_classes=None``) a class between 0 and the largest label never occurs.
     """
     path = Path(path)
     if not path.is_file():
@@ -248,11 +344,6 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Data
     for k in ("x_train", "x_target", "x_test"):
         if np.issubdtype(arrays[k].dtype, np.integer):
             arrays[k] = arrays[k] / float(np.iinfo(arrays[k].dtype).max)
-    if num_classes is None:
-        labels = [arrays[k] for k in ("y_train", "y_target", "y_test")]
-        for k, y in zip(("y_train", "y_target", "y_test"), labels, strict=True):
-            _check_labels(y, k, np.iinfo(np.int64).max)
-        num_classes = max(int(y.max()) for y in labels if y.size) + 1
     return Dataset(
         arrays["x_train"],
         arrays["y_train"],
@@ -260,7 +351,7 @@ def load_npz(path: str | os.PathLike, *, num_classes: int | None = None) -> Data
         arrays["y_target"],
         arrays["x_test"],
         arrays["y_test"],
-        max(num_classes, 2),
+        num_classes,
     )
 
 

@@ -26,8 +26,9 @@ def retrain_and_evaluate(
       split: ``"train"``, ``"val"`` or ``"test"``.
 
     Returns:
-      ``{"accuracy": (len(seeds),) float64, "loss": (len(seeds),) float64}``, one entry per seed
-      in the given order.
+      The keys of ``setup.evaluate`` (``{"loss", "accuracy"}`` by default; ``"loss"`` and the
+      setup's metric), each a ``(len(seeds),)`` float64 array, one entry per seed in the given
+      order.
 
     Raises:
       ValueError: if ``seeds`` is empty.
@@ -40,4 +41,4 @@ def retrain_and_evaluate(
     if not seeds:
         raise ValueError("retrain_and_evaluate: seeds is empty; give at least one seed")
     results = [setup.evaluate(setup.train(meta, seed=s), split) for s in seeds]
-    return {k: np.array([r[k] for r in results], np.float64) for k in ("accuracy", "loss")}
+    return {k: np.array([r[k] for r in results], np.float64) for k in results[0]}

@@ -16,6 +16,7 @@ import optax
 from mgd import engine
 from mgd.train._augment import Augment
 from mgd.train._data import Dataset
+from mgd.train._losses import accuracy, softmax_cross_entropy
 from mgd.train._meta import MetaSpec
 from mgd.train._model_fns import ModelFns, model_fns
 from mgd.train._sharding import check_mesh, constrain_state, put_state, shard_batch
@@ -70,10 +71,7 @@ def _margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(wrong, axis=1) - right
 
 
-_PER_EXAMPLE = {
-    "val_loss": optax.softmax_cross_entropy_with_integer_labels,
-    "val_margin": _margin,
-}
+_OBJECTIVES = ("val_loss", "val_margin")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -83,7 +81,10 @@ class TrainingSetup:
     Training runs ``num_steps`` steps of ``optimizer`` on mini-batches of ``data``'s training
     pool; the metaparameters switched on in ``meta_spec`` (data weights, learning-rate schedule,
     input perturbations, weight decay; see ``MetaSpec``) enter every step, and the objective is
-    evaluated on the validation (target) split at the end.
+    evaluated on the validation (target) split at the end. The per-example ``loss`` (softmax
+    cross-entropy by default; ``mgd.train.squared_error`` for regression targets) is what the
+    data weights multiply, what the ``"val_loss"`` objective averages and what ``evaluate``
+    reports, next to ``metric``.
 
     Batch order is a deterministic function of (seed, step): each epoch is a fresh permutation of
     the pool (``jax.random.permutation`` of ``fold_in(key, epoch)``, so identical across processes
@@ -106,9 +107,21 @@ class TrainingSetup:
       num_steps: training steps.
       seed: seed of parameter init, batch order and augmentation.
       meta_spec: which metaparameters are on (``MetaSpec()``: none).
-      objective: ``"val_loss"`` (mean cross-entropy on the validation split), ``"val_margin"``
-        (a smooth accuracy surrogate: mean of logsumexp of the wrong logits minus the right
-        logit), or a callable ``(logits, labels) -> scalar`` to minimize.
+      objective: ``"val_loss"`` (mean ``loss`` on the validation split), ``"val_margin"``
+        (classification only; a smooth accuracy surrogate: mean of logsumexp of the wrong
+        logits minus the right logit), or a callable ``(outputs, targets) -> scalar`` on the
+        whole validation split, to minimize.
+      loss: per-example training loss ``(outputs, targets) -> (b,)``: outputs of the model for a
+        batch, ``(b, ...)``, and its labels or targets, ``(b, *data.target_shape)``. Built in:
+        ``mgd.train.softmax_cross_entropy`` (integer labels) and ``mgd.train.squared_error``
+        (float targets). Your own is a function of ``jax.numpy`` operations, traced inside the
+        compiled step (checks on shapes may raise there), defined once with ``def``: setups
+        with another function object compile their own programs. E.g. ``def huber(outputs,
+        targets): return optax.huber_loss(outputs, targets).sum(axis=1)``.
+      metric: per-example evaluation metric of the same form, averaged by ``evaluate`` and
+        reported under its ``__name__``; ``None``: ``mgd.train.accuracy`` when ``loss`` is
+        ``softmax_cross_entropy``, otherwise none (``evaluate`` reports the loss only). E.g.
+        ``mgd.train.absolute_error`` for regression.
       augment: ``False``, ``True`` (``Augment()``: crop with padding 4 and flip) or an
         ``Augment``.
       dtype: floating dtype of parameters, inputs and metaparameters (``jnp.float64`` needs x64).
@@ -142,6 +155,8 @@ class TrainingSetup:
     seed: int = 0
     meta_spec: MetaSpec = MetaSpec()
     objective: str | Callable[[jax.Array, jax.Array], jax.Array] = "val_loss"
+    loss: Callable[[jax.Array, jax.Array], jax.Array] = softmax_cross_entropy
+    metric: Callable[[jax.Array, jax.Array], jax.Array] | None = None
     augment: bool | Augment = False
     dtype: Any = jnp.float32
     eval_batch_size: int = 1024
@@ -175,11 +190,12 @@ class TrainingSetup:
                 f"TrainingSetup: meta_spec must be an mgd.MetaSpec, got {self.meta_spec}"
             )
         self.meta_spec.check(num_steps=self.num_steps, num_train=n)
-        if not callable(self.objective) and self.objective not in tuple(_PER_EXAMPLE):
+        if not callable(self.objective) and self.objective not in _OBJECTIVES:
             raise ValueError(
-                f"TrainingSetup: objective must be one of {tuple(_PER_EXAMPLE)} or a callable "
-                f"(logits, labels) -> scalar, got {self.objective!r}"
+                f"TrainingSetup: objective must be one of {_OBJECTIVES} or a callable "
+                f"(outputs, targets) -> scalar, got {self.objective!r}"
             )
+        self._check_loss_and_metric()
         if self.data.y_val.size == 0:
             raise ValueError("TrainingSetup: the objective needs a non-empty validation split")
         if self.augment is True:
@@ -192,6 +208,61 @@ class TrainingSetup:
             raise ValueError(f"TrainingSetup: dtype must be a floating dtype, got {self.dtype}")
         _ = self._model  # Fails now, not at first use, on a model of the wrong kind.
         check_mesh(self.mesh, self.data_axis, self.param_axis, self.batch_size)
+
+    def _check_loss_and_metric(self) -> None:
+        # Shapes are checked where they are known, when the functions are traced.
+        for name in ("loss", "metric"):
+            fn = getattr(self, name)
+            if fn is None and name == "metric":
+                continue
+            if not callable(fn):
+                raise TypeError(
+                    f"TrainingSetup: {name} must be a function (outputs, targets) -> per-example "
+                    f"values, got {fn!r}"
+                )
+            try:
+                hash(fn)  # A static field (it shapes the compiled programs), like jit's.
+            except TypeError as e:
+                raise TypeError(f"TrainingSetup: {name} must be hashable, got {fn!r}") from e
+        if self.metric is not None and (
+            not getattr(self.metric, "__name__", "").isidentifier()
+            or self.metric.__name__ == "loss"
+        ):
+            raise ValueError(
+                "TrainingSetup: metric needs a name other than 'loss' to report it under: define "
+                f"it with def, got {getattr(self.metric, '__name__', self.metric)!r}"
+            )
+        if self.data.num_classes is None:
+            if self.loss is softmax_cross_entropy:
+                raise ValueError(
+                    "TrainingSetup: data holds float regression targets but loss is "
+                    "softmax_cross_entropy, for class labels; pass loss=mgd.train.squared_error "
+                    "or another regression loss"
+                )
+            if self.objective == "val_margin":
+                raise ValueError(
+                    "TrainingSetup: objective='val_margin' needs integer class labels, but data "
+                    "holds float regression targets; use objective='val_loss'"
+                )
+
+    @property
+    def _metric(self) -> Callable | None:
+        if self.metric is None and self.loss is softmax_cross_entropy:
+            return accuracy
+        return self.metric
+
+    def _per_example(self, name: str, outputs: jax.Array, targets: jax.Array) -> jax.Array:
+        # The loss or metric of a batch, with a check of what the user's function returned.
+        fn = self.loss if name == "loss" else self._metric
+        values = fn(outputs, targets)
+        b = outputs.shape[0]
+        if jnp.shape(values) != (b,) or not jnp.issubdtype(jnp.result_type(values), jnp.floating):
+            raise ValueError(
+                f"TrainingSetup: {name} {getattr(fn, '__name__', fn)} must return one float per "
+                f"example, shape ({b},), got {jnp.shape(values)} {jnp.result_type(values)} for "
+                f"outputs {outputs.shape} and targets {targets.shape}"
+            )
+        return values
 
     def replace(self, **changes: Any) -> TrainingSetup:
         """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed.
@@ -228,9 +299,9 @@ class TrainingSetup:
         low, high = d.x_range
         return _Arrays(
             jnp.asarray(d.x_train, dt),
-            jnp.asarray(d.y_train),
+            self._targets(d.y_train),
             jnp.asarray(d.x_val, dt),
-            jnp.asarray(d.y_val),
+            self._targets(d.y_val),
             jnp.asarray(slot),
             jnp.asarray(low, dt),
             jnp.asarray(high, dt),
@@ -279,6 +350,10 @@ class TrainingSetup:
             jnp.zeros((), jnp.int32), params, self.optimizer.init(params), model_state
         )
 
+    def _targets(self, y: np.ndarray) -> jax.Array:
+        # Labels stay int32; regression targets take the setup's dtype, like the inputs.
+        return jnp.asarray(y, self.dtype if np.issubdtype(y.dtype, np.floating) else None)
+
     def _cast(self, leaf: jax.Array) -> jax.Array:
         return leaf.astype(self.dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
 
@@ -311,8 +386,8 @@ class TrainingSetup:
         x, y, weight = shard_batch((x, y, weight), self.mesh, self.data_axis)
 
         def loss_fn(params):
-            logits, model_state = self._model.apply(params, state.model_state, x, True)
-            losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+            outputs, model_state = self._model.apply(params, state.model_state, x, True)
+            losses = self._per_example("loss", outputs, y)
             return jnp.sum(weight * losses) / batches.count[t], model_state
 
         grads, model_state = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -329,18 +404,18 @@ class TrainingSetup:
         return constrain_state(new, self.mesh, self.param_axis)
 
     def _split_sums(self, params, model_state, x, y, fn) -> jax.Array:
-        # Sum of fn(logits, labels) * count over chunks of eval_batch_size (bounded memory).
+        # Sum of fn(outputs, targets, valid) over chunks of eval_batch_size (bounded memory).
         n, c = x.shape[0], min(self.eval_batch_size, x.shape[0])
         chunks = math.ceil(n / c)
         pad = chunks * c - n
         xs = jnp.concatenate([x, x[:pad]]).reshape(chunks, c, *x.shape[1:])
-        ys = jnp.concatenate([y, y[:pad]]).reshape(chunks, c)
+        ys = jnp.concatenate([y, y[:pad]]).reshape(chunks, c, *y.shape[1:])
         valid = (jnp.arange(chunks * c) < n).reshape(chunks, c)
 
         def chunk(args):
             xc, yc, vc = args
-            logits, _ = self._model.apply(params, model_state, xc, False)
-            return fn(logits, yc, vc)
+            outputs, _ = self._model.apply(params, model_state, xc, False)
+            return fn(outputs, yc, vc)
 
         return jnp.sum(jax.lax.map(chunk, (xs, ys, valid)), axis=0)
 
@@ -350,12 +425,15 @@ class TrainingSetup:
         y = arrays.y_val
         if callable(self.objective):
             # A user objective sees the whole split at once (it need not be a mean).
-            logits, _ = self._model.apply(state.params, state.model_state, x, False)
-            return self.objective(logits, y)
-        per_example = _PER_EXAMPLE[self.objective]
+            outputs, _ = self._model.apply(state.params, state.model_state, x, False)
+            return self.objective(outputs, y)
 
-        def summed(logits, labels, valid):
-            return jnp.sum(jnp.where(valid, per_example(logits, labels), 0))
+        def summed(outputs, targets, valid):
+            if self.objective == "val_margin":
+                values = _margin(outputs, targets)
+            else:
+                values = self._per_example("loss", outputs, targets)
+            return jnp.sum(jnp.where(valid, values, 0))
 
         return self._split_sums(state.params, state.model_state, x, y, summed) / x.shape[0]
 
@@ -426,10 +504,11 @@ class TrainingSetup:
             return jax.lax.scan(body, self._init(key, arrays), steps)[0]
 
         def evaluate(params, model_state, x, y):
-            def sums(logits, labels, valid):
-                losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
-                correct = jnp.argmax(logits, axis=1) == labels
-                return jnp.stack([jnp.sum(jnp.where(valid, losses, 0)), jnp.sum(valid & correct)])
+            names = ("loss",) if self._metric is None else ("loss", "metric")
+
+            def sums(outputs, targets, valid):
+                values = [self._per_example(name, outputs, targets) for name in names]
+                return jnp.stack([jnp.sum(jnp.where(valid, v, 0)) for v in values])
 
             return self._split_sums(params, model_state, x, y, sums) / x.shape[0]
 
@@ -480,22 +559,24 @@ class TrainingSetup:
         return self._jitted["train"](self._arrays, self._checked_meta(meta), key)
 
     def evaluate(self, state: TrainState, split: str = "test") -> dict[str, float]:
-        """Loss and accuracy of a trained state on a split (batch norm in inference mode).
+        """Mean loss and metric of a trained state on a split (batch norm in inference mode).
 
         Args:
           state: a ``TrainState`` (e.g. from ``train``).
           split: ``"train"``, ``"val"`` or ``"test"``.
 
         Returns:
-          ``{"loss": mean cross-entropy, "accuracy": fraction correct}`` as Python floats.
+          ``{"loss": mean loss}`` and, with a metric, its mean under the metric's name, as Python
+          floats: ``{"loss": mean cross-entropy, "accuracy": fraction correct}`` by default.
         """
         x, y = self.data.split(split)
         if y.size == 0:
             raise ValueError(f"split {split!r} is empty; nothing to evaluate")
-        loss, acc = self._jitted["evaluate"](
-            state.params, state.model_state, jnp.asarray(x, self.dtype), jnp.asarray(y)
+        means = self._jitted["evaluate"](
+            state.params, state.model_state, jnp.asarray(x, self.dtype), self._targets(y)
         )
-        return {"loss": float(loss), "accuracy": float(acc)}
+        names = ["loss"] if self._metric is None else ["loss", self._metric.__name__]
+        return {name: float(m) for name, m in zip(names, means, strict=True)}
 
     def learning_rates(self, meta: dict | None = None) -> np.ndarray:
         """The factor ``lr(t)`` on the optimizer's update for every step, shape ``(num_steps,)``."""
