@@ -194,7 +194,7 @@ def run(
         empty without ``resume`` or holds another run.
     """
     started = time.perf_counter()
-    data, noisy = load_data(config.data)
+    data, noisy = load_data(config.data, model=config.train.model)
     setup = setup_from_config(
         config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
     )
