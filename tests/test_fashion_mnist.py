@@ -1,13 +1,17 @@
 """`mgd.load_fashion_mnist` on tiny IDX files written here (neither the package nor the data set
 is needed): the format, the splits, the scaling, the shapes and every error's one line."""
 
+import dataclasses
 import gzip
+import json
 import struct
 
 import numpy as np
 import pytest
 
 import mgd
+from mgd.experiments import DataConfig, OptimizerConfig, TrainConfig, load_data, select
+from mgd.experiments.select import EvalConfig, OuterConfig, ScoreConfig, SelectConfig
 from mgd.train._idx import read_idx
 
 _NAMES = {
@@ -162,3 +166,67 @@ def test_read_idx_round_trip(tmp_path):
     with pytest.raises(ValueError, match="longer than its header"):
         (tmp_path / "long").write_bytes(_idx_bytes(a) + b"\0")
         read_idx(tmp_path / "long", ndim=3)
+
+
+def test_data_config_names_fashion_mnist_with_the_model_s_input_shape(tmp_path):
+    a = _arrays(n_train=30)
+    folder = _write(tmp_path / "fm", a)
+    cfg = DataConfig(name="fashion_mnist", path=str(folder), val_size=6, num_train=20)
+    flat, _ = load_data(cfg, model={"name": "mlp", "hidden": [8]})
+    image, _ = load_data(cfg, model={"name": "small_cnn"})
+    assert flat.input_shape == (784,) and image.input_shape == (28, 28, 1)
+    assert flat.num_train == image.num_train == 20
+    np.testing.assert_array_equal(flat.x_val, image.x_val.reshape(6, 784))
+    np.testing.assert_array_equal(image.y_val, a["train_y"][-6:])
+    noisy_cfg = dataclasses.replace(cfg, label_noise=0.5)
+    noisy, flipped = load_data(noisy_cfg, model={"name": "mlp"})
+    assert flipped.sum() == 10
+    assert np.all((noisy.y_train != a["train_y"][:20]) == flipped)
+
+
+def test_select_experiment_reports_the_baselines(tmp_path):
+    # Separable classes (a bright square per class), so brief training ranks noisy labels last.
+    rng = np.random.default_rng(3)
+
+    def images(labels):
+        x = rng.integers(0, 60, (len(labels), 28, 28))
+        for i, c in enumerate(labels):
+            x[i, 2 * c : 2 * c + 6, 2 * c : 2 * c + 6] = 255
+        return x.astype(np.uint8)
+
+    y = rng.integers(0, 10, 260).astype(np.uint8)
+    y_test = rng.integers(0, 10, 60).astype(np.uint8)
+    folder = _write(
+        tmp_path / "fm",
+        {"train_x": images(y), "train_y": y, "test_x": images(y_test), "test_y": y_test},
+    )
+    config = SelectConfig(
+        fraction=0.5,
+        data=DataConfig(name="fashion_mnist", path=str(folder), val_size=60, label_noise=0.3),
+        train=TrainConfig(
+            model={"name": "mlp", "hidden": [16]},
+            optimizer=OptimizerConfig(learning_rate=0.05),
+            batch_size=20,
+            num_steps=60,
+        ),
+        outer=OuterConfig(meta_steps=1),
+        eval=EvalConfig(num_seeds=1, num_random=1),
+        baselines=("small_loss", "el2n"),
+        scores=ScoreConfig(num_steps=30, el2n_runs=2),
+    )
+    out = tmp_path / "run"
+    done = select.run(config, out, progress=False)
+    _, flipped = load_data(config.data)
+    metrics = json.loads((out / "metrics.json").read_text())
+    selection = json.loads((out / "selection.json").read_text())
+    assert done.setup.data.input_shape == (784,)
+    for name in ("small_loss", "el2n"):
+        kept = done.baselines[name].indices
+        assert selection["baselines"][name] == kept.tolist() and len(kept) == 100
+        assert len(metrics["baselines"][name]["accuracies"]) == 1
+        clean = metrics["label_noise"]["baselines_clean_fraction"][name]
+        assert clean == pytest.approx(1 - flipped[kept].mean())
+        assert clean > 0.9  # 70% of the pool is clean; the scores find most of it
+        assert name in done.table()
+    with pytest.raises(ValueError, match="baselines: unknown forgetting; choose from"):
+        SelectConfig(baselines=("forgetting",))
