@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import mgd
+from mgd.cli import main
 from mgd.experiments import DataConfig, OptimizerConfig, TrainConfig, load_data, select
 from mgd.experiments.select import EvalConfig, OuterConfig, ScoreConfig, SelectConfig
 from mgd.train._idx import read_idx
@@ -230,3 +231,18 @@ def test_select_experiment_reports_the_baselines(tmp_path):
         assert name in done.table()
     with pytest.raises(ValueError, match="baselines: unknown forgetting; choose from"):
         SelectConfig(baselines=("forgetting",))
+
+
+@pytest.mark.parametrize(
+    "command, config",
+    [("select", "fashion_mnist_noisy"), ("lr", "fashion_mnist"), ("poison", "fashion_mnist")],
+)
+def test_shipped_configs_without_the_files_exit_2_naming_the_install(
+    tmp_path, monkeypatch, capsys, command, config
+):
+    monkeypatch.setenv("MGD_FASHION_MNIST_DIR", str(tmp_path / "none"))
+    out = tmp_path / "run"
+    assert main([command, "--config", config, "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "apt-get install dataset-fashion-mnist" in err
+    assert str(tmp_path / "none") in err and not out.exists()

@@ -518,8 +518,8 @@ def load_fashion_mnist(
     if missing:
         raise ValueError(
             f"Fashion-MNIST folder {str(root)!r} lacks {', '.join(missing)} (.gz or plain); "
-            "install them with `apt-get install dataset-fashion-mnist`, or pass directory= or "
-            "set MGD_FASHION_MNIST_DIR to the folder holding the four IDX files"
+            "install them with `apt-get install dataset-fashion-mnist`, or point directory= (a "
+            "config's data.path) or $MGD_FASHION_MNIST_DIR at the folder holding the four files"
         )
     x, y = _idx_pair(root, *_FASHION_FILES[:2])
     x_test, y_test = _idx_pair(root, *_FASHION_FILES[2:])
