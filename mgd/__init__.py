@@ -51,6 +51,7 @@ from mgd.train import TrainingSetup as TrainingSetup
 from mgd.train import TrainState as TrainState
 from mgd.train import load_cifar10 as load_cifar10
 from mgd.train import load_digits as load_digits
+from mgd.train import load_fashion_mnist as load_fashion_mnist
 from mgd.train import load_npz as load_npz
 from mgd.train import make_synthetic as make_synthetic
 

@@ -23,6 +23,7 @@ from mgd.train import (
     TrainingSetup,
     load_cifar10,
     load_digits,
+    load_fashion_mnist,
     load_npz,
     make_optimizer,
     make_synthetic,
@@ -53,11 +54,16 @@ class DataConfig:
       name: ``"digits"`` (scikit-learn's digits, shipped with it, split at random), ``"npz"``
         (``path``: ``x_train, y_train`` the pool, ``x_target, y_target`` the target/validation
         split, ``x_test, y_test`` held out), ``"cifar10"`` (a local copy in ``path`` or
-        ``$MGD_CIFAR10_DIR``) or ``"synthetic"`` (Gaussian clusters, for timing).
-      path: the ``.npz`` file or the CIFAR-10 folder.
+        ``$MGD_CIFAR10_DIR``), ``"fashion_mnist"`` (the IDX files in ``path``, else
+        ``$MGD_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist`` where
+        ``apt-get install dataset-fashion-mnist`` puts them) or ``"synthetic"`` (Gaussian
+        clusters, for timing).
+      path: the ``.npz`` file, the CIFAR-10 folder or the Fashion-MNIST folder.
       val_fraction: digits: fraction of the images in the validation (target) split.
       test_fraction: digits: fraction in the held-out test split.
       split_seed: digits and synthetic: seed of the split.
+      val_size: fashion_mnist: the last ``val_size`` training images are the validation
+        (target) split, the rest the pool (the 10,000 test images are held out).
       num_train: keep only the first ``num_train`` training examples (``None``: all).
       num_classes: npz: the number of classes (``None``: inferred from the labels).
       label_noise: fraction of the pool whose labels become a random *wrong* label, in [0, 1)
@@ -67,11 +73,12 @@ class DataConfig:
       synthetic_sizes: synthetic: ``(num_train, num_val, num_test)``.
     """
 
-    name: Literal["digits", "npz", "cifar10", "synthetic"] = "digits"
+    name: Literal["digits", "npz", "cifar10", "fashion_mnist", "synthetic"] = "digits"
     path: str | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
+    val_size: int = 10_000
     num_train: int | None = None
     num_classes: int | None = None
     label_noise: float = 0.0
@@ -191,8 +198,14 @@ class ReplayConfig:
         return Replay(checkpoint=policy, store=self.store, memory_budget=self.memory_budget)
 
 
-def load_data(cfg: DataConfig) -> tuple[Dataset, np.ndarray]:
+def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, np.ndarray]:
     """The dataset a :class:`DataConfig` names, with its label noise.
+
+    Args:
+      cfg: the data section.
+      model: the model config the data are for (``TrainConfig.model``). Fashion-MNIST's inputs
+        are flattened to ``(784,)`` for an ``mlp`` and kept as ``(28, 28, 1)`` images for
+        convnets; other data sets keep their shape (an MLP flattens what it is given).
 
     Returns:
       ``(data, noisy)``: the ``Dataset`` and a bool ``(num_train,)`` mask of the training
@@ -207,6 +220,9 @@ def load_data(cfg: DataConfig) -> tuple[Dataset, np.ndarray]:
         )
     elif cfg.name == "cifar10":
         data = load_cifar10(cfg.path)
+    elif cfg.name == "fashion_mnist":
+        flatten = model is not None and model.get("name") == "mlp"
+        data = load_fashion_mnist(cfg.path, val_size=cfg.val_size, flatten=flatten)
     elif cfg.name == "npz":
         try:
             data = load_npz(cfg.path, num_classes=cfg.num_classes)

@@ -187,7 +187,7 @@ def run(
     Raises:
       ValueError: bad input, before anything in ``out`` is written.
     """
-    data, _ = load_data(config.data)
+    data, _ = load_data(config.data, model=config.train.model)
     num_steps = config.train.num_steps
     knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
     setup = setup_from_config(

@@ -203,7 +203,7 @@ def run(
         empty without ``resume`` or holds another run...), before anything in ``out`` is
         written.
     """
-    data, _ = load_data(config.data)
+    data, _ = load_data(config.data, model=config.train.model)
     setup = setup_from_config(config.train, data)
     att = config.attack
     out = None if out is None else Path(out)

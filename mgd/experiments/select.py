@@ -1,8 +1,9 @@
 """The dataset-selection experiment (``mgd select``): config, ``run``, outputs.
 
 ``run(config, out)`` selects a fraction of the candidate pool with :func:`mgd.select_data`,
-retrains from scratch with fresh seeds on the selection, on random subsets of the same size and
-on the whole pool (:func:`mgd.evaluate_selection`), and writes ``selection.json``,
+runs the baselines the config lists (small-loss, EL2N), retrains from scratch with fresh seeds
+on the selection, on random subsets of the same size, on the baselines' subsets and on the
+whole pool (:func:`mgd.evaluate_selection`), and writes ``selection.json``,
 ``metrics.json``, ``history.json`` and ``objective.png`` into ``out``.
 """
 
@@ -29,16 +30,21 @@ from mgd.experiments._common import (
     write_json,
 )
 from mgd.outer.selection import (
+    BaselineSelection,
     SelectionReport,
     SelectionResult,
     budget_exchange,
     count_descent,
+    el2n_selection,
     evaluate_selection,
     select_data,
+    small_loss_selection,
 )
 from mgd.train import MetaSpec, TrainingSetup
 
-__all__ = ["OuterConfig", "EvalConfig", "SelectConfig", "SelectRun", "run"]
+__all__ = ["OuterConfig", "EvalConfig", "ScoreConfig", "SelectConfig", "SelectRun", "run"]
+
+BASELINES = ("small_loss", "el2n")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +98,26 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScoreConfig:
+    """The brief training of the score-based baselines (``small_loss``, ``el2n``).
+
+    Attributes:
+      num_steps: training steps on the whole pool before scoring (``None``: a tenth of
+        ``train.num_steps``), with the selection's recipe and seed.
+      el2n_runs: EL2N averages the scores of this many runs (seeds ``seed, seed + 1, ...``).
+    """
+
+    num_steps: int | None = None
+    el2n_runs: int = 4
+
+    def __post_init__(self):
+        if self.num_steps is not None and self.num_steps < 1:
+            raise ValueError(f"scores.num_steps must be >= 1 or null, got {self.num_steps}")
+        if self.el2n_runs < 1:
+            raise ValueError(f"scores.el2n_runs must be >= 1, got {self.el2n_runs}")
+
+
+@dataclasses.dataclass(frozen=True)
 class SelectConfig:
     """Everything ``mgd select`` does; the shipped ``default`` config equals ``SelectConfig()``.
 
@@ -100,6 +126,10 @@ class SelectConfig:
       seed: seed of the selection: initialization and batch order while selecting, the initial
         subset and the update rule's masks.
       data, train, outer, replay, eval: the sections.
+      baselines: the selections of the same size also evaluated, beside random subsets and
+        the full pool: a subset of ``small_loss`` (:func:`mgd.outer.selection.small_loss_selection`)
+        and ``el2n`` (:func:`mgd.outer.selection.el2n_selection`); empty: none.
+      scores: the baselines' brief training.
     """
 
     fraction: float = 0.25
@@ -114,8 +144,15 @@ class SelectConfig:
     outer: OuterConfig = OuterConfig()
     replay: ReplayConfig = ReplayConfig()
     eval: EvalConfig = EvalConfig()
+    baselines: tuple[str, ...] = ()
+    scores: ScoreConfig = ScoreConfig()
 
     def __post_init__(self):
+        unknown = sorted(set(self.baselines) - set(BASELINES))
+        if unknown:
+            raise ValueError(
+                f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
+            )
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
         if not 0 <= self.seed < 2**31:
@@ -132,6 +169,7 @@ class SelectRun:
       result: the selection (:class:`mgd.SelectionResult`).
       report: the evaluation (:class:`mgd.SelectionReport`).
       metrics: the content of ``metrics.json``.
+      baselines: the baselines' selections by name (those ``config.baselines`` lists).
     """
 
     config: SelectConfig
@@ -139,14 +177,18 @@ class SelectRun:
     result: SelectionResult
     report: SelectionReport
     metrics: dict[str, Any]
+    baselines: dict[str, BaselineSelection] = dataclasses.field(default_factory=dict)
 
     def table(self) -> str:
         """The results table printed by ``mgd select``."""
         lines = [self.report.table()]
         if "label_noise" in self.metrics:
             ln = self.metrics["label_noise"]
+            others = "".join(
+                f", {c:.3f} of {name}" for name, c in ln.get("baselines_clean_fraction", {}).items()
+            )
             lines.append(
-                f"clean labels: {ln['selected_clean_fraction']:.3f} of the selection, "
+                f"clean labels: {ln['selected_clean_fraction']:.3f} of the selection{others}, "
                 f"{ln['pool_clean_fraction']:.3f} of the pool"
             )
         t = self.metrics["timing"]
@@ -194,7 +236,7 @@ def run(
         empty without ``resume`` or holds another run.
     """
     started = time.perf_counter()
-    data, noisy = load_data(config.data)
+    data, noisy = load_data(config.data, model=config.train.model)
     setup = setup_from_config(
         config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
     )
@@ -230,6 +272,8 @@ def run(
         progress=progress,
     )
     selected_at = time.perf_counter()
+    baselines = _baselines(config, setup, size)
+    baselines_s = time.perf_counter() - selected_at
 
     # One training run of the inner model, timed after compilation: the unit of meta-step cost
     # (median of three: the machine may be shared).
@@ -253,6 +297,7 @@ def run(
         seeds=seeds,
         num_random=config.eval.num_random,
         random_seed=config.seed + 1,
+        baselines={name: b.indices for name, b in baselines.items()},
         progress=progress,
     )
     retrain_s = time.perf_counter() - eval_started
@@ -266,6 +311,7 @@ def run(
     metrics["timing"] = {
         "total_s": total_s,
         "selection_s": selected_at - started,
+        "baselines_s": baselines_s,
         "metagradient_s": float(sum(step_seconds)),
         "retrain_s": retrain_s,
         "train_run_s": train_run_s,
@@ -279,7 +325,11 @@ def run(
             "pool_clean_fraction": float(1 - noisy.mean()),
             "selected_clean_fraction": float(1 - noisy[result.indices].mean()),
         }
-    done = SelectRun(config, setup, result, report, metrics)
+        if baselines:
+            metrics["label_noise"]["baselines_clean_fraction"] = {
+                name: float(1 - noisy[b.indices].mean()) for name, b in baselines.items()
+            }
+    done = SelectRun(config, setup, result, report, metrics, baselines)
     if out is not None:
         log(result.history)
         write_json(
@@ -289,12 +339,27 @@ def run(
                 "fraction": config.fraction,
                 "size": size,
                 "num_candidates": n,
+                "baselines": {name: b.indices.tolist() for name, b in baselines.items()},
                 "config": echo,
             },
         )
         write_json(out / "metrics.json", metrics)
         _plot(done).savefig(out / "objective.png", dpi=100)
     return done
+
+
+def _baselines(config: SelectConfig, setup: TrainingSetup, size: int) -> dict:
+    # The score-based baselines, trained with the selection's recipe and seed (never the
+    # evaluation's seeds).
+    steps = config.scores.num_steps
+    out = {}
+    for name in config.baselines:
+        if name == "small_loss":
+            out[name] = small_loss_selection(setup, size, num_steps=steps, seed=config.seed)
+        else:
+            seeds = [config.seed + j for j in range(config.scores.el2n_runs)]
+            out[name] = el2n_selection(setup, size, num_steps=steps, seeds=seeds)
+    return out
 
 
 def _plot(done: SelectRun) -> Any:
@@ -305,11 +370,17 @@ def _plot(done: SelectRun) -> Any:
     left.axvline(best_step, color="grey", linestyle=":", label=f"selected (step {best_step})")
     left.set(xlabel="meta-step", ylabel="target loss", title="Target loss per meta-step")
     left.legend()
-    entries = [report.selected, report.random, report.full]
-    labels = ["selected", "random\n(same size)", "full pool"]
+    entries = [report.selected, report.random, *report.baselines, report.full]
+    labels = ["selected", "random\n(same size)", *(b.name for b in report.baselines), "full pool"]
     means = [e.mean for e in entries]
     stds = [e.std for e in entries]
-    right.bar(labels, means, yerr=stds, capsize=4, color=["tab:green", "tab:grey", "tab:blue"])
+    right.bar(
+        labels,
+        means,
+        yerr=stds,
+        capsize=4,
+        color=["tab:green", "tab:grey", *["tab:orange"] * len(report.baselines), "tab:blue"],
+    )
     low = min(m - s for m, s in zip(means, stds, strict=True))
     right.set_ylim(max(0.0, low - 0.05), 1.0)
     right.set(ylabel="test accuracy", title="Retrained from scratch, fresh seeds")

@@ -16,6 +16,7 @@ from mgd.train._conv import loop_friendly_conv as loop_friendly_conv
 from mgd.train._data import Dataset as Dataset
 from mgd.train._data import load_cifar10 as load_cifar10
 from mgd.train._data import load_digits as load_digits
+from mgd.train._data import load_fashion_mnist as load_fashion_mnist
 from mgd.train._data import load_npz as load_npz
 from mgd.train._data import make_synthetic as make_synthetic
 from mgd.train._losses import absolute_error as absolute_error

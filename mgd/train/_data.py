@@ -9,12 +9,28 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Dataset", "load_digits", "load_npz", "load_cifar10", "make_synthetic"]
+from mgd.train._idx import read_idx
+
+__all__ = [
+    "Dataset",
+    "load_digits",
+    "load_npz",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "make_synthetic",
+]
 
 _SPLITS = ("train", "val", "test")
 _NPZ_KEYS = ("x_train", "y_train", "x_target", "y_target", "x_test", "y_test")
 _CIFAR_TRAIN_FILES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _CIFAR_TEST_FILE = "test_batch"
+_FASHION_DEFAULT_DIR = "/usr/share/datasets/fashion-mnist"
+_FASHION_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
 
 
 def _frozen(a: np.ndarray) -> np.ndarray:
@@ -433,6 +449,101 @@ def load_cifar10(directory: str | os.PathLike | None = None, *, val_size: int = 
         y_test,
         10,
         x_range=(-mean / std, (1 - mean) / std),
+    )
+
+
+def _idx_pair(root: Path, images: str, labels: str) -> tuple[np.ndarray, np.ndarray]:
+    # One split's images (n, h, w) and labels (n,), checked against each other.
+    files = [_idx_file(root, name) for name in (images, labels)]
+    x, y = read_idx(files[0], ndim=3), read_idx(files[1], ndim=1)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(
+            f"IDX file {str(files[1])!r} has {y.shape[0]} labels but {str(files[0])!r} has "
+            f"{x.shape[0]} images; the two files must come from the same split"
+        )
+    if y.size and y.max() > 9:
+        raise ValueError(
+            f"IDX file {str(files[1])!r} has label {y.max()}; Fashion-MNIST labels are 0..9"
+        )
+    return x, y
+
+
+def _idx_file(root: Path, name: str) -> Path:
+    # The packaged files are gzip-compressed; a plain (unpacked) copy is read as well.
+    gz = root / f"{name}.gz"
+    return gz if gz.is_file() else root / name
+
+
+def load_fashion_mnist(
+    directory: str | os.PathLike | None = None, *, val_size: int = 10_000, flatten: bool = False
+) -> Dataset:
+    """Fashion-MNIST (Xiao, Rasul, Vollgraf 2017) from its four IDX files (never downloaded).
+
+    The folder holds ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+    ``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each gzip-compressed (``.gz``,
+    as distributed) or plain. Debian's ``apt-get install dataset-fashion-mnist`` puts them in
+    ``/usr/share/datasets/fashion-mnist``. The last ``val_size`` of the 60,000 training images
+    become the validation (target) split and the rest the training pool (50,000 by default);
+    the 10,000 test images are held out. Pixels are scaled from 0..255 to [0, 1] and
+    ``x_range`` is ``(0, 1)``.
+
+    Args:
+      directory: the folder; ``None`` reads ``$MGD_FASHION_MNIST_DIR``, else the Debian package's
+        ``/usr/share/datasets/fashion-mnist``.
+      val_size: number of training images held out as the validation split, in
+        ``(0, num_images)``.
+      flatten: inputs of shape ``(784,)`` (for MLPs) instead of ``(28, 28, 1)`` (for convnets).
+
+    Returns:
+      A ``Dataset`` with 10 classes, float32 inputs in [0, 1].
+
+    Raises:
+      ValueError: a file is missing (the message names the folder searched and the install
+        command), or a file has a wrong magic number, is truncated, or its count disagrees with
+        its partner's (the message names the file); or ``val_size`` is out of range.
+
+    Example:
+      >>> data = mgd.load_fashion_mnist(flatten=True)  # doctest: +SKIP
+      >>> data.num_train, data.input_shape
+      (50000, (784,))
+
+    References:
+      Xiao, Rasul, Vollgraf. "Fashion-MNIST: a Novel Image Dataset for Benchmarking Machine
+      Learning Algorithms", arXiv:1708.07747, 2017.
+    """
+    if directory is None:
+        directory = os.environ.get("MGD_FASHION_MNIST_DIR") or _FASHION_DEFAULT_DIR
+    root = Path(directory)
+    missing = [name for name in _FASHION_FILES if not _idx_file(root, name).is_file()]
+    if missing:
+        raise ValueError(
+            f"Fashion-MNIST folder {str(root)!r} lacks {', '.join(missing)} (.gz or plain); "
+            "install them with `apt-get install dataset-fashion-mnist`, or point directory= (a "
+            "config's data.path) or $MGD_FASHION_MNIST_DIR at the folder holding the four files"
+        )
+    x, y = _idx_pair(root, *_FASHION_FILES[:2])
+    x_test, y_test = _idx_pair(root, *_FASHION_FILES[2:])
+    if x_test.shape[1:] != x.shape[1:]:
+        raise ValueError(
+            f"IDX file {str(_idx_file(root, _FASHION_FILES[2]))!r} has images of shape "
+            f"{x_test.shape[1:]} but the training images are {x.shape[1:]}"
+        )
+    if isinstance(val_size, bool) or not 0 < val_size < len(y):
+        raise ValueError(f"val_size must lie in (0, {len(y)}), got {val_size}")
+    shape = (-1,) if flatten else (*x.shape[1:], 1)
+
+    def scaled(a):
+        return (a / np.float32(255)).astype(np.float32).reshape(a.shape[0], *shape)
+
+    return Dataset(
+        scaled(x[:-val_size]),
+        y[:-val_size],
+        scaled(x[-val_size:]),
+        y[-val_size:],
+        scaled(x_test),
+        y_test,
+        10,
+        x_range=(0.0, 1.0),
     )
 
 

@@ -1,9 +1,13 @@
 """Dataset selection: metagradient descent on per-example data weights.
 
 Update rules (optax-shaped ``(init, update)`` pairs), the search :func:`select_data` on the
-shared meta-descent loop, and the honest evaluation :func:`evaluate_selection`.
+shared meta-descent loop, the baselines against noisy labels (:func:`small_loss_selection`,
+:func:`el2n_selection`) and the honest evaluation :func:`evaluate_selection`.
 """
 
+from mgd.outer.selection._baselines import BaselineSelection as BaselineSelection
+from mgd.outer.selection._baselines import el2n_selection as el2n_selection
+from mgd.outer.selection._baselines import small_loss_selection as small_loss_selection
 from mgd.outer.selection._evaluate import SelectionReport as SelectionReport
 from mgd.outer.selection._evaluate import SubsetAccuracy as SubsetAccuracy
 from mgd.outer.selection._evaluate import evaluate_selection as evaluate_selection

@@ -7,7 +7,7 @@ the selection's recipe and seeds the selection never used; accuracy is on the te
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,7 @@ class SubsetAccuracy:
     """Test accuracy of models trained on one training set.
 
     Attributes:
-      name: ``"selected"``, ``"random"`` or ``"full"``.
+      name: ``"selected"``, ``"random"``, ``"full"`` or a baseline's name.
       size: examples in the training set.
       accuracies: float64 ``(r,)``: one accuracy per model (``random``: per random subset).
     """
@@ -60,16 +60,20 @@ class SelectionReport:
       random: random subsets of the same size (one model each).
       full: models trained on the whole pool (one per seed).
       seeds: the training seeds.
+      baselines: other selections of the pool (e.g. ``small_loss``, ``el2n``), one model per
+        seed each.
     """
 
     selected: SubsetAccuracy
     random: SubsetAccuracy
     full: SubsetAccuracy
     seeds: tuple[int, ...]
+    baselines: tuple[SubsetAccuracy, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"selected", "random", "full": {...}, "size", "num_candidates", "eval_seeds"}``."""
-        return {
+        """``{"selected", "random", "full": {...}, "size", "num_candidates", "eval_seeds"}``,
+        and ``"baselines": {name: {...}}`` when there are baselines."""
+        out = {
             "selected": self.selected.to_dict(),
             "random": self.random.to_dict(),
             "full": self.full.to_dict(),
@@ -77,12 +81,16 @@ class SelectionReport:
             "num_candidates": self.full.size,
             "eval_seeds": list(self.seeds),
         }
+        if self.baselines:
+            out["baselines"] = {b.name: {"size": b.size, **b.to_dict()} for b in self.baselines}
+        return out
 
     def table(self) -> str:
         """A plain-text table: size and test accuracy mean +- std per training set."""
         rows = [
             ("selected", self.selected),
             (f"random (x{len(self.random.accuracies)})", self.random),
+            *((b.name, b) for b in self.baselines),
             ("full pool", self.full),
         ]
         lines = [f"{'training set':<14}{'size':>6}  test accuracy (retrained, fresh seeds)"]
@@ -98,6 +106,7 @@ def evaluate_selection(
     seeds: Sequence[int],
     num_random: int = 5,
     random_seed: int = 0,
+    baselines: Mapping[str, Sequence[int] | np.ndarray] | None = None,
     progress: bool = True,
 ) -> SelectionReport:
     """Test accuracy of models retrained from scratch on the selection, random subsets, the pool.
@@ -112,6 +121,8 @@ def evaluate_selection(
         ``j``-th random subset is trained with ``seeds[j % len(seeds)]``.
       num_random: number of random subsets of size ``k`` (drawn with ``random_seed``).
       random_seed: seed of the random subsets.
+      baselines: other selections to evaluate alike, ``{name: indices}`` (e.g. the indices of
+        :func:`small_loss_selection`); each is trained with every seed in ``seeds``.
       progress: show a tqdm progress bar over the retrained models.
 
     Returns:
@@ -132,7 +143,8 @@ def evaluate_selection(
     data, n, k = setup.data, setup.data.num_train, len(indices)
     rng = np.random.default_rng(random_seed)
     random_subsets = [np.sort(rng.permutation(n)[:k]) for _ in range(num_random)]
-    total = 2 * len(seeds) + num_random
+    baselines = dict(baselines or {})
+    total = (2 + len(baselines)) * len(seeds) + num_random
     with tqdm(total=total, desc="retraining", disable=not progress) as bar:
 
         def run(subset: np.ndarray | None, run_seeds: list[int]) -> np.ndarray:
@@ -145,6 +157,10 @@ def evaluate_selection(
         random = np.array(
             [run(s, [seeds[j % len(seeds)]])[0] for j, s in enumerate(random_subsets)]
         )
+        others = tuple(
+            SubsetAccuracy(name, len(idx), run(np.asarray(idx), seeds))
+            for name, idx in baselines.items()
+        )
         full = run(None, seeds)
 
     return SelectionReport(
@@ -152,4 +168,5 @@ def evaluate_selection(
         random=SubsetAccuracy("random", k, random),
         full=SubsetAccuracy("full", n, full),
         seeds=tuple(seeds),
+        baselines=others,
     )
