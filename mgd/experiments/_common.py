@@ -9,7 +9,7 @@ import json
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import optax
@@ -28,7 +28,7 @@ from mgd.train import (
     make_optimizer,
     make_synthetic,
 )
-from mgd.train.models import make_model
+from mgd.train.models import MLPConfig, ModelConfig, make_model, model_config
 
 __all__ = [
     "DataConfig",
@@ -143,8 +143,10 @@ class TrainConfig:
     """The inner training run: model, optimizer, batch size, steps, objective.
 
     Attributes:
-      model: ``mgd.train.models.make_model``'s config, e.g. ``{name: mlp, hidden: [128]}``
-        (``mlp``, ``small_cnn`` or ``resnet9`` with their config fields; checked when read).
+      model: an ``MLPConfig``, ``SmallCNNConfig`` or ``ResNet9Config``
+        (``mgd.train.models``); a file writes ``{name: mlp, hidden: [128]}`` (``name``:
+        ``mlp``, ``small_cnn`` or ``resnet9``, then that config's fields; ``preset:
+        metasmooth`` for ``resnet9``), and a dict given here is read the same way.
       optimizer: the optimizer section.
       batch_size: examples per step.
       num_steps: training steps (the metagradient goes through all of them).
@@ -153,7 +155,7 @@ class TrainConfig:
         ``"val_loss"`` or ``"val_margin"``.
     """
 
-    model: dict = dataclasses.field(default_factory=lambda: {"name": "mlp", "hidden": [128]})
+    model: Annotated[ModelConfig, model_config] = MLPConfig(hidden=(128,))
     optimizer: OptimizerConfig = OptimizerConfig()
     batch_size: int = 64
     num_steps: int = 1000
@@ -161,7 +163,7 @@ class TrainConfig:
     objective: Literal["val_loss", "val_margin"] = "val_loss"
 
     def __post_init__(self):
-        make_model(self.model)  # Refuses an unknown model, preset or field when read.
+        object.__setattr__(self, "model", model_config(self.model))
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.num_steps < 1:
@@ -198,14 +200,17 @@ class ReplayConfig:
         return Replay(checkpoint=policy, store=self.store, memory_budget=self.memory_budget)
 
 
-def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, np.ndarray]:
+def load_data(
+    cfg: DataConfig, *, model: ModelConfig | dict | None = None
+) -> tuple[Dataset, np.ndarray]:
     """The dataset a :class:`DataConfig` names, with its label noise.
 
     Args:
       cfg: the data section.
-      model: the model config the data are for (``TrainConfig.model``). Fashion-MNIST's inputs
-        are flattened to ``(784,)`` for an ``mlp`` and kept as ``(28, 28, 1)`` images for
-        convnets; other data sets keep their shape (an MLP flattens what it is given).
+      model: the model config the data are for (``TrainConfig.model``, or its dict).
+        Fashion-MNIST's inputs are flattened to ``(784,)`` for an ``mlp`` and kept as
+        ``(28, 28, 1)`` images for convnets; other data sets keep their shape (an MLP flattens
+        what it is given).
 
     Returns:
       ``(data, noisy)``: the ``Dataset`` and a bool ``(num_train,)`` mask of the training
@@ -221,7 +226,7 @@ def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, n
     elif cfg.name == "cifar10":
         data = load_cifar10(cfg.path)
     elif cfg.name == "fashion_mnist":
-        flatten = model is not None and model.get("name") == "mlp"
+        flatten = model is not None and isinstance(model_config(model), MLPConfig)
         data = load_fashion_mnist(cfg.path, val_size=cfg.val_size, flatten=flatten)
     elif cfg.name == "npz":
         try:
