@@ -48,6 +48,9 @@ def test_unknown_config_name(capsys):
     _assert_one_line_error(code, err, "no shipped config 'nosuch' for mgd lr; pass one of default")
 
 
+_SIZES = {"y_train": 200, "y_target": 40, "y_test": 40}
+
+
 def _npz(tmp_path, **changes):
     rng = np.random.default_rng(0)
     arrays = {
@@ -91,6 +94,20 @@ def test_bad_data(tmp_path, capsys, changes, match):
     out = tmp_path / "out"
     code, err = _run(capsys, ["select", "--data", _npz(tmp_path, **changes), "--out", str(out)])
     _assert_one_line_error(code, err, match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("train", ["", "train: {loss: squared_error}\n"])
+def test_regression_targets_are_refused_by_select(tmp_path, capsys, train):
+    # mgd select reports test accuracy: float targets are refused up front, with the fix named.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(train)
+    floats = {k: np.linspace(0, 1, n, dtype=np.float32) for k, n in _SIZES.items()}
+    out = tmp_path / "out"
+    argv = ["select", "--config", str(cfg), "--data", _npz(tmp_path, **floats), "--out", str(out)]
+    code, err = _run(capsys, argv)
+    _assert_one_line_error(code, err, "loss=mgd.train.squared_error")
+    assert "float regression targets" in err
     assert not out.exists()
 
 

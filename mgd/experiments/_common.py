@@ -21,12 +21,16 @@ from mgd.train import (
     Dataset,
     MetaSpec,
     TrainingSetup,
+    absolute_error,
+    accuracy,
     load_cifar10,
     load_digits,
     load_fashion_mnist,
     load_npz,
     make_optimizer,
     make_synthetic,
+    softmax_cross_entropy,
+    squared_error,
 )
 from mgd.train.models import MLPConfig, ModelConfig, make_model, model_config
 
@@ -36,6 +40,7 @@ __all__ = [
     "TrainConfig",
     "ReplayConfig",
     "load_data",
+    "require_class_labels",
     "setup_from_config",
     "config_path",
     "read_config",
@@ -153,6 +158,11 @@ class TrainConfig:
       augment: random crops and flips (images).
       objective: what the outer loop evaluates on the target/validation split:
         ``"val_loss"`` or ``"val_margin"``.
+      loss: the per-example training loss (``mgd.train``'s function of that name):
+        ``"softmax_cross_entropy"`` for integer class labels, ``"squared_error"`` for float
+        regression targets (the model then has one output per target dimension).
+      metric: what ``TrainingSetup.evaluate`` reports next to the loss: ``"accuracy"``,
+        ``"absolute_error"`` or ``None`` (accuracy for ``softmax_cross_entropy``, else none).
     """
 
     model: Annotated[ModelConfig, model_config] = MLPConfig(hidden=(128,))
@@ -161,6 +171,8 @@ class TrainConfig:
     num_steps: int = 1000
     augment: bool = False
     objective: Literal["val_loss", "val_margin"] = "val_loss"
+    loss: Literal["softmax_cross_entropy", "squared_error"] = "softmax_cross_entropy"
+    metric: Literal["accuracy", "absolute_error"] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", model_config(self.model))
@@ -251,6 +263,11 @@ def load_data(
         data = data.subset(np.arange(cfg.num_train))
     noisy = np.zeros(data.num_train, bool)
     if cfg.label_noise > 0:
+        if data.num_classes is None:
+            raise ValueError(
+                "data.label_noise flips class labels, but the data hold float regression "
+                "targets; set data.label_noise to 0"
+            )
         rng = np.random.default_rng(cfg.noise_seed)
         noisy[rng.permutation(data.num_train)[: round(cfg.label_noise * data.num_train)]] = True
         # A shift by 1..C-1 classes: always a wrong label, uniformly among the wrong ones.
@@ -259,6 +276,24 @@ def load_data(
         y[noisy] = (y[noisy] + shift) % data.num_classes
         data = data.replace(y_train=y)
     return data, noisy
+
+
+_LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "squared_error": squared_error}
+_METRICS = {"accuracy": accuracy, "absolute_error": absolute_error}
+
+
+def require_class_labels(data: Dataset, command: str) -> None:
+    """Refuses regression targets in an experiment whose report is test accuracy.
+
+    Raises:
+      ValueError: ``data`` holds float regression targets (named with the fix).
+    """
+    if data.num_classes is None:
+        raise ValueError(
+            f"mgd {command} reports the test accuracy of retrained models and needs integer "
+            "class labels, but the data hold float regression targets; for regression call the "
+            "library from Python with mgd.TrainingSetup(..., loss=mgd.train.squared_error)"
+        )
 
 
 def setup_from_config(
@@ -271,7 +306,8 @@ def setup_from_config(
 
     Args:
       cfg: the training section.
-      data: the dataset (its number of classes sizes the model's output).
+      data: the dataset (its number of classes, or for regression targets ``(n,)`` or
+        ``(n, d)`` their dimension 1 or ``d``, sizes the model's output).
       seed: initialization and batch order.
       meta_spec: the metaparameters switched on (default none).
 
@@ -281,8 +317,11 @@ def setup_from_config(
     Raises:
       ValueError: a setting the model, optimizer or setup refuses.
     """
+    outputs = data.num_classes
+    if outputs is None:  # Regression: one output per target dimension.
+        outputs = int(np.prod(data.y_train.shape[1:], dtype=int))
     return TrainingSetup(
-        make_model(cfg.model, num_classes=data.num_classes),
+        make_model(cfg.model, num_classes=outputs),
         cfg.optimizer.build(cfg.num_steps),
         data,
         batch_size=cfg.batch_size,
@@ -291,6 +330,8 @@ def setup_from_config(
         meta_spec=MetaSpec() if meta_spec is None else meta_spec,
         objective=cfg.objective,
         augment=cfg.augment,
+        loss=_LOSSES[cfg.loss],
+        metric=None if cfg.metric is None else _METRICS[cfg.metric],
     )
 
 

@@ -24,6 +24,7 @@ from mgd.experiments._common import (
     load_data,
     new_figure,
     prepare_out,
+    require_class_labels,
     setup_from_config,
     write_json,
 )
@@ -188,6 +189,7 @@ def run(
       ValueError: bad input, before anything in ``out`` is written.
     """
     data, _ = load_data(config.data, model=config.train.model)
+    require_class_labels(data, "lr")
     num_steps = config.train.num_steps
     knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
     setup = setup_from_config(

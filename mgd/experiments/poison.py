@@ -24,6 +24,7 @@ from mgd.experiments._common import (
     TrainConfig,
     load_data,
     prepare_out,
+    require_class_labels,
     setup_from_config,
     write_json,
 )
@@ -204,6 +205,7 @@ def run(
         written.
     """
     data, _ = load_data(config.data, model=config.train.model)
+    require_class_labels(data, "poison")
     setup = setup_from_config(config.train, data)
     att = config.attack
     out = None if out is None else Path(out)

@@ -26,6 +26,7 @@ from mgd.experiments._common import (
     load_data,
     new_figure,
     prepare_out,
+    require_class_labels,
     setup_from_config,
     write_json,
 )
@@ -237,6 +238,7 @@ def run(
     """
     started = time.perf_counter()
     data, noisy = load_data(config.data, model=config.train.model)
+    require_class_labels(data, "select")
     setup = setup_from_config(
         config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
     )

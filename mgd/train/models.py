@@ -45,8 +45,9 @@ _CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def _check_common(cls: str, num_classes: int, output_scale: float, activation: str | None = None):
-    if num_classes < 2:
-        raise ValueError(f"{cls}: num_classes must be at least 2, got {num_classes}")
+    # One output is a scalar regression head (a classifier needs two or more).
+    if num_classes < 1:
+        raise ValueError(f"{cls}: num_classes must be at least 1, got {num_classes}")
     if not output_scale > 0:
         raise ValueError(f"{cls}: output_scale must be positive, got {output_scale}")
     if activation is not None and activation not in _ACTIVATIONS:
