@@ -177,3 +177,16 @@ def test_poison_flags_are_checked(tmp_path, capsys):
     code, err = _run(capsys, ["poison", "--fraction", "1.5", "--out", str(tmp_path / "o")])
     _assert_one_line_error(code, err, "poisoned fraction must lie in (0, 1)")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_error_inside_the_run_is_not_reported_as_bad_input(tmp_path, monkeypatch):
+    # Input checks passed, the run started: a ValueError from inside it keeps its traceback
+    # (exit status 1 from the console script) instead of passing for a usage error.
+    import mgd.experiments.select
+
+    def fails(*args, **kwargs):
+        raise ValueError("boom inside the run")
+
+    monkeypatch.setattr(mgd.experiments.select, "select_data", fails)
+    with pytest.raises(ValueError, match="boom inside the run"):
+        main(["select", "--meta-steps", "1", "--out", str(tmp_path / "o"), "--quiet"])

@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -35,6 +37,8 @@ from mgd.train import (
 from mgd.train.models import MLPConfig, ModelConfig, make_model, model_config
 
 __all__ = [
+    "InputError",
+    "checking_input",
     "DataConfig",
     "OptimizerConfig",
     "TrainConfig",
@@ -49,6 +53,29 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+
+
+class InputError(ValueError):
+    """Bad input found before a run starts: a config, flag, data file or ``--out`` refused.
+
+    The command line reports it in one line with exit status 2; any other error is a failure of
+    the run and keeps its traceback.
+    """
+
+
+@contextlib.contextmanager
+def checking_input() -> Iterator[None]:
+    """Turns a ``ValueError`` raised inside the block into an :class:`InputError`.
+
+    Raises:
+      InputError: for any ``ValueError`` of the block (its message kept, the cause chained).
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(str(e)) from e
 
 
 @dataclasses.dataclass(frozen=True)

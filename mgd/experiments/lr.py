@@ -21,6 +21,7 @@ from mgd.experiments._common import (
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    checking_input,
     load_data,
     new_figure,
     prepare_out,
@@ -186,18 +187,19 @@ def run(
       An :class:`LRRun`.
 
     Raises:
-      ValueError: bad input, before anything in ``out`` is written.
+      InputError: (a ``ValueError``) bad input, before anything in ``out`` is written.
     """
-    data, _ = load_data(config.data, model=config.train.model)
-    require_class_labels(data, "lr")
-    num_steps = config.train.num_steps
-    knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
-    setup = setup_from_config(
-        config.train, data, seed=config.seed, meta_spec=MetaSpec(lr_knots=knots)
-    )
-    out = None if out is None else Path(out)
-    if out is not None:
-        prepare_out(out, "lr", config, resume=resume)
+    with checking_input():
+        data, _ = load_data(config.data, model=config.train.model)
+        require_class_labels(data, "lr")
+        num_steps = config.train.num_steps
+        knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
+        setup = setup_from_config(
+            config.train, data, seed=config.seed, meta_spec=MetaSpec(lr_knots=knots)
+        )
+        out = None if out is None else Path(out)
+        if out is not None:
+            prepare_out(out, "lr", config, resume=resume)
     metrics: dict[str, Any] = {}
     starts = {f"lr {r:.4g}": float(r) for r in config.search.init_lr}
     grid: tuple = ()

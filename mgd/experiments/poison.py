@@ -22,6 +22,7 @@ from mgd.experiments._common import (
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    checking_input,
     load_data,
     prepare_out,
     require_class_labels,
@@ -200,17 +201,18 @@ def run(
       A :class:`PoisonRun`.
 
     Raises:
-      ValueError: any invalid setting (data without held-out splits, an ``out`` that is not
-        empty without ``resume`` or holds another run...), before anything in ``out`` is
-        written.
+      InputError: (a ``ValueError``) any invalid setting (data without held-out splits, an
+        ``out`` that is not empty without ``resume`` or holds another run...), before anything
+        in ``out`` is written.
     """
-    data, _ = load_data(config.data, model=config.train.model)
-    require_class_labels(data, "poison")
-    setup = setup_from_config(config.train, data)
-    att = config.attack
-    out = None if out is None else Path(out)
-    if out is not None:
-        prepare_out(out, "poison", config, resume=resume)
+    with checking_input():
+        data, _ = load_data(config.data, model=config.train.model)
+        require_class_labels(data, "poison")
+        setup = setup_from_config(config.train, data)
+        att = config.attack
+        out = None if out is None else Path(out)
+        if out is not None:
+            prepare_out(out, "poison", config, resume=resume)
     seconds: dict[str, float] = {}
     results: dict[str, PoisonResult] = {}
     t0 = time.perf_counter()
