@@ -42,6 +42,7 @@ from mgd.outer.poison import (
 from mgd.outer.poison._attack import check_fraction
 from mgd.outer.poison._update import check_bound
 from mgd.train import TrainingSetup
+from mgd.train.models import MLPConfig
 
 __all__ = [
     "PoisonAttackConfig",
@@ -124,7 +125,7 @@ class PoisonConfig:
 
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(
-        model={"name": "mlp", "hidden": [64]},
+        model=MLPConfig(hidden=(64,)),
         optimizer=OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.9, lr_decay="cosine"),
         batch_size=64,
         num_steps=150,

@@ -43,6 +43,7 @@ from mgd.outer.selection import (
     small_loss_selection,
 )
 from mgd.train import MetaSpec, TrainingSetup
+from mgd.train.models import MLPConfig
 
 __all__ = ["OuterConfig", "EvalConfig", "ScoreConfig", "SelectConfig", "SelectRun", "run"]
 
@@ -138,7 +139,7 @@ class SelectConfig:
     seed: int = 0
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(
-        model={"name": "mlp", "hidden": [128]},
+        model=MLPConfig(hidden=(128,)),
         optimizer=OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9),
         batch_size=64,
         num_steps=1000,
