@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+_NOISE_STREAM = 0x6E6F697365  # "noise": tags the label noise's random stream.
 
 
 class InputError(ValueError):
@@ -295,7 +296,10 @@ def load_data(
                 "data.label_noise flips class labels, but the data hold float regression "
                 "targets; set data.label_noise to 0"
             )
-        rng = np.random.default_rng(cfg.noise_seed)
+        # A stream of its own: default_rng(noise_seed) alone is the stream a selection's starting
+        # subset and random subsets draw from with the same seed, so seed 0 and noise_seed 0
+        # would start the selection on exactly the noisy labels.
+        rng = np.random.default_rng([cfg.noise_seed, _NOISE_STREAM])
         noisy[rng.permutation(data.num_train)[: round(cfg.label_noise * data.num_train)]] = True
         # A shift by 1..C-1 classes: always a wrong label, uniformly among the wrong ones.
         shift = rng.integers(1, data.num_classes, size=int(noisy.sum()))
