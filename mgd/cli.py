@@ -12,8 +12,9 @@
 ``CONFIG`` is a shipped config's name (``default``, ``digits_noisy``, ``digits``, ``cifar10``)
 or a YAML/TOML file. Each command prints its results table and writes ``metrics.json``, its
 plots and ``config.yaml`` into ``DIR``, with the outer loop's checkpoints under
-``DIR/checkpoints/``. Bad input exits with status 2 and one line on stderr, before anything in
-``DIR`` is written.
+``DIR/checkpoints/``. Bad input (a flag, config, data file or ``DIR`` refused, or a checkpoint
+in ``DIR`` of another run) exits with status 2 and one line on stderr, before anything in ``DIR``
+is written; an error during the run itself raises with its traceback (status 1).
 """
 
 from __future__ import annotations
@@ -123,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         print(str(e), file=sys.stderr)
         return _EXIT_BAD_INPUT
     except ValueError as e:
+        if not _bad_input(e):
+            raise  # A failure of the run itself, not bad input: keep its traceback.
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         print(f"{command}: {message}", file=sys.stderr)
         return _EXIT_BAD_INPUT
@@ -145,7 +148,26 @@ def _experiment(command: str) -> Any:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    """The config file's content with the flags applied (flags win)."""
+    """The config file's content with the flags applied (flags win).
+
+    Raises:
+      InputError: an unknown config, a key or flag value the config refuses.
+    """
+    from mgd.experiments._common import checking_input
+
+    with checking_input():
+        return _flags_applied(args)
+
+
+def _bad_input(error: ValueError) -> bool:
+    # Imported here, like the experiments: the errors' modules load JAX.
+    from mgd.experiments import InputError
+    from mgd.outer import ResumeError
+
+    return isinstance(error, InputError | ResumeError)
+
+
+def _flags_applied(args: argparse.Namespace) -> Any:
     from mgd.experiments import read_config
 
     module = _experiment(args.command)

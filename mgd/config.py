@@ -1,7 +1,9 @@
 """Configs: frozen dataclasses read from YAML or TOML files, with unknown keys rejected.
 
 A config class is a frozen dataclass whose fields have defaults; fields may be other config
-dataclasses (nested sections). ``load_config(None, cls)`` is ``cls()``, the built-in default, so a
+dataclasses (nested sections), or ``Annotated[T, parse]`` where ``parse`` turns a mapping into a
+``T`` (a tagged union such as the model configs, whose class attribute ``config_name`` is written
+back as the ``name`` key). ``load_config(None, cls)`` is ``cls()``, the built-in default, so a
 command works from a non-editable install without the repository's config files.
 """
 
@@ -87,10 +89,14 @@ def config_to_dict(config: Any) -> dict[str, Any]:
 
     The inverse of :func:`config_from_dict`: ``config_from_dict(config_to_dict(c), type(c)) == c``.
     """
-    return _plain(dataclasses.asdict(config))
+    return _plain(config)
 
 
 def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        tag = getattr(type(value), "config_name", None)
+        return fields if tag is None else {"name": tag, **fields}
     if isinstance(value, dict):
         return {k: _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -104,7 +110,7 @@ def _build(raw: Any, cls: type, where: str, prefix: str) -> Any:
         raise ValueError(
             f"{where}: {section} must be a mapping of keys to values, got {type(raw).__name__}"
         )
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in raw.items():
@@ -123,6 +129,12 @@ def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(value, tp, where, prefix=f"{key}.")
     origin = typing.get_origin(tp)
+    if origin is typing.Annotated:
+        _, parse = typing.get_args(tp)[:2]
+        try:
+            return parse(value)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: '{key}': {e}") from e
     if origin in (typing.Union, types.UnionType):
         options = typing.get_args(tp)
         if value is None and type(None) in options:

@@ -48,6 +48,9 @@ def test_unknown_config_name(capsys):
     _assert_one_line_error(code, err, "no shipped config 'nosuch' for mgd lr; pass one of default")
 
 
+_SIZES = {"y_train": 200, "y_target": 40, "y_test": 40}
+
+
 def _npz(tmp_path, **changes):
     rng = np.random.default_rng(0)
     arrays = {
@@ -91,6 +94,20 @@ def test_bad_data(tmp_path, capsys, changes, match):
     out = tmp_path / "out"
     code, err = _run(capsys, ["select", "--data", _npz(tmp_path, **changes), "--out", str(out)])
     _assert_one_line_error(code, err, match)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("train", ["", "train: {loss: squared_error}\n"])
+def test_regression_targets_are_refused_by_select(tmp_path, capsys, train):
+    # mgd select reports test accuracy: float targets are refused up front, with the fix named.
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(train)
+    floats = {k: np.linspace(0, 1, n, dtype=np.float32) for k, n in _SIZES.items()}
+    out = tmp_path / "out"
+    argv = ["select", "--config", str(cfg), "--data", _npz(tmp_path, **floats), "--out", str(out)]
+    code, err = _run(capsys, argv)
+    _assert_one_line_error(code, err, "loss=mgd.train.squared_error")
+    assert "float regression targets" in err
     assert not out.exists()
 
 
@@ -160,3 +177,16 @@ def test_poison_flags_are_checked(tmp_path, capsys):
     code, err = _run(capsys, ["poison", "--fraction", "1.5", "--out", str(tmp_path / "o")])
     _assert_one_line_error(code, err, "poisoned fraction must lie in (0, 1)")
     assert not (tmp_path / "o").exists()
+
+
+def test_an_error_inside_the_run_is_not_reported_as_bad_input(tmp_path, monkeypatch):
+    # Input checks passed, the run started: a ValueError from inside it keeps its traceback
+    # (exit status 1 from the console script) instead of passing for a usage error.
+    import mgd.experiments.select
+
+    def fails(*args, **kwargs):
+        raise ValueError("boom inside the run")
+
+    monkeypatch.setattr(mgd.experiments.select, "select_data", fails)
+    with pytest.raises(ValueError, match="boom inside the run"):
+        main(["select", "--meta-steps", "1", "--out", str(tmp_path / "o"), "--quiet"])

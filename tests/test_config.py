@@ -74,3 +74,39 @@ def test_bad_configs_give_one_line_errors(tmp_path, text, match):
 def test_missing_file(tmp_path):
     with pytest.raises(ValueError, match="cannot read config"):
         load_config(tmp_path / "nope.yaml", Outer)
+
+
+def test_model_section_is_a_typed_tagged_union(tmp_path):
+    from mgd.experiments import TrainConfig
+    from mgd.train.models import ResNet9Config, SmallCNNConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name: resnet9, preset: metasmooth, pool: max}\n")
+    cfg = load_config(path, TrainConfig)
+    assert cfg.model == ResNet9Config.metasmooth(pool="max")
+    # The tag is written back, so the echo reads into the same config.
+    assert config_to_dict(cfg)["model"]["name"] == "resnet9"
+    assert config_from_dict(config_to_dict(cfg), TrainConfig) == cfg
+    # A dict given in code is read like the file's section.
+    assert TrainConfig(model={"name": "small_cnn", "channels": [4]}).model == SmallCNNConfig(
+        channels=(4,)
+    )
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("model: {name: mlp, hiden: [3]}\n", "'model': model config: unknown field.s. hiden"),
+        ("model: {name: vit}\n", "'model': model config: name must be one of"),
+        ("model: {name: mlp, activation: sine}\n", "'model': MLPConfig: activation must be"),
+        ("model: 3\n", "'model': model config must be a mapping"),
+    ],
+)
+def test_bad_model_sections_give_one_line_errors(tmp_path, text, match):
+    from mgd.experiments import TrainConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        load_config(path, TrainConfig)
+    assert "\n" not in str(info.value)

@@ -240,3 +240,26 @@ def test_bad_loss_or_metric_at_trace_time(setup_kw, run, match):
             setup.metagradient()
         else:
             setup.evaluate(setup.init_state())
+
+
+@pytest.mark.parametrize("d", [None, 2])
+def test_loss_from_config_reaches_the_setup_and_fits_regression(d):
+    # The config's `loss:`/`metric:` names become the setup's functions; the model gets one
+    # output per target dimension, and training lowers the held-out squared error.
+    from mgd.experiments import OptimizerConfig, TrainConfig, setup_from_config
+
+    cfg = TrainConfig(
+        model={"name": "mlp", "hidden": [8]},
+        optimizer=OptimizerConfig(name="adam", learning_rate=0.05),
+        batch_size=8,
+        num_steps=40,
+        loss="squared_error",
+        metric="absolute_error",
+    )
+    setup = setup_from_config(cfg, _regression_data(d))
+    assert setup.loss is mgd.train.squared_error and setup.metric is mgd.train.absolute_error
+    assert setup.model.config.num_classes == (d or 1)
+    before = setup.evaluate(setup.init_state(), split="test")
+    after = setup.evaluate(setup.train(), split="test")
+    assert set(after) == {"loss", "absolute_error"}
+    assert after["loss"] < 0.5 * before["loss"]

@@ -1,5 +1,6 @@
 """search_lr_schedule: bad input, the reduced-size result, divergence, checkpoints, reporting."""
 
+import dataclasses
 import json
 import types
 
@@ -9,16 +10,27 @@ import pytest
 
 from mgd.cli import main
 from mgd.engine import StoreAll
+from mgd.experiments import read_config
+from mgd.experiments.lr import LRConfig, search_setup
 from mgd.outer import Replay
 from mgd.outer.lr import (
     PiecewiseLinearSchedule,
-    digits_lr_setup,
     evaluate_schedules,
     log_lr_adam,
     lr_schedule_grid,
     search_lr_schedule,
 )
 from mgd.train import MetaSpec
+
+
+def digits_lr_setup(*, num_steps, num_knots, width):
+    """`mgd lr`'s shipped default setting at a reduced size."""
+    cfg = read_config("lr", "default", LRConfig)
+    train = cfg.train
+    train = dataclasses.replace(
+        train, num_steps=num_steps, model=dataclasses.replace(train.model, hidden=(width,))
+    )
+    return search_setup(dataclasses.replace(cfg, train=train, num_knots=num_knots))
 
 
 @pytest.fixture(scope="module")

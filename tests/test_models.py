@@ -117,7 +117,7 @@ def test_normalized_mlp_hidden_layers_are_scale_invariant():
         ({"name": "resnet9", "width_multiplier": 0}, "width_multiplier"),
         ({"name": "resnet9", "output_scale": -1}, "output_scale"),
         ({"name": "mlp", "preset": "metasmooth"}, "preset"),
-        ({"name": "mlp", "num_classes": 1}, "num_classes"),
+        ({"name": "mlp", "num_classes": 0}, "num_classes"),
     ],
 )
 def test_bad_model_configs(config, match):

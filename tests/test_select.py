@@ -8,6 +8,7 @@ import pytest
 
 import mgd
 from mgd.cli import main
+from mgd.experiments import DataConfig, load_data
 from mgd.outer.selection import budget_exchange, count_descent, evaluate_selection, select_data
 from mgd.train.models import MLP, MLPConfig
 
@@ -102,16 +103,11 @@ def test_noisy_labels_are_avoided_reduced():
     # selection checks the loop and the evaluation exactly. The reduced form of the README's
     # noisy-digits result (which runs the shipped
     # digits_noisy config at full size): 30% wrong labels, select half, fewer steps.
-    data = mgd.load_digits()
-    rng = np.random.default_rng(0)
-    noisy = np.zeros(data.num_train, bool)
-    noisy[rng.permutation(data.num_train)[: round(0.3 * data.num_train)]] = True
-    y = data.y_train.copy()
-    y[noisy] = (y[noisy] + rng.integers(1, 10, noisy.sum())) % 10
+    data, noisy = load_data(DataConfig(label_noise=0.3))
     setup = mgd.TrainingSetup(
         MLP(MLPConfig(hidden=(64,))),
         optax.sgd(0.01, momentum=0.9),
-        data.replace(y_train=y),
+        data,
         batch_size=64,
         num_steps=300,
         meta_spec=mgd.MetaSpec(data_weights=True),
@@ -122,6 +118,16 @@ def test_noisy_labels_are_avoided_reduced():
     assert 1 - noisy[res.indices].mean() >= 0.9
     metrics = evaluate_selection(setup, res.indices, seeds=[7], num_random=2, progress=False)
     assert metrics.selected.mean > metrics.random.mean
+
+
+def test_label_noise_and_starting_subset_are_independent_draws():
+    # With seed 0 and noise_seed 0 the starting subset (default_rng(seed).permutation) held
+    # every noisy label when the noise drew from the same stream; now its noisy share is the
+    # pool's (30% of 1,078: a binomial spread of about 2 points on a half).
+    data, noisy = load_data(DataConfig(label_noise=0.3, noise_seed=0))
+    for seed in (0, 1):
+        start = np.random.default_rng(seed).permutation(data.num_train)[: data.num_train // 2]
+        assert abs(noisy[start].mean() - 0.3) < 0.05
 
 
 def test_evaluation_refuses_the_selection_seed(setup):

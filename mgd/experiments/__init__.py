@@ -7,6 +7,7 @@ tests all run experiments through these.
 """
 
 from mgd.experiments._common import DataConfig as DataConfig
+from mgd.experiments._common import InputError as InputError
 from mgd.experiments._common import OptimizerConfig as OptimizerConfig
 from mgd.experiments._common import ReplayConfig as ReplayConfig
 from mgd.experiments._common import TrainConfig as TrainConfig

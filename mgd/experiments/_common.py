@@ -4,12 +4,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import numpy as np
 import optax
@@ -21,21 +23,28 @@ from mgd.train import (
     Dataset,
     MetaSpec,
     TrainingSetup,
+    absolute_error,
+    accuracy,
     load_cifar10,
     load_digits,
     load_fashion_mnist,
     load_npz,
     make_optimizer,
     make_synthetic,
+    softmax_cross_entropy,
+    squared_error,
 )
-from mgd.train.models import make_model
+from mgd.train.models import MLPConfig, ModelConfig, make_model, model_config
 
 __all__ = [
+    "InputError",
+    "checking_input",
     "DataConfig",
     "OptimizerConfig",
     "TrainConfig",
     "ReplayConfig",
     "load_data",
+    "require_class_labels",
     "setup_from_config",
     "config_path",
     "read_config",
@@ -44,6 +53,30 @@ __all__ = [
 ]
 
 C = TypeVar("C")
+_NOISE_STREAM = 0x6E6F697365  # "noise": tags the label noise's random stream.
+
+
+class InputError(ValueError):
+    """Bad input found before a run starts: a config, flag, data file or ``--out`` refused.
+
+    The command line reports it in one line with exit status 2; any other error is a failure of
+    the run and keeps its traceback.
+    """
+
+
+@contextlib.contextmanager
+def checking_input() -> Iterator[None]:
+    """Turns a ``ValueError`` raised inside the block into an :class:`InputError`.
+
+    Raises:
+      InputError: for any ``ValueError`` of the block (its message kept, the cause chained).
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as e:
+        raise InputError(str(e)) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,25 +176,34 @@ class TrainConfig:
     """The inner training run: model, optimizer, batch size, steps, objective.
 
     Attributes:
-      model: ``mgd.train.models.make_model``'s config, e.g. ``{name: mlp, hidden: [128]}``
-        (``mlp``, ``small_cnn`` or ``resnet9`` with their config fields; checked when read).
+      model: an ``MLPConfig``, ``SmallCNNConfig`` or ``ResNet9Config``
+        (``mgd.train.models``); a file writes ``{name: mlp, hidden: [128]}`` (``name``:
+        ``mlp``, ``small_cnn`` or ``resnet9``, then that config's fields; ``preset:
+        metasmooth`` for ``resnet9``), and a dict given here is read the same way.
       optimizer: the optimizer section.
       batch_size: examples per step.
       num_steps: training steps (the metagradient goes through all of them).
       augment: random crops and flips (images).
       objective: what the outer loop evaluates on the target/validation split:
         ``"val_loss"`` or ``"val_margin"``.
+      loss: the per-example training loss (``mgd.train``'s function of that name):
+        ``"softmax_cross_entropy"`` for integer class labels, ``"squared_error"`` for float
+        regression targets (the model then has one output per target dimension).
+      metric: what ``TrainingSetup.evaluate`` reports next to the loss: ``"accuracy"``,
+        ``"absolute_error"`` or ``None`` (accuracy for ``softmax_cross_entropy``, else none).
     """
 
-    model: dict = dataclasses.field(default_factory=lambda: {"name": "mlp", "hidden": [128]})
+    model: Annotated[ModelConfig, model_config] = MLPConfig(hidden=(128,))
     optimizer: OptimizerConfig = OptimizerConfig()
     batch_size: int = 64
     num_steps: int = 1000
     augment: bool = False
     objective: Literal["val_loss", "val_margin"] = "val_loss"
+    loss: Literal["softmax_cross_entropy", "squared_error"] = "softmax_cross_entropy"
+    metric: Literal["accuracy", "absolute_error"] | None = None
 
     def __post_init__(self):
-        make_model(self.model)  # Refuses an unknown model, preset or field when read.
+        object.__setattr__(self, "model", model_config(self.model))
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.num_steps < 1:
@@ -198,14 +240,17 @@ class ReplayConfig:
         return Replay(checkpoint=policy, store=self.store, memory_budget=self.memory_budget)
 
 
-def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, np.ndarray]:
+def load_data(
+    cfg: DataConfig, *, model: ModelConfig | dict | None = None
+) -> tuple[Dataset, np.ndarray]:
     """The dataset a :class:`DataConfig` names, with its label noise.
 
     Args:
       cfg: the data section.
-      model: the model config the data are for (``TrainConfig.model``). Fashion-MNIST's inputs
-        are flattened to ``(784,)`` for an ``mlp`` and kept as ``(28, 28, 1)`` images for
-        convnets; other data sets keep their shape (an MLP flattens what it is given).
+      model: the model config the data are for (``TrainConfig.model``, or its dict).
+        Fashion-MNIST's inputs are flattened to ``(784,)`` for an ``mlp`` and kept as
+        ``(28, 28, 1)`` images for convnets; other data sets keep their shape (an MLP flattens
+        what it is given).
 
     Returns:
       ``(data, noisy)``: the ``Dataset`` and a bool ``(num_train,)`` mask of the training
@@ -221,7 +266,7 @@ def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, n
     elif cfg.name == "cifar10":
         data = load_cifar10(cfg.path)
     elif cfg.name == "fashion_mnist":
-        flatten = model is not None and model.get("name") == "mlp"
+        flatten = model is not None and isinstance(model_config(model), MLPConfig)
         data = load_fashion_mnist(cfg.path, val_size=cfg.val_size, flatten=flatten)
     elif cfg.name == "npz":
         try:
@@ -246,7 +291,15 @@ def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, n
         data = data.subset(np.arange(cfg.num_train))
     noisy = np.zeros(data.num_train, bool)
     if cfg.label_noise > 0:
-        rng = np.random.default_rng(cfg.noise_seed)
+        if data.num_classes is None:
+            raise ValueError(
+                "data.label_noise flips class labels, but the data hold float regression "
+                "targets; set data.label_noise to 0"
+            )
+        # A stream of its own: default_rng(noise_seed) alone is the stream a selection's starting
+        # subset and random subsets draw from with the same seed, so seed 0 and noise_seed 0
+        # would start the selection on exactly the noisy labels.
+        rng = np.random.default_rng([cfg.noise_seed, _NOISE_STREAM])
         noisy[rng.permutation(data.num_train)[: round(cfg.label_noise * data.num_train)]] = True
         # A shift by 1..C-1 classes: always a wrong label, uniformly among the wrong ones.
         shift = rng.integers(1, data.num_classes, size=int(noisy.sum()))
@@ -254,6 +307,24 @@ def load_data(cfg: DataConfig, *, model: dict | None = None) -> tuple[Dataset, n
         y[noisy] = (y[noisy] + shift) % data.num_classes
         data = data.replace(y_train=y)
     return data, noisy
+
+
+_LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "squared_error": squared_error}
+_METRICS = {"accuracy": accuracy, "absolute_error": absolute_error}
+
+
+def require_class_labels(data: Dataset, command: str) -> None:
+    """Refuses regression targets in an experiment whose report is test accuracy.
+
+    Raises:
+      ValueError: ``data`` holds float regression targets (named with the fix).
+    """
+    if data.num_classes is None:
+        raise ValueError(
+            f"mgd {command} reports the test accuracy of retrained models and needs integer "
+            "class labels, but the data hold float regression targets; for regression call the "
+            "library from Python with mgd.TrainingSetup(..., loss=mgd.train.squared_error)"
+        )
 
 
 def setup_from_config(
@@ -266,7 +337,8 @@ def setup_from_config(
 
     Args:
       cfg: the training section.
-      data: the dataset (its number of classes sizes the model's output).
+      data: the dataset (its number of classes, or for regression targets ``(n,)`` or
+        ``(n, d)`` their dimension 1 or ``d``, sizes the model's output).
       seed: initialization and batch order.
       meta_spec: the metaparameters switched on (default none).
 
@@ -276,8 +348,11 @@ def setup_from_config(
     Raises:
       ValueError: a setting the model, optimizer or setup refuses.
     """
+    outputs = data.num_classes
+    if outputs is None:  # Regression: one output per target dimension.
+        outputs = int(np.prod(data.y_train.shape[1:], dtype=int))
     return TrainingSetup(
-        make_model(cfg.model, num_classes=data.num_classes),
+        make_model(cfg.model, num_classes=outputs),
         cfg.optimizer.build(cfg.num_steps),
         data,
         batch_size=cfg.batch_size,
@@ -286,6 +361,8 @@ def setup_from_config(
         meta_spec=MetaSpec() if meta_spec is None else meta_spec,
         objective=cfg.objective,
         augment=cfg.augment,
+        loss=_LOSSES[cfg.loss],
+        metric=None if cfg.metric is None else _METRICS[cfg.metric],
     )
 
 

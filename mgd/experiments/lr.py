@@ -21,9 +21,11 @@ from mgd.experiments._common import (
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    checking_input,
     load_data,
     new_figure,
     prepare_out,
+    require_class_labels,
     setup_from_config,
     write_json,
 )
@@ -37,9 +39,10 @@ from mgd.outer.lr import (
     search_lr_schedule,
 )
 from mgd.outer.lr._evaluate import per_step_setup
-from mgd.train import MetaSpec, TrainingSetup, retrain_and_evaluate
+from mgd.train import Dataset, MetaSpec, TrainingSetup, retrain_and_evaluate
+from mgd.train.models import MLPConfig
 
-__all__ = ["SearchConfig", "GridConfig", "LRConfig", "LRRun", "run"]
+__all__ = ["SearchConfig", "GridConfig", "LRConfig", "LRRun", "search_setup", "run"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +106,7 @@ class LRConfig:
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(
         # Layer norm before the activation keeps a search that tries too high a rate alive.
-        model={"name": "mlp", "hidden": [128], "activation": "tanh", "normalize": True},
+        model=MLPConfig(hidden=(128,), activation="tanh", normalize=True),
         optimizer=OptimizerConfig(name="sgd", learning_rate=1.0, momentum=None),
         batch_size=64,
         num_steps=200,
@@ -165,6 +168,32 @@ def _acc(values: list[float] | None) -> str:
     return f"{a.mean():.4f} +- {a.std():.4f}"
 
 
+def search_setup(config: LRConfig, data: Dataset | None = None) -> TrainingSetup:
+    """The ``TrainingSetup`` a search of ``config`` differentiates (``config.train`` on ``data``).
+
+    The one definition of the LR-search setting, shared by :func:`run` and the tests.
+
+    Args:
+      config: the experiment; ``num_knots`` evenly spaced knots on ``[0, train.num_steps]``.
+      data: the data; ``None`` loads ``config.data``.
+
+    Returns:
+      The setup, with ``MetaSpec(lr_knots=...)``: ``meta["log_lr"]`` has shape
+      ``(num_knots,)``, and ``config.train``'s optimizer (learning rate 1.0 in the shipped
+      configs, so the schedule sets the absolute rate) and ``config.seed``.
+
+    Raises:
+      ValueError: data or settings that the loader, the model or the setup refuses.
+    """
+    if data is None:
+        data, _ = load_data(config.data, model=config.train.model)
+    num_steps = config.train.num_steps
+    knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
+    return setup_from_config(
+        config.train, data, seed=config.seed, meta_spec=MetaSpec(lr_knots=knots)
+    )
+
+
 def run(
     config: LRConfig,
     out: str | Path | None = None,
@@ -185,17 +214,16 @@ def run(
       An :class:`LRRun`.
 
     Raises:
-      ValueError: bad input, before anything in ``out`` is written.
+      InputError: (a ``ValueError``) bad input, before anything in ``out`` is written.
     """
-    data, _ = load_data(config.data, model=config.train.model)
-    num_steps = config.train.num_steps
-    knots = tuple(int(k) for k in np.round(np.linspace(0, num_steps, config.num_knots)))
-    setup = setup_from_config(
-        config.train, data, seed=config.seed, meta_spec=MetaSpec(lr_knots=knots)
-    )
-    out = None if out is None else Path(out)
-    if out is not None:
-        prepare_out(out, "lr", config, resume=resume)
+    with checking_input():
+        data, _ = load_data(config.data, model=config.train.model)
+        require_class_labels(data, "lr")
+        num_steps = config.train.num_steps
+        setup = search_setup(config, data)
+        out = None if out is None else Path(out)
+        if out is not None:
+            prepare_out(out, "lr", config, resume=resume)
     metrics: dict[str, Any] = {}
     starts = {f"lr {r:.4g}": float(r) for r in config.search.init_lr}
     grid: tuple = ()

@@ -22,8 +22,10 @@ from mgd.experiments._common import (
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    checking_input,
     load_data,
     prepare_out,
+    require_class_labels,
     setup_from_config,
     write_json,
 )
@@ -40,6 +42,7 @@ from mgd.outer.poison import (
 from mgd.outer.poison._attack import check_fraction
 from mgd.outer.poison._update import check_bound
 from mgd.train import TrainingSetup
+from mgd.train.models import MLPConfig
 
 __all__ = [
     "PoisonAttackConfig",
@@ -122,7 +125,7 @@ class PoisonConfig:
 
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(
-        model={"name": "mlp", "hidden": [64]},
+        model=MLPConfig(hidden=(64,)),
         optimizer=OptimizerConfig(name="sgd", learning_rate=0.1, momentum=0.9, lr_decay="cosine"),
         batch_size=64,
         num_steps=150,
@@ -199,16 +202,18 @@ def run(
       A :class:`PoisonRun`.
 
     Raises:
-      ValueError: any invalid setting (data without held-out splits, an ``out`` that is not
-        empty without ``resume`` or holds another run...), before anything in ``out`` is
-        written.
+      InputError: (a ``ValueError``) any invalid setting (data without held-out splits, an
+        ``out`` that is not empty without ``resume`` or holds another run...), before anything
+        in ``out`` is written.
     """
-    data, _ = load_data(config.data, model=config.train.model)
-    setup = setup_from_config(config.train, data)
-    att = config.attack
-    out = None if out is None else Path(out)
-    if out is not None:
-        prepare_out(out, "poison", config, resume=resume)
+    with checking_input():
+        data, _ = load_data(config.data, model=config.train.model)
+        require_class_labels(data, "poison")
+        setup = setup_from_config(config.train, data)
+        att = config.attack
+        out = None if out is None else Path(out)
+        if out is not None:
+            prepare_out(out, "poison", config, resume=resume)
     seconds: dict[str, float] = {}
     results: dict[str, PoisonResult] = {}
     t0 = time.perf_counter()

@@ -23,9 +23,11 @@ from mgd.experiments._common import (
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    checking_input,
     load_data,
     new_figure,
     prepare_out,
+    require_class_labels,
     setup_from_config,
     write_json,
 )
@@ -41,6 +43,7 @@ from mgd.outer.selection import (
     small_loss_selection,
 )
 from mgd.train import MetaSpec, TrainingSetup
+from mgd.train.models import MLPConfig
 
 __all__ = ["OuterConfig", "EvalConfig", "ScoreConfig", "SelectConfig", "SelectRun", "run"]
 
@@ -136,7 +139,7 @@ class SelectConfig:
     seed: int = 0
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig(
-        model={"name": "mlp", "hidden": [128]},
+        model=MLPConfig(hidden=(128,)),
         optimizer=OptimizerConfig(name="sgd", learning_rate=0.01, momentum=0.9),
         batch_size=64,
         num_steps=1000,
@@ -231,28 +234,30 @@ def run(
       A :class:`SelectRun`.
 
     Raises:
-      ValueError: bad input, before anything in ``out`` is written: unreadable data, a subset
-        smaller than one batch, a model or optimizer setting refused, an ``out`` that is not
-        empty without ``resume`` or holds another run.
+      InputError: (a ``ValueError``) bad input, before anything in ``out`` is written:
+        unreadable data, a subset smaller than one batch, a model or optimizer setting refused,
+        an ``out`` that is not empty without ``resume`` or holds another run.
     """
     started = time.perf_counter()
-    data, noisy = load_data(config.data, model=config.train.model)
-    setup = setup_from_config(
-        config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
-    )
-    n = data.num_train
-    size = round(config.fraction * n)
-    if size < config.train.batch_size:
-        raise ValueError(
-            f"the subset ({size} of {n} candidates at --fraction {config.fraction}) is smaller "
-            f"than one batch ({config.train.batch_size}); raise --fraction or lower "
-            "train.batch_size"
+    with checking_input():
+        data, noisy = load_data(config.data, model=config.train.model)
+        require_class_labels(data, "select")
+        setup = setup_from_config(
+            config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
         )
-    optimizer = _optimizer(config, size)
-    echo = config_to_dict(config)
-    out = None if out is None else Path(out)
-    if out is not None:
-        prepare_out(out, "select", config, resume=resume)
+        n = data.num_train
+        size = round(config.fraction * n)
+        if size < config.train.batch_size:
+            raise ValueError(
+                f"the subset ({size} of {n} candidates at --fraction {config.fraction}) is smaller "
+                f"than one batch ({config.train.batch_size}); raise --fraction or lower "
+                "train.batch_size"
+            )
+        optimizer = _optimizer(config, size)
+        echo = config_to_dict(config)
+        out = None if out is None else Path(out)
+        if out is not None:
+            prepare_out(out, "select", config, resume=resume)
 
     def log(history) -> None:
         write_json(out / "history.json", [h._asdict() for h in history])

@@ -11,6 +11,7 @@ from mgd.outer import selection as selection
 from mgd.outer._loop import LoopResult as LoopResult
 from mgd.outer._loop import MetaStep as MetaStep
 from mgd.outer._loop import Replay as Replay
+from mgd.outer._loop import ResumeError as ResumeError
 from mgd.outer._loop import meta_descent as meta_descent
 from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
 from mgd.outer.lr import LRSearchResult as LRSearchResult

@@ -29,10 +29,18 @@ __all__ = [
     "Replay",
     "MetaStep",
     "LoopResult",
+    "ResumeError",
     "meta_descent",
     "check_meta_steps",
     "setup_fingerprint",
 ]
+
+
+class ResumeError(ValueError):
+    """A save directory whose checkpoint this run cannot continue (bad input, not a failure).
+
+    Raised before the first meta-step, so a command line can report it as bad input.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,9 +231,10 @@ def meta_descent(
       per meta-step.
 
     Raises:
-      ValueError: ``meta_steps`` not an int >= 1; ``resume=True`` without ``save_dir``; a
-        ``save_dir`` holding a checkpoint without ``resume=True``; a checkpoint of a different
-        run (fingerprint mismatch) or of more meta-steps than ``meta_steps``.
+      ValueError: ``meta_steps`` not an int >= 1; ``resume=True`` without ``save_dir``.
+      ResumeError: (a ``ValueError``) a ``save_dir`` holding a checkpoint without
+        ``resume=True``; a checkpoint of a different run (fingerprint mismatch) or of more
+        meta-steps than ``meta_steps``.
     """
     meta_steps = check_meta_steps(meta_steps, where=where)
     if resume and save_dir is None:
@@ -241,20 +250,20 @@ def meta_descent(
         latest = None if ckpt is None else ckpt.latest_step()
         if ckpt is not None and latest is not None:
             if not resume:
-                raise ValueError(
+                raise ResumeError(
                     f"{where}: {ckpt.directory} already holds a checkpoint (meta-step {latest}); "
                     "pass resume=True to continue it or choose another save directory"
                 )
             _, state, saved = ckpt.restore({"params": params, "opt_state": opt_state})
             if saved.get("fingerprint") != print_:
-                raise ValueError(
+                raise ResumeError(
                     f"{where}: the checkpoint in {ckpt.directory} was written by a different run "
                     "(setup, data, seeds, indices or options differ); rerun with those, or "
                     "choose another save directory"
                 )
             history = [MetaStep(*r) for r in saved["history"]]
             if len(history) > meta_steps:
-                raise ValueError(
+                raise ResumeError(
                     f"{where}: the checkpoint in {ckpt.directory} has {len(history)} meta-steps, "
                     f"more than meta_steps={meta_steps}; pass meta_steps >= {len(history)}"
                 )

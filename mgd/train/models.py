@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import flax.linen as nn
 import jax
@@ -26,6 +26,8 @@ __all__ = [
     "SmallCNNConfig",
     "ResNet9",
     "ResNet9Config",
+    "ModelConfig",
+    "model_config",
     "make_model",
 ]
 
@@ -43,8 +45,9 @@ _CONV_INIT = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
 
 
 def _check_common(cls: str, num_classes: int, output_scale: float, activation: str | None = None):
-    if num_classes < 2:
-        raise ValueError(f"{cls}: num_classes must be at least 2, got {num_classes}")
+    # One output is a scalar regression head (a classifier needs two or more).
+    if num_classes < 1:
+        raise ValueError(f"{cls}: num_classes must be at least 1, got {num_classes}")
     if not output_scale > 0:
         raise ValueError(f"{cls}: output_scale must be positive, got {output_scale}")
     if activation is not None and activation not in _ACTIVATIONS:
@@ -103,6 +106,7 @@ class MLPConfig:
         learning-rate search that tries a far too high rate recovers instead of blowing up.
     """
 
+    config_name: ClassVar[str] = "mlp"
     num_classes: int = 10
     hidden: tuple[int, ...] = (256,)
     activation: str = "relu"
@@ -151,6 +155,7 @@ class SmallCNNConfig:
         a function with ``lax.conv_general_dilated``'s signature.
     """
 
+    config_name: ClassVar[str] = "small_cnn"
     num_classes: int = 10
     channels: tuple[int, ...] = (16, 32)
     hidden: int = 64
@@ -212,6 +217,7 @@ class ResNet9Config:
       Page, "How to train your ResNet", 2018 (the ResNet-9 layout).
     """
 
+    config_name: ClassVar[str] = "resnet9"
     num_classes: int = 10
     width_multiplier: float = 1.0
     bn_before_activation: bool = False
@@ -287,30 +293,40 @@ _MODELS = {
     "resnet9": (ResNet9, ResNet9Config),
 }
 
+ModelConfig = MLPConfig | SmallCNNConfig | ResNet9Config
+"""The config of any model: a union tagged by each class's ``config_name``."""
 
-def make_model(config: Mapping[str, Any], *, num_classes: int | None = None) -> nn.Module:
-    """Builds a model from a config dict, e.g. the ``model:`` section of a YAML config.
+
+def model_config(
+    config: Mapping[str, Any] | ModelConfig, *, num_classes: int | None = None
+) -> ModelConfig:
+    """The typed config of a model from a config dict, e.g. a YAML file's ``model:`` section.
 
     Args:
       config: ``{"name": "mlp" | "small_cnn" | "resnet9", **fields}``, the fields of the model's
-        config dataclass. ``{"name": "resnet9", "preset": "metasmooth", ...}`` starts from
-        ``ResNet9Config.metasmooth()``.
+        config dataclass (``{"name": "resnet9", "preset": "metasmooth", ...}`` starts from
+        ``ResNet9Config.metasmooth()``), or a config dataclass, returned as it is.
       num_classes: overrides the config's ``num_classes`` (e.g. from the dataset).
 
     Returns:
-      The flax linen module.
+      An ``MLPConfig``, ``SmallCNNConfig`` or ``ResNet9Config``.
 
     Raises:
-      ValueError: for an unknown name, preset or field.
-
-    Example:
-      >>> model = make_model({"name": "mlp", "hidden": [64]}, num_classes=10)
+      ValueError: for an unknown name, preset or field, or a field the config refuses.
     """
+    if isinstance(config, MLPConfig | SmallCNNConfig | ResNet9Config):
+        if num_classes is None:
+            return config
+        return dataclasses.replace(config, num_classes=num_classes)
+    if not isinstance(config, Mapping):
+        raise ValueError(
+            f"model config must be a mapping such as {{name: mlp, hidden: [128]}}, got {config!r}"
+        )
     fields = dict(config)
     name = fields.pop("name", None)
     if name not in _MODELS:
         raise ValueError(f"model config: name must be one of {sorted(_MODELS)}, got {name!r}")
-    module_cls, config_cls = _MODELS[name]
+    config_cls = _MODELS[name][1]
     preset = fields.pop("preset", None)
     if preset not in (None, "standard") and not (name == "resnet9" and preset == "metasmooth"):
         raise ValueError(
@@ -326,5 +342,28 @@ def make_model(config: Mapping[str, Any], *, num_classes: int | None = None) -> 
     if num_classes is not None:
         fields["num_classes"] = num_classes
     if preset == "metasmooth":
-        return module_cls(config_cls.metasmooth(**fields))
-    return module_cls(config_cls(**fields))
+        return config_cls.metasmooth(**fields)
+    return config_cls(**fields)
+
+
+def make_model(
+    config: Mapping[str, Any] | ModelConfig, *, num_classes: int | None = None
+) -> nn.Module:
+    """Builds a model from its config: a config dict (see :func:`model_config`) or dataclass.
+
+    Args:
+      config: ``{"name": "mlp" | "small_cnn" | "resnet9", **fields}`` or an ``MLPConfig``,
+        ``SmallCNNConfig`` or ``ResNet9Config``.
+      num_classes: overrides the config's ``num_classes`` (e.g. from the dataset).
+
+    Returns:
+      The flax linen module.
+
+    Raises:
+      ValueError: for an unknown name, preset or field.
+
+    Example:
+      >>> model = make_model({"name": "mlp", "hidden": [64]}, num_classes=10)
+    """
+    typed = model_config(config, num_classes=num_classes)
+    return _MODELS[type(typed).config_name][0](typed)

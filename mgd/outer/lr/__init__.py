@@ -5,7 +5,6 @@ search :func:`search_lr_schedule` on the shared meta-descent loop, the grid of h
 schedules it is compared with and their evaluation.
 """
 
-from mgd.outer.lr._digits import digits_lr_setup as digits_lr_setup
 from mgd.outer.lr._evaluate import evaluate_schedules as evaluate_schedules
 from mgd.outer.lr._grid import GridSchedule as GridSchedule
 from mgd.outer.lr._grid import lr_schedule_grid as lr_schedule_grid

@@ -138,33 +138,10 @@ def search_lr_schedule(
 ) -> LRSearchResult:
     r"""Finds a learning-rate schedule by metagradient descent on the validation objective.
 
-    **Parametrization.** The paper's piecewise-linear schedule: a free parameter at each of a
-    few knots — here ``setup.meta_spec.lr_knots`` (or a knot at every step with
-    ``per_step_lr=True``) — interpolated linearly in *log* space
-    (:class:`~mgd.outer.lr._schedule.PiecewiseLinearSchedule`). The paper does not publish its
-    knot placement or interpolation space; we choose evenly spaced knots and log space. Few
-    knots (e.g. 6-11) give the one-cycle, cosine and step shapes enough freedom while each knot
-    sees the gradient of many steps, which averages out the noise of single steps; log space
-    keeps every rate positive and makes the outer optimizer's steps relative changes of the
-    rate, the scale learning rates live on (a 10x error is as far from 1e-3 as from 1e-1).
-
-    **Loop.** With :math:`x` the log rates at the knots and :math:`L(x)` the objective of the
-    run trained with them (``setup.objective``, by default the loss on the validation split that
-    ``mgd.load_digits`` and friends carve from the training data), meta-step :math:`i` computes
-    :math:`L(x_i)` and :math:`\nabla L(x_i)` through every training step with
-    ``setup.metagradient`` and sets :math:`x_{i+1} = x_i + u_i` with the outer optimizer's update
-    :math:`u_i`. After ``meta_steps`` meta-steps the last schedule is evaluated by one training
-    run, and the best evaluated schedule is returned. A non-finite objective or metagradient (the
-    inner run diverged) rejects the step that led there and shrinks later steps
-    (:func:`~mgd.outer.lr._update.log_lr_adam`); the history marks it ``rejected``.
-
-    **Reporting.** The returned schedule is retrained from scratch on ``test_seeds`` (seeds the
-    search never used) and scored on the test split (``mgd.train.retrain_and_evaluate``); the
-    test split takes no part in the search.
-
-    **Cost.** ``meta_steps`` metagradients (each one forward and one reverse sweep plus the
-    checkpoint policy's replays) and one training run, plus ``len(test_seeds)`` runs for
-    reporting.
+    The schedule is piecewise linear in log space between ``setup.meta_spec.lr_knots``; each
+    meta-step is one exact metagradient and one outer update (default :func:`log_lr_adam`),
+    and the best evaluated schedule is retrained on fresh ``test_seeds`` so the test split
+    takes no part in the search. Why these choices, and the cost: ``docs/outer.md``.
 
     Args:
       setup: a ``mgd.TrainingSetup`` whose ``meta_spec`` has ``lr_knots`` (or ``per_step_lr``)

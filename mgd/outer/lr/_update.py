@@ -65,41 +65,11 @@ def log_lr_adam(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Adam with a bounded step, rejection of non-finite runs and descent out of chaotic ones.
 
-    For parameters :math:`x` (log learning rates) and metagradient :math:`g` at :math:`x`, an
-    accepted step is Adam's, clipped coordinate-wise:
-
-    .. math::
-        u = -\mathrm{clip}\big(s\,\eta\,\hat m / (\sqrt{\hat v} + \epsilon),\; -s\,\delta,\;
-        s\,\delta\big),
-
-    with :math:`\eta` = ``learning_rate``, :math:`\delta` = ``max_step`` and :math:`s` the step
-    scale (1 until a rejection). Since :math:`x` is a log rate, a step multiplies each rate by
-    at most :math:`e^{s\delta}`.
-
-    The gradient and ``value`` passed to ``update`` are those at the parameters the *previous*
-    update led to. If either is non-finite (the inner run diverged there), that previous update
-    :math:`u_{prev}` is rejected: ``update`` returns :math:`(\rho - 1)\,u_{prev}`, which moves the
-    parameters back to :math:`x_{prev} + \rho\,u_{prev}` (``shrink`` :math:`= \rho`), leaves the
-    moments untouched and multiplies the step scale :math:`s` by :math:`\rho` for all later steps.
-    Repeated rejections approach the last finite point geometrically.
-
-    **Chaotic runs.** Beyond the edge of stability (roughly ``lr > 2 / sharpness`` for gradient
-    descent) training is chaotic: a perturbation of the rate grows exponentially through the
-    remaining steps, so the exact metagradient reaches magnitudes like 1e12 while its sign
-    changes with the batch order — the objective is rough at every scale the outer step could
-    resolve. The run counts as chaotic when some coordinate's relative sensitivity exceeds
-    ``unstable_ratio``,
-
-    .. math::  \max_i |g_i| > \kappa\, |L|,
-
-    i.e. a 1/``unstable_ratio`` relative change of one rate would change the objective :math:`L`
-    by 100%; in well-behaved runs :math:`|g_i| / |L|` is O(1-10). Then *every* coordinate steps
-    down by the full bound, :math:`u = -s\delta`: the standard remedy for instability, applied
-    to the whole schedule because the exploded gradients flag the knots *before* the chaotic
-    phase (a perturbation there is amplified by it) rather than locate it, and lowering only
-    some knots makes the schedule jagged. The moments are left untouched, so the exploded
-    gradient does not freeze Adam's later steps (a single 1e12 in :math:`\hat v` would). Needs
-    ``value``; ``None`` switches the rule off.
+    Adam's step clipped to ``max_step`` per coordinate; a step that led to a non-finite run is
+    taken back and later steps shrink by ``shrink``; a chaotic run (some ``|g_i| >
+    unstable_ratio * |value|``) lowers every rate by the full bound, because its exploded
+    gradients do not say which knot to lower. The update rules and their rationale:
+    ``docs/outer.md`` (learning-rate search).
 
     Args:
       learning_rate: Adam's step size, in log-rate units per meta-step (0.1: about 10% change).

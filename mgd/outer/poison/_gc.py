@@ -1,29 +1,8 @@
 """Gradient Canceling (Lu, Kamath, Yu 2023), the model-targeted attack the MGD paper compares to.
 
-Gradient Canceling is a two-stage, model-targeted indiscriminate attack:
-
-1. **Target parameters.** Train a clean model ``w_c`` and corrupt it into a nearby bad model
-   ``w_p`` with GradPC (Sun et al. 2020): projected, normalized gradient *ascent* on the clean
-   training loss inside the L2 ball ``|w - w_c|_2 <= r |w_c|_2``.
-2. **Canceling.** Choose the poisoned inputs so that ``w_p`` becomes a stationary point of
-   training on the poisoned pool, i.e. minimize the norm of the full training gradient there:
-
-       f(delta) = 1/2 | (1/n) sum_i grad_w loss(x_i + delta_i, y_i; w_p) |_2^2
-
-   (``delta_i = 0`` off the poisoned set), by projected gradient descent on ``delta`` within the
-   same constraint set as the MGD attack. If ``f = 0``, gradient training started near ``w_p``
-   stays there. Lu et al. add new points; here the attacker perturbs the inputs of existing
-   ones (the MGD paper's threat model, which replaces the "poisoning ratio" by the poisoned
-   fraction), with labels kept.
-
-The canceling gradient ``d f / d delta`` is a Hessian-vector-type product (reverse over
-reverse), computed in chunks of the poisoned set so memory stays bounded at CIFAR scale.
-
-References:
-  Lu, Kamath, Yu. "Exploring the Limits of Model-Targeted Indiscriminate Data Poisoning
-  Attacks", ICML 2023 (Gradient Canceling).
-  Sun, Zhang, Ren, Su, Chen, Sun. "Exploring the Vulnerability of Deep Neural Networks: A Study
-  of Parameter Corruption", AAAI 2021 (GradPC, the target-parameter generator).
+Corrupts a clean model into nearby bad parameters ``w_p`` (GradPC), then perturbs the poisoned
+inputs so that ``w_p`` is a stationary point of training on the poisoned pool. The two stages,
+the threat model and the references: ``docs/outer.md`` (Gradient Canceling).
 """
 
 from __future__ import annotations

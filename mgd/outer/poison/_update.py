@@ -1,24 +1,8 @@
 """The poisoning attack's outer update: projected metagradient *ascent* on input perturbations.
 
-The attacker perturbs the inputs of ``m`` training examples, ``x_i -> x_i + delta_i``. The
-perturbations live in the constraint set
-
-    C = { delta : lower <= x + delta <= upper  and  |delta|_inf <= bound }   (bound optional)
-
-i.e. every poisoned input stays a valid input (the data's value range, e.g. pixels in [0, 1]
-after the loader's normalization) and, optionally, no coordinate moves by more than ``bound``.
-Per coordinate, C is an interval ``[max(-bound, lower - x), min(bound, upper - x)]``, so the
-Euclidean projection onto C is a clip (exact, cheap, and ``0`` is always feasible).
-
-Without ``bound`` the threat model is that of Gradient Canceling (Lu, Kamath, Yu 2023), the attack
-the MGD paper compares against: poisoned inputs anywhere in the input domain, labels untouched.
-An L-infinity ``bound`` gives the imperceptible-perturbation variant.
-
-References:
-  Engstrom, Ilyas, Chen, Feldmann, Moses, Madry. "Optimizing ML Training with Metagradient
-  Descent", arXiv 2503.13751 (2025), Section on data poisoning.
-  Madry, Makelov, Schmidt, Tsipras, Vladu. "Towards Deep Learning Models Resistant to
-  Adversarial Attacks", ICLR 2018 (signed projected gradient steps in an L-infinity ball).
+Perturbations stay in ``C = {delta : lower <= x + delta <= upper, |delta|_inf <= bound}``
+(bound optional), whose projection is a clip; the threat model and references:
+``docs/outer.md`` (poisoning).
 """
 
 from __future__ import annotations
@@ -108,14 +92,9 @@ def poison_ascent(
     One meta-step: ``delta <- P_C(delta + eta_k * d(g))`` with ``g = d objective / d delta`` (the
     metagradient of the victim's held-out loss) and ``P_C`` :func:`project_perturbations`:
 
-    - ``rule="sign"``: ``d(g) = sign(g)``, projected gradient ascent in the L-infinity geometry
-      (Madry et al. 2018). The metagradient's scale varies by orders of magnitude across
-      examples and meta-steps (an example drawn in the last epoch's final batches moves the loss
-      far more than one drawn early), and the sign ignores that scale, so every poisoned
-      example keeps moving. The default.
-    - ``rule="normalized"``: ``d(g)_i = g_i / rms(g_i)``, each example's metagradient scaled to
-      unit root-mean-square entry (so ``step_size`` means the same per-coordinate step size as
-      for ``"sign"``) while keeping its direction within the example.
+    ``rule="sign"`` (the default) steps by ``sign(g)``, so that examples with small
+    metagradients keep moving; ``rule="normalized"`` scales each example's metagradient to unit
+    root-mean-square entry. Why: ``docs/outer.md`` (poisoning).
 
     Args:
       step_size: ``eta``, a float ``> 0`` in the data's input units, or an optax schedule
