@@ -492,7 +492,9 @@ class TrainingSetup:
                 self._jitted["loss"], self._arrays, self._batches, self._augment_key
             ),
             update=jax.tree_util.Partial(self._jitted["update"]),
-            params=_params,
+            # A Partial, not the bare function: the step stays a pytree of arrays that a
+            # user's own jitted code can take as an argument.
+            params=jax.tree_util.Partial(_params),
         )
 
     @functools.cached_property
