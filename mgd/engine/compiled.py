@@ -15,13 +15,14 @@ integer arrays and a few static numbers (`_PlanShape`):
 - the actions between two ``Reverse`` actions become *rows* ``(restore, t, advance,
   store)``: restore a buffer row (or keep the current state), run ``advance`` steps from step
   ``t`` (a ``fori_loop`` with traced bounds), store into a buffer row;
-- each ``Reverse(n)`` is a *block*: its rows, then the VJP of ``n`` steps as one
-  differentiated ``lax.scan`` (`_block_vjp`), chosen by ``lax.switch`` when the plan has
-  blocks of several lengths.
+- each ``Reverse(n)`` is a *block*: its rows, then the VJP of ``n`` steps in the leaf mode
+  (`_block_vjp`: `mgd.engine.leaf.block_vjp`, ``"fused"``, ``"remat"`` or ``"mixed"``),
+  chosen by ``lax.switch`` when the plan has blocks of several lengths.
 
 The forward pass runs the plan up to its first ``Reverse`` (the run's last block: the first
 pass of the tree, storing its states) and that block under ``jax.vjp``; its residuals, the
-buffer and the block's pullback are the ``custom_vjp`` residuals. The backward pass applies
+buffer and the block's pullback (a closure made a pytree by `_as_pytree`) are the
+``custom_vjp`` residuals. The backward pass applies
 the pullback and loops over the remaining blocks in a ``fori_loop``. So the step evaluations
 are exactly the plan's (`mgd.engine.policies.simulate`), and the programs compile once per
 problem and plan shape: the tables are arguments, not constants.
@@ -208,6 +209,14 @@ def _run_rows(fns, fn_arrays, restore, start, advance, store, lo, hi, state, buf
     return lax.fori_loop(lo, hi, row, (state, buffer))
 
 
+@functools.partial(jax.jit, static_argnames=("fns",))
+def _step(fns, fn_arrays, state, meta, t):
+    """One training step, jitted with ``fns`` static so that every block program (the forward
+    pass's, the backward pass's, each length's) shares one trace of ``step_fn``; inlined into
+    the enclosing program, not dispatched on its own."""
+    return _join_fns(fns, fn_arrays)[0](state, meta, t)
+
+
 def _block_vjp(fns, fn_arrays, state, meta, t0, length: int, mode: str):
     """The one place a differentiated block is built: its output state and its pullback.
 
@@ -222,7 +231,12 @@ def _block_vjp(fns, fn_arrays, state, meta, t0, length: int, mode: str):
       half) to that of the input's, and adds the block's meta cotangent to ``grad``. A
       closure: `_as_pytree` makes it a ``custom_vjp`` residual.
     """
-    step_fn = _join_fns(fns, fn_arrays)[0]
+    # A mixed-mode VJP traces the `GradientStep`'s loss and update itself: not wrapped.
+    step_fn = (
+        _join_fns(fns, fn_arrays)[0]
+        if mode == "mixed"
+        else functools.partial(_step, fns, fn_arrays)
+    )
     out, vjp = leaf.block_vjp(step_fn, state, meta, t0, length=length, mode=mode)
 
     def pullback(ct, grad):
