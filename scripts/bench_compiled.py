@@ -20,7 +20,7 @@ ratios compare runs under the same conditions:
 4. **A jit-compiled meta-step** (metagradient + ``optax.adam`` update of the metaparameters,
    `mgd.meta_step`) against the same meta-step as ``metagradient`` plus a
    separately jitted update, on the linear regression at T = 1,000 (the per-call overhead an
-   outer loop pays).
+   outer loop pays); and on a learning-rate search's problem (digits MLP, T = 200).
 
 Usage:
   python scripts/bench_compiled.py
@@ -217,6 +217,43 @@ def meta_step_speed(repeats: int) -> None:
     print(f"\nmgd.meta_step is {ratio:.2f}x as fast")
 
 
+def meta_step_lr_search(repeats: int) -> None:
+    """`mgd.meta_step` against ``setup.metagradient`` plus a jitted update on a learning-rate
+    search's problem (digits MLP 64-64-10, SGD momentum, T = 200, 11 learning-rate knots)."""
+    T, policy = 200, mgd.KAryTree(16)
+    model = mgd.train.models.MLP(mgd.train.models.MLPConfig(hidden=(64,)))
+    setup = mgd.TrainingSetup(
+        model, optax.sgd(1.0, momentum=0.9), mgd.load_digits(), batch_size=32, num_steps=T,
+        meta_spec=mgd.MetaSpec(lr_knots=tuple(range(0, T + 1, T // 10))),
+    )  # fmt: skip
+    meta, state = setup.init_meta(), setup.init_state()
+    meta = {**meta, "log_lr": jnp.full_like(meta["log_lr"], -3.0)}
+    outer = optax.adam(0.1)
+    update, opt_state = jax.jit(outer.update), outer.init(meta)
+
+    def separate():
+        res = setup.metagradient(meta, checkpoint=policy)
+        updates, new_state = update(res.grad, opt_state, meta)
+        return optax.apply_updates(meta, updates), new_state, res.value
+
+    times = best(
+        {
+            "mgd.meta_step": lambda: mgd.meta_step(
+                setup.step_fn, setup.objective_fn, state, meta, opt_state, T, outer,
+                checkpoint=policy,
+            ),
+            "setup.metagradient + jitted update": separate,
+        },
+        repeats,
+    )  # fmt: skip
+    print(f"\n## One meta-step, LR search on digits, T = {T}, {policy!r} (best of {repeats})\n")
+    print("| meta-step | time (ms) |\n|---|---:|")
+    for name, seconds in times.items():
+        print(f"| {name} | {1e3 * seconds:.2f} |")
+    ratio = times["setup.metagradient + jitted update"] / times["mgd.meta_step"]
+    print(f"\nmgd.meta_step is {ratio:.2f}x as fast")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -235,6 +272,8 @@ def main() -> None:
     if not args.skip_digits:
         digits_overhead(args.repeats)
     meta_step_speed(args.repeats)
+    if not args.skip_digits:
+        meta_step_lr_search(args.repeats)
     if args.compile_steps:
         compile_time_vs_steps(args.compile_steps)
 

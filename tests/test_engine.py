@@ -238,11 +238,11 @@ def test_compiles_once_per_problem():
     run = functools.partial(mgd.metagradient, checkpoint=policy, leaf="fused")
     run(counting_step, objective_fn, state, meta, 200)
     first = traces["step"]
-    # Validation traces once; then one trace each for the replay loop and each distinct block
-    # length (full leaves of 6 steps, the last leaf of 2, which also seeds the sweep from the
-    # objective) — never per segment or per step.
+    # Validation traces once; then one trace for the replay loop and one for the step that
+    # every block program shares, whatever its length (full leaves of 6 steps, the last leaf
+    # of 2) — never per segment or per step.
     assert policy.cost(200).block_lengths == {6, 2}
-    assert first == 2 + 2
+    assert first == 1 + 1 + 1
     meta2 = jax.tree.map(lambda m: m * 1.01, meta)
     run(counting_step, objective_fn, state, meta2, 200)
     assert traces["step"] == first  # Nothing is traced again, not even the validation.

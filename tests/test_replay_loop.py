@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import test_leaf
 from test_engine import (
     OPTIMIZERS,
     POLICIES,
@@ -20,6 +21,7 @@ from test_engine import (
 )
 
 import mgd
+from mgd.engine.leaf import LEAF_MODES
 
 
 def _objective_after_loop(problem, policy, num_steps=T_SMALL):
@@ -40,6 +42,34 @@ def test_grad_equals_jax_grad_of_unrolled_loop_float64(x64, opt_name, policy):
     )
     assert max_relative_error(grad, expected) <= 1e-10
     np.testing.assert_allclose(got_value, value, rtol=1e-12)
+
+
+@pytest.mark.parametrize("mode", LEAF_MODES)
+@pytest.mark.parametrize("policy", test_leaf.POLICIES, ids=repr)
+def test_every_leaf_mode_equals_jax_grad_float64(x64, policy, mode):
+    # A mixed-mode step (mgd.GradientStep: Adam, an integer counter, an auxiliary statistic in
+    # the state, metaparameters in the loss and the update); its objective after the loop.
+    step, objective, state, meta = test_leaf.make_problem(test_leaf.T)
+    value, expected = test_leaf._reference(test_leaf.T)
+
+    def loss(m):
+        return objective(
+            mgd.replay_loop(step, state, m, test_leaf.T, checkpoint=policy, leaf=mode), m
+        )
+
+    got_value, grad = jax.jit(jax.value_and_grad(loss))(meta)
+    assert max_relative_error(grad, expected) <= 1e-10
+    np.testing.assert_allclose(got_value, value, rtol=1e-12)
+
+
+def test_bad_leaf_mode_is_rejected():
+    step = lambda w, m, t: w * m
+    with pytest.raises(ValueError, match="replay_loop's leaf must be one of"):
+        mgd.replay_loop(step, 1.0, 0.5, 3, leaf="auto")
+    with pytest.raises(ValueError, match="leaf must be 'auto' or one of"):
+        mgd.replay_loop(step, 1.0, 0.5, 3, leaf="fast")
+    with pytest.raises(ValueError, match="needs a step that exposes its loss gradient"):
+        mgd.replay_loop(step, 1.0, 0.5, 3, leaf="mixed")
 
 
 def test_forward_is_the_training_run(x64):
@@ -164,8 +194,24 @@ class _DriverStore(mgd.DeviceStore):
 @pytest.mark.parametrize("policy", [*POLICIES, mgd.KAryTree(3), None], ids=repr)
 def test_metagradient_compiled_sweep_equals_the_driver(x64, policy):
     problem = make_problem("nesterov", T_SMALL)
-    compiled = mgd.metagradient(*problem, T_SMALL, checkpoint=policy)
-    driver = mgd.metagradient(*problem, T_SMALL, checkpoint=policy, store=_DriverStore())
+    compiled = mgd.metagradient(*problem, T_SMALL, checkpoint=policy, leaf="fused")
+    driver = mgd.metagradient(
+        *problem, T_SMALL, checkpoint=policy, store=_DriverStore(), leaf="fused"
+    )
+    assert dataclasses.replace(driver.stats, store="device") == compiled.stats
+    assert max_relative_error(compiled.grad, driver.grad) <= 1e-12
+    np.testing.assert_allclose(compiled.value, driver.value, rtol=1e-14)
+
+
+@pytest.mark.parametrize("mode", ["remat", "mixed"])
+@pytest.mark.parametrize("policy", test_leaf.POLICIES, ids=repr)
+def test_metagradient_compiled_sweep_runs_every_leaf_mode(x64, policy, mode):
+    problem = test_leaf.make_problem(test_leaf.T)
+    compiled = mgd.metagradient(*problem, test_leaf.T, checkpoint=policy, leaf=mode)
+    driver = mgd.metagradient(
+        *problem, test_leaf.T, checkpoint=policy, store=_DriverStore(), leaf=mode
+    )
+    assert compiled.stats.leaf == mode
     assert dataclasses.replace(driver.stats, store="device") == compiled.stats
     assert max_relative_error(compiled.grad, driver.grad) <= 1e-12
     np.testing.assert_allclose(compiled.value, driver.value, rtol=1e-14)

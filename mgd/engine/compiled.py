@@ -15,13 +15,14 @@ integer arrays and a few static numbers (`_PlanShape`):
 - the actions between two ``Reverse`` actions become *rows* ``(restore, t, advance,
   store)``: restore a buffer row (or keep the current state), run ``advance`` steps from step
   ``t`` (a ``fori_loop`` with traced bounds), store into a buffer row;
-- each ``Reverse(n)`` is a *block*: its rows, then the VJP of ``n`` steps as one
-  differentiated ``lax.scan`` (`_block_vjp`), chosen by ``lax.switch`` when the plan has
-  blocks of several lengths.
+- each ``Reverse(n)`` is a *block*: its rows, then the VJP of ``n`` steps in the leaf mode
+  (`_block_vjp`: `mgd.engine.leaf.block_vjp`, ``"fused"``, ``"remat"`` or ``"mixed"``),
+  chosen by ``lax.switch`` when the plan has blocks of several lengths.
 
 The forward pass runs the plan up to its first ``Reverse`` (the run's last block: the first
 pass of the tree, storing its states) and that block under ``jax.vjp``; its residuals, the
-buffer and the block's pullback are the ``custom_vjp`` residuals. The backward pass applies
+buffer and the block's pullback (a closure made a pytree by `_as_pytree`) are the
+``custom_vjp`` residuals. The backward pass applies
 the pullback and loops over the remaining blocks in a ``fori_loop``. So the step evaluations
 are exactly the plan's (`mgd.engine.policies.simulate`), and the programs compile once per
 problem and plan shape: the tables are arguments, not constants.
@@ -41,8 +42,10 @@ import numpy as np
 import optax
 from jax import lax
 
-from mgd.engine import policies
+from mgd.engine import leaf, policies
+from mgd.engine.leaf import LEAF_MODES
 from mgd.engine.leaf import run_block as _run_block
+from mgd.engine.memory import check_options
 from mgd.engine.replay import (
     MetagradientResult,
     MetagradientStats,
@@ -206,46 +209,62 @@ def _run_rows(fns, fn_arrays, restore, start, advance, store, lo, hi, state, buf
     return lax.fori_loop(lo, hi, row, (state, buffer))
 
 
-@functools.partial(jax.jit, static_argnames=("fns", "length"))
-def _block_forward(fns, fn_arrays, diff, rest, meta, t0, *, length):
-    """``length`` steps from step ``t0`` as one ``lax.scan`` whose carry holds the state's
-    (differentiable, other) leaves and ``meta``, unchanged; returns
-    ``((out_diff, meta), out_rest)``. Jitted so that every block of one
-    length shares one trace of ``step_fn``."""
-    step_fn = _join_fns(fns, fn_arrays)[0]
-
-    def body(carry, i):
-        diff, rest, meta = carry
-        return (*_partition(step_fn(_combine(diff, rest), meta, t0 + i)), meta), None
-
-    steps = jnp.arange(length, dtype=jnp.int32)
-    (out_diff, out_rest, meta), _ = lax.scan(body, (diff, rest, meta), steps)
-    return (out_diff, meta), out_rest
+@functools.partial(jax.jit, static_argnames=("fns",))
+def _step(fns, fn_arrays, state, meta, t):
+    """One training step, jitted with ``fns`` static so that every block program (the forward
+    pass's, the backward pass's, each length's) shares one trace of ``step_fn``; inlined into
+    the enclosing program, not dispatched on its own."""
+    return _join_fns(fns, fn_arrays)[0](state, meta, t)
 
 
-def _block_vjp(fns, fn_arrays, state, meta, t0, length: int):
+def _block_vjp(fns, fn_arrays, state, meta, t0, length: int, mode: str):
     """The one place a differentiated block is built: its output state and its pullback.
 
-    ``length`` steps from step ``t0`` run as one ``lax.scan`` under ``jax.vjp``, which keeps
-    every step's residuals for the pullback (the block's ``length`` states of ``peak_states``).
-    Integer leaves are carried along, not differentiated. ``meta`` rides in the scan's carry,
-    so the reverse scan adds each step's meta cotangent into the one it is handed: a sweep
-    accumulates its gradient in place instead of adding a fresh meta-sized array per block.
+    ``length`` steps from step ``t0`` by `mgd.engine.leaf.block_vjp` in leaf ``mode``
+    (``"fused"``: one ``lax.scan`` under ``jax.vjp``, every step's residuals kept;
+    ``"remat"``/``"mixed"``: the block's input states kept, each step's VJP recomputing its
+    residuals). Integer leaves are carried along, not differentiated.
 
     Returns:
       ``(out_state, pullback)``: ``pullback(ct_out_diff, grad) -> (ct_in_diff, grad +
       ct_meta)`` maps the cotangent of the output's floating leaves (`_partition`'s first
-      half) to that of the input's, and adds the block's meta cotangent to ``grad``; it is a
-      pytree of the residuals (a ``custom_vjp`` residual).
+      half) to that of the input's, and adds the block's meta cotangent to ``grad``. A
+      closure: `_as_pytree` makes it a ``custom_vjp`` residual.
     """
-    diff, rest = _partition(state)
-    block = lambda d, m: _block_forward(fns, fn_arrays, d, rest, m, t0, length=length)
-    (out_diff, _), vjp, out_rest = jax.vjp(block, diff, meta, has_aux=True)
-    pullback = jax.tree_util.Partial(lambda vjp, ct, grad: vjp((ct, grad)), vjp)
-    return _combine(out_diff, out_rest), pullback
+    # A mixed-mode VJP traces the `GradientStep`'s loss and update itself: not wrapped.
+    step_fn = (
+        _join_fns(fns, fn_arrays)[0]
+        if mode == "mixed"
+        else functools.partial(_step, fns, fn_arrays)
+    )
+    out, vjp = leaf.block_vjp(step_fn, state, meta, t0, length=length, mode=mode)
+
+    def pullback(ct, grad):
+        ct_in, ct_meta = vjp(ct)
+        return ct_in, jax.tree.map(jnp.add, grad, ct_meta)
+
+    return out, pullback
 
 
-def _forward(fns, shape: _PlanShape, fn_arrays, tables: _Tables, init_state, meta):
+def _as_pytree(fn, *example_args) -> jax.tree_util.Partial:
+    """``fn`` (a closure over traced arrays) as a pytree whose leaves are those arrays.
+
+    A ``custom_vjp``'s forward and backward passes are traced separately, so a pullback built
+    in the forward pass reaches the backward pass only as a pytree of residuals. The remat and
+    mixed pullbacks close over the block's stored states (and integer arrays, which
+    ``jax.closure_convert`` would leave captured); tracing ``fn`` to a jaxpr hoists all of its
+    closed-over arrays as its constants.
+    """
+    closed, out_shape = jax.make_jaxpr(fn, return_shape=True)(*example_args)
+    jaxpr, out_tree = closed.jaxpr, jax.tree.structure(out_shape)
+
+    def apply(consts, *args):
+        return out_tree.unflatten(jax.core.eval_jaxpr(jaxpr, consts, *jax.tree.leaves(args)))
+
+    return jax.tree_util.Partial(apply, closed.consts)
+
+
+def _forward(fns, shape: _PlanShape, mode: str, fn_arrays, tables: _Tables, init_state, meta):
     """The plan up to its first ``Reverse``, then that block (the run's last) under ``jax.vjp``.
 
     Returns:
@@ -266,12 +285,12 @@ def _forward(fns, shape: _PlanShape, fn_arrays, tables: _Tables, init_state, met
         meta,
     )
     final, pullback = _block_vjp(
-        fns, fn_arrays, state, meta, jnp.int32(shape.last_start), shape.last_length
+        fns, fn_arrays, state, meta, jnp.int32(shape.last_start), shape.last_length, mode
     )
     return final, (state, buffer, pullback, fn_arrays, tables, meta)
 
 
-def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
+def _backward(fns, shape: _PlanShape, mode: str, residuals, ct_final_diff):
     """The reverse sweep from the cotangent of the final state's floating leaves.
 
     Returns:
@@ -286,7 +305,7 @@ def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
 
     def reverse(length):
         def branch(state, ct, grad, t0):
-            return _block_vjp(fns, fn_arrays, state, meta, t0, length)[1](ct, grad)
+            return _block_vjp(fns, fn_arrays, state, meta, t0, length, mode)[1](ct, grad)
 
         return branch
 
@@ -308,15 +327,15 @@ def _backward(fns, shape: _PlanShape, residuals, ct_final_diff):
     return ct, grad, finite
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _replay(fns, shape, fn_arrays, tables, init_state, meta):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _replay(fns, shape, mode, fn_arrays, tables, init_state, meta):
     # Not differentiated: the plain training run, nothing stored.
     step_fn = _join_fns(fns, fn_arrays)[0]
     num_steps = shape.last_start + shape.last_length
     return _run_block(step_fn, init_state, meta, jnp.int32(0), num_steps)
 
 
-def _replay_fwd(fns, shape, fn_arrays, tables, init_state, meta):
+def _replay_fwd(fns, shape, mode, fn_arrays, tables, init_state, meta):
     if any(x.perturbed for x in jax.tree.leaves(fn_arrays)):
         raise ValueError(
             "replay_loop differentiates with respect to meta and init_state only, not the "
@@ -324,10 +343,15 @@ def _replay_fwd(fns, shape, fn_arrays, tables, init_state, meta):
         )
     unwrap = lambda tree: jax.tree.map(lambda x: x.value, tree)
     fn_arrays, tables, init_state, meta = map(unwrap, (fn_arrays, tables, init_state, meta))
-    return _forward(fns, shape, fn_arrays, tables, init_state, meta)
+    final, (state, buffer, pullback, *rest) = _forward(
+        fns, shape, mode, fn_arrays, tables, init_state, meta
+    )
+    grad = jax.tree.map(jnp.zeros_like, meta)
+    pullback = _as_pytree(pullback, _partition(final)[0], grad)
+    return final, (state, buffer, pullback, *rest)
 
 
-def _replay_bwd(fns, shape, residuals, ct_final):
+def _replay_bwd(fns, shape, mode, residuals, ct_final):
     # A symbolic zero (the objective ignores a leaf) becomes a zero array: the sweep adds it.
     ct_final = jax.tree.map(
         lambda c: jnp.zeros(c.shape, c.dtype) if isinstance(c, jax.custom_derivatives.SymbolicZero)
@@ -336,7 +360,7 @@ def _replay_bwd(fns, shape, residuals, ct_final):
         is_leaf=lambda c: isinstance(c, jax.custom_derivatives.SymbolicZero),
     )  # fmt: skip
     ct_diff = _partition(ct_final)[0]
-    ct_init, ct_meta, _ = _backward(fns, shape, residuals, ct_diff)
+    ct_init, ct_meta, _ = _backward(fns, shape, mode, residuals, ct_diff)
     return None, None, ct_init, ct_meta
 
 
@@ -350,6 +374,7 @@ def replay_loop(
     num_steps: int,
     *,
     checkpoint: policies.AbstractCheckpointPolicy | None = None,
+    leaf: str = "fused",
 ) -> PyTree:
     """``num_steps`` training steps as a differentiable JAX function with checkpointed reverse
     mode: ``state_T`` from ``state_{t+1} = step_fn(state_t, meta, t)``.
@@ -387,6 +412,13 @@ def replay_loop(
       num_steps: ``T``, the number of training steps, a Python int ``>= 1``.
       checkpoint: `mgd.StoreAll`, `mgd.KAryTree` or `mgd.Binomial`; ``None`` is
         ``KAryTree(max(2, ceil(sqrt(T))))`` (`mgd.engine.policies.default_policy`).
+      leaf: how each differentiated block is back-propagated (`mgd.engine.leaf`):
+        ``"fused"`` (the default: the fastest, holding every step's residuals of the longest
+        block), ``"remat"`` (holding the block's states only; one more step evaluation per
+        step) or ``"mixed"`` (as ``"remat"``, second-order terms forward-over-reverse; needs
+        a `mgd.engine.GradientStep`). No ``"auto"``: without a memory budget to fit there
+        is nothing to choose by, so the fastest is the default; `mgd.metagradient`'s
+        ``leaf="auto"`` chooses by the device's free memory.
 
     Returns:
       The state after ``num_steps`` steps, with the structure, shapes and dtypes of
@@ -394,7 +426,8 @@ def replay_loop(
 
     Raises:
       ValueError: ``num_steps < 1``; ``step_fn`` changes the state's structure or a leaf's
-        shape; differentiating with respect to an array held by ``step_fn``.
+        shape; differentiating with respect to an array held by ``step_fn``; ``leaf`` is
+        unknown, or ``"mixed"`` for a step that is not a `mgd.engine.GradientStep`.
       TypeError: a ``meta`` leaf is not floating point; ``step_fn`` changes a leaf's dtype;
         ``checkpoint`` is not a policy.
 
@@ -405,27 +438,36 @@ def replay_loop(
       >>> float(jax.grad(loss)(jnp.float32(0.1)))  # d (1 - 2 lr)**20 / d lr = -40 (0.8)**19
       -0.576460...
     """
+    if leaf == "auto":
+        raise ValueError(f"replay_loop's leaf must be one of {LEAF_MODES}, got 'auto'")
+    check_options(step_fn, checkpoint, None, leaf)
     policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
     init_state, meta = check_step(step_fn, init_state, meta, num_steps, policy)
     fns, fn_arrays = _split_fns(step_fn, None)
     shape, tables, _ = _tables(policy, num_steps)
-    return _replay(fns, shape, fn_arrays, tables, init_state, meta)
+    return _replay(fns, shape, leaf, fn_arrays, tables, init_state, meta)
 
 
-@functools.partial(jax.jit, static_argnames=("fns", "shape"))
-def _metagradient_program(fns, shape, fn_arrays, tables, init_state, meta):
+@functools.partial(jax.jit, static_argnames=("fns", "shape", "mode"))
+def _metagradient_program(fns, shape, mode, fn_arrays, tables, init_state, meta):
     """Forward pass, objective, backward pass: `mgd.metagradient`'s whole sweep, one program."""
     objective_fn = _join_fns(fns, fn_arrays)[1]
-    final, residuals = _forward(fns, shape, fn_arrays, tables, init_state, meta)
+    final, residuals = _forward(fns, shape, mode, fn_arrays, tables, init_state, meta)
     diff, rest = _partition(final)
     objective = lambda d, m: objective_fn(_combine(d, rest), m)
     value, (ct, ct_meta_objective) = jax.value_and_grad(objective, argnums=(0, 1))(diff, meta)
-    _, grad, finite = _backward(fns, shape, residuals, ct)
+    _, grad, finite = _backward(fns, shape, mode, residuals, ct)
     return value, jax.tree.map(jnp.add, ct_meta_objective, grad), finite
 
 
 def sweep(
-    fns, init_state, meta, num_steps: int, policy: policies.AbstractCheckpointPolicy, store_name
+    fns,
+    init_state,
+    meta,
+    num_steps: int,
+    policy: policies.AbstractCheckpointPolicy,
+    store_name: str,
+    mode: str,
 ) -> tuple[MetagradientResult, jax.Array]:
     """`mgd.metagradient`'s sweep as one compiled program (device-resident stored states).
 
@@ -434,6 +476,7 @@ def sweep(
       init_state, meta: validated (`mgd.engine.validation.check_inputs`).
       num_steps, policy: the run's ``T`` and checkpoint policy.
       store_name: what ``result.stats.store`` says.
+      mode: the leaf mode, ``"fused"``, ``"remat"`` or ``"mixed"`` (`mgd.engine.leaf`).
 
     Returns:
       The result, and whether every block's state cotangent was finite (a bool scalar on the
@@ -441,10 +484,12 @@ def sweep(
     """
     shape, tables, cost = _tables(policy, num_steps)
     static, fn_arrays = fns
-    value, grad, finite = _metagradient_program(static, shape, fn_arrays, tables, init_state, meta)
+    value, grad, finite = _metagradient_program(
+        static, shape, mode, fn_arrays, tables, init_state, meta
+    )
     stats = MetagradientStats(
         cost.forward_steps, cost.replay_steps, cost.vjp_steps, cost.peak_states, repr(policy),
-        store_name, "fused",
+        store_name, mode,
     )  # fmt: skip
     return MetagradientResult(value, grad, stats), finite
 

@@ -282,11 +282,10 @@ def metagradient(
         `mgd.engine.AbstractStateStore`. ``None`` is ``"device"``, or with ``memory_budget``
         whichever the budget picks. Off-device stores copy each stored state out once and
         back on each restore, overlapped with compute; the gradient is the same bits as the
-        driver's with the states on the device. The device store with fused leaves runs the
-        whole sweep as one compiled program (`mgd.replay_loop`'s; equal up to float rounding,
-        and bit for bit in the test suite's problems); other stores (subclasses of
-        `mgd.DeviceStore` included) and the other leaf modes run the driver, one program per
-        block.
+        driver's with the states on the device. The device store runs the whole sweep as one
+        compiled program in every leaf mode (`mgd.replay_loop`'s; equal up to float
+        rounding, and bit for bit in the test suite's problems); other stores (subclasses of
+        `mgd.DeviceStore` included) run the driver, one program per block.
       memory_budget: bytes of device memory the whole sweep may hold at its peak: stored
         states, the running differentiated block (its residuals or states, one step's VJP,
         the objective's VJP, cotangents, the meta gradient) and the inputs, as
@@ -350,12 +349,14 @@ def metagradient(
     # removes.
     store = make_store(store)
     try:
-        if type(store) is DeviceStore and mode == "fused":
-            # Stored states on the device, fused leaves: the sweep is one compiled program.
+        if type(store) is DeviceStore:
+            # Stored states on the device: the sweep is one compiled program, any leaf mode.
             from mgd.engine import compiled  # noqa: PLC0415 (compiled imports this module)
 
-            result, finite = compiled.sweep(fns, init_state, meta, num_steps, policy, store.name)
-        else:  # Off-device or custom stores, rematerialized leaves: one program per block.
+            result, finite = compiled.sweep(
+                fns, init_state, meta, num_steps, policy, store.name, mode
+            )
+        else:  # Off-device or custom stores: one program per block.
             plan = policy.plan(num_steps)
             result, finite = _sweep(fns, init_state, meta, num_steps, policy, plan, store, mode)
         # One device-to-host sync for the whole sweep: per-block checks would stall the

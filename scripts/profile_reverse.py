@@ -1,0 +1,87 @@
+"""Where the reverse sweep's time goes on the linear regression of ``scripts/bench_compiled.py``.
+
+Per training step, in one process (calls interleaved, best of ``--repeats`` warm calls):
+
+- ``train``: the training run, a jitted ``fori_loop``;
+- ``unroll grad``: ``jax.value_and_grad`` of the loop as one ``lax.scan`` (every step's
+  residuals kept, no replay), with ``unroll=1`` and ``unroll=16`` (is it the loop's
+  per-iteration overhead?) and with no metaparameter at all (the gradient with respect to the
+  initial weights only: is it the meta cotangent's accumulation?);
+- ``compiled``: `mgd.metagradient` (the compiled sweep) with ``KAryTree(ceil(sqrt T))``, in
+  leaf modes ``"fused"`` and ``"remat"``, and with the learning rate or the example weights
+  made constants instead of metaparameters.
+
+Usage:
+  python scripts/profile_reverse.py --steps 10000 100000
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import jax
+import jax.numpy as jnp
+from bench_compiled import _train, best, linear_regression
+
+import mgd
+
+
+def profile(T: int, repeats: int) -> None:
+    policy = mgd.KAryTree(math.isqrt(T - 1) + 1)
+    step_fn, objective_fn, state, meta = linear_regression(T)
+    lr, weights = meta["lr"], meta["weights"]
+    # The same step with one metaparameter a constant (a Partial's array: passed, not folded).
+    fixed_lr = jax.tree_util.Partial(
+        lambda lr, s, m, t: step_fn(s, {"weights": m["weights"], "lr": lr}, t), lr
+    )
+    fixed_weights = jax.tree_util.Partial(
+        lambda w, s, m, t: step_fn(s, {"weights": w, "lr": m["lr"]}, t), weights
+    )
+
+    def unrolled(unroll: int, wrt_meta: bool = True):
+        def objective(state, meta):
+            body = lambda s, t: (step_fn(s, meta, t), None)
+            steps = jnp.arange(T, dtype=jnp.int32)
+            return objective_fn(jax.lax.scan(body, state, steps, unroll=unroll)[0], meta)
+
+        return jax.jit(jax.value_and_grad(objective, argnums=1 if wrt_meta else 0))
+
+    u1, u16, u_state = unrolled(1), unrolled(16), unrolled(1, wrt_meta=False)
+    run = lambda fn, m, **kw: mgd.metagradient(
+        fn, objective_fn, state, m, T, checkpoint=policy, **kw
+    )
+    times = best(
+        {
+            "train": lambda: _train(step_fn, state, meta),
+            "unroll grad, unroll=1": lambda: u1(state, meta),
+            "unroll grad, unroll=16": lambda: u16(state, meta),
+            "unroll grad, w.r.t. initial weights only": lambda: u_state(state, meta),
+            "compiled, fused": lambda: run(step_fn, meta, leaf="fused"),
+            "compiled, remat": lambda: run(step_fn, meta, leaf="remat"),
+            "compiled, fused, lr constant": lambda: run(fixed_lr, {"weights": weights}),
+            "compiled, fused, weights constant": lambda: run(fixed_weights, {"lr": lr}),
+        },
+        repeats,
+    )
+    train = times["train"]
+    print(f"\n## T = {T:,}, {policy!r} (best of {repeats}, interleaved)\n")
+    print("| configuration | time (s) | us / step | x train |\n|---|---:|---:|---:|")
+    for name, seconds in times.items():
+        print(f"| {name} | {seconds:.4f} | {1e6 * seconds / T:.2f} | {seconds / train:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if args.repeats < 1 or any(T < 1 for T in args.steps):
+        parser.error("--repeats and --steps must be >= 1")
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}")
+    for T in args.steps:
+        profile(T, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
