@@ -134,7 +134,10 @@ def test_metagradient_runs_the_plan_its_budget_picks(fraction):
     sizes = _sizes(step, objective, w0, meta)
     everything = policies.sweep_peak(mgd.StoreAll().plan(T), sizes, "fused").bytes
     budget = int(everything * fraction)
-    expected_choice = policies.choose_plan(T, sizes, budget)
+    fns = replay._split_fns(step, objective)
+    # The model proposes, the compiled sweep's memory analysis decides.
+    measure = lambda policy, _, leaf: memory.compiled_sweep_peak(fns, w0, meta, T, policy, leaf)
+    expected_choice = policies.choose_plan(T, sizes, budget, measure=measure)
     estimate = mgd.estimate_memory(
         step, objective, w0, meta, T, memory_budget=budget, store="device"
     )
@@ -144,7 +147,7 @@ def test_metagradient_runs_the_plan_its_budget_picks(fraction):
         expected_choice.leaf,
     )
     assert (estimate.policy, estimate.leaf) == (expected_choice.policy, expected_choice.leaf)
-    assert expected_choice.peak.bytes <= budget
+    assert estimate.peak_bytes == expected_choice.peak.bytes <= budget
     assert estimate.peak_bytes == sum(estimate.components.values())
     reference = mgd.metagradient(step, objective, w0, meta, T, checkpoint=mgd.StoreAll())
     np.testing.assert_allclose(res.grad, reference.grad, rtol=1e-5)
@@ -159,8 +162,9 @@ def test_budget_below_the_leanest_plan_is_a_one_line_error_by_component():
     assert "the leanest plan, Binomial(1)" in message
     needed = int(message.split(" needs ")[1].split(" bytes")[0])
     assert needed > 4 * w0.nbytes
-    for part in ("stored_states", "cotangents", "meta_grad", "fn_arrays"):
-        assert part in message or part == "fn_arrays"
+    # The compiled sweep's own program, by its parts (the inputs, without fn_arrays here).
+    for part in ("stored_states", "sweep_temporaries", "init_state", "meta"):
+        assert part in message
     assert f"raise memory_budget to at least {needed}" in message
     assert runs["n"] == 0  # Measured by compiling, not by running steps.
     assert (
@@ -268,3 +272,27 @@ def test_offload_room_offers_no_host_memory_on_a_cpu_backend():
     assert disk > 0
     if jax.default_backend() == "cpu":
         assert host == 0
+
+
+def test_choose_plan_moves_on_when_what_would_run_does_not_fit():
+    # The model fits StoreAll, the tree and Binomial(15) in 20,000 bytes; the measure says
+    # each really needs 3,000 bytes more, so the pick is the Binomial 3 slots smaller.
+    leaf = policies.LeafCost((), 5000, "block_residuals")
+    sizes = policies.MemorySizes(1000, 2000, (("fused", leaf),))
+    asked = []
+
+    def measure(policy, store, mode):
+        asked.append(policy)
+        model = policies.sweep_peak(policy.plan(100), sizes, mode)
+        return policies.SweepPeak(model.bytes + 3000, {"measured": model.bytes + 3000})
+
+    big = policies.choose_plan(100, sizes, 10**9, measure=measure)
+    assert (big.policy, big.peak.bytes) == (mgd.StoreAll(), 1000 + 100 * 5000 + 3000)
+    asked.clear()
+    choice = policies.choose_plan(100, sizes, 20_000, measure=measure)
+    assert (choice.policy, choice.peak.bytes) == (mgd.Binomial(12), 20_000)
+    assert asked == [mgd.Binomial(15), mgd.Binomial(12)]  # Only candidates the model fits.
+    with pytest.raises(ValueError, match=r"Binomial\(1\) .* needs 9000 bytes \(measured 9000\)"):
+        policies.choose_plan(100, sizes, 8999, measure=measure)
+    with pytest.raises(ValueError, match=r"needs 9000 bytes \(measured 9000\)"):
+        policies.choose_plan(100, sizes, 5999, measure=measure)  # Not even the model fits.

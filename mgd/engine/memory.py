@@ -1,10 +1,14 @@
 """Device memory of a metagradient, measured before running: `estimate_memory` and the choice
 a ``memory_budget`` makes.
 
-The sizes come from the engine's own compiled programs (``compiled.memory_analysis()``: the
-temporaries XLA assigns to a training step and to a differentiated block) and from
-``jax.eval_shape`` (a block's residuals per step), so nothing runs; `mgd.engine.policies`
-turns them into the peak of a plan's sweep (`mgd.engine.policies.sweep_peak`).
+The sizes come from the engine's own compiled programs (``compiled.memory_analysis()``), so
+nothing runs. With the stored states on the device the sweep is one program
+(`mgd.engine.compiled`), and its memory analysis is the estimate (`compiled_sweep_peak`).
+For choosing under a ``memory_budget``, and for the driver of off-device stores, the
+temporaries XLA assigns to a training step and to a differentiated block, with
+``jax.eval_shape`` of a block's residuals per step, make a model that
+`mgd.engine.policies` turns into the peak of any plan (`mgd.engine.policies.sweep_peak`);
+the compiled sweep's own analysis then confirms the pick.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import numpy as np
 
 from mgd.engine import leaf as leaf_lib
 from mgd.engine import policies
-from mgd.engine.storage import AbstractStateStore, device_room, offload_room
+from mgd.engine.storage import AbstractStateStore, DeviceStore, device_room, offload_room
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -31,16 +35,22 @@ class MemoryEstimate:
 
     Attributes:
       peak_bytes: device bytes at the sweep's peak (stored states, the running action's
-        program, the resident inputs), from the compiled programs' memory analysis.
+        working memory, the inputs), from the compiled programs' memory analysis.
       policy: the checkpoint policy that would run, as `mgd.metagradient` chooses it.
       store: where its stored states would live: ``"device"``, ``"host"``, ``"disk"`` (or a
         custom store's name).
       leaf: the leaf mode that would run (``"fused"``, ``"remat"`` or ``"mixed"``).
-      components: ``peak_bytes`` by name, e.g. ``stored_states``, ``block_residuals`` (a fused
+      components: ``peak_bytes`` by name. With the stored states on the device (the
+        compiled sweep, one program): ``stored_states`` (its buffer of states),
+        ``sweep_temporaries`` (everything else the program allocates: a block's residuals or
+        states, VJPs, cotangents, the meta gradient), ``outputs``, and the inputs
+        ``init_state``, ``meta``, ``fn_arrays`` (the arrays of ``step_fn`` and
+        ``objective_fn``). Off the device (the driver, one program per action, summed by
+        `mgd.engine.policies.sweep_peak`): ``stored_states``, ``block_residuals`` (a fused
         block's residuals) or ``block_states`` (a rematerialized block's states),
         ``step_vjp`` (one step's VJP temporaries), ``objective_vjp``, ``cotangents``,
-        ``meta_grad``, ``input_state``, ``meta``, ``fn_arrays`` (the arrays of ``step_fn`` and
-        ``objective_fn``), or ``step`` when the peak is in a forward replay.
+        ``meta_grad``, ``input_state``, ``meta``, ``fn_arrays``, or ``step`` when the peak
+        is in a forward replay.
       state_bytes: one training state.
       step_peak_bytes: training's own peak: a state plus one step's temporaries (the unit to
         compare ``peak_bytes`` with).
@@ -104,6 +114,64 @@ def _analysis(compiled) -> tuple[int, int]:
     return int(stats.temp_size_in_bytes), int(stats.output_size_in_bytes)
 
 
+def step_program_bytes(fns, init_state, meta) -> int:
+    """What a forward step adds to its input state: its temporaries and its output state, from
+    the compiled (not run) program; ``fns`` is `mgd.engine.replay`'s split pair."""
+    from mgd.engine import replay
+
+    program = replay._advance.lower(
+        *fns, init_state, meta, np.int32(0), np.int32(1), np.bool_(True)
+    ).compile()
+    return sum(_analysis(program))
+
+
+def runs_compiled(store) -> bool:
+    """Whether `mgd.metagradient` runs the compiled sweep (`mgd.engine.compiled`, one program)
+    for ``store`` (a name, a store or ``None``): stored states on the device, in a plain
+    `DeviceStore`. Other stores run the driver of `mgd.engine.replay`, one program per action.
+    """
+    return store is None or store == "device" or type(store) is DeviceStore
+
+
+def compiled_sweep_peak(fns, init_state, meta, num_steps, policy, mode) -> policies.SweepPeak:
+    """Device bytes at the peak of the compiled sweep, from XLA's memory analysis of its one
+    program (compiled, not run; the compilation is cached for the call that runs it).
+
+    The program's temporaries are the stored states' buffer (a row per slot the plan holds at
+    once, plus a scratch row) and the working memory of its actions (a block's residuals or
+    states, the step and objective VJPs, cotangents, the meta gradient), which XLA's buffer
+    assignment overlaps where their lifetimes allow: a sum of per-action parts
+    (`mgd.engine.policies.sweep_peak`) over- or under-counts it.
+
+    Args:
+      fns: `mgd.engine.replay`'s split ``(step_fn, objective_fn)`` pair.
+      init_state, meta: the inputs (arrays, validated).
+      num_steps, policy, mode: the run's ``T``, checkpoint policy and leaf mode.
+
+    Returns:
+      A `mgd.engine.policies.SweepPeak`, components ``stored_states``,
+      ``sweep_temporaries``, ``outputs`` and the inputs ``init_state``, ``meta``,
+      ``fn_arrays`` (on the device before the call; all of them, used or not).
+    """
+    from mgd.engine import compiled  # It imports this module.
+
+    shape, tables, _ = compiled._tables(policy, num_steps)
+    program = compiled._metagradient_program.lower(
+        fns[0], shape, mode, fns[1], tables, init_state, meta
+    ).compile()
+    temps, out = _analysis(program)
+    buffer = min(temps, (shape.num_slots + 1) * tree_bytes(init_state))
+    components = {
+        "stored_states": buffer,
+        "sweep_temporaries": temps - buffer,
+        "outputs": out,
+        "init_state": tree_bytes(init_state),
+        "meta": tree_bytes(meta),
+        "fn_arrays": tree_bytes([a for a in fns[1] if a is not None]),
+    }
+    return policies.SweepPeak(sum(components.values()), components)
+
+
 def measure_sizes(fns, init_state, meta, modes, lengths=None) -> policies.MemorySizes:
     """Compiles (without running) the engine's step and block programs; their sizes.
 
@@ -129,11 +197,7 @@ def measure_sizes(fns, init_state, meta, modes, lengths=None) -> policies.Memory
     diff_bytes = tree_bytes(leaf_lib.partition(init_state)[0])
     meta_bytes = tree_bytes(meta)
     t0 = np.int32(0)
-    after = np.bool_(True)
-    temps, out = _analysis(
-        replay._advance.lower(*fns, init_state, meta, t0, np.int32(1), after).compile()
-    )
-    step_bytes = temps + out
+    step_bytes = step_program_bytes(fns, init_state, meta)
 
     def objective(s, m):
         d, r = leaf_lib.partition(s)
@@ -200,10 +264,11 @@ def check_options(step_fn, checkpoint, memory_budget, leaf) -> None:
 
 
 def resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf):
-    """What a `mgd.metagradient` call runs: ``(policy, store, leaf_mode, sizes)``.
+    """What a `mgd.metagradient` call runs: ``(policy, store, leaf_mode, peak)``.
 
-    ``sizes`` is the `MemorySizes` measured to choose under a ``memory_budget`` (``None``
-    without one). The options are checked by `check_options`, the inputs by `check_inputs`.
+    Under a ``memory_budget``, ``peak`` is the chosen plan's `mgd.engine.policies.SweepPeak`
+    (for the compiled sweep, its program's, which is then compiled and cached); else
+    ``None``. The options are checked by `check_options`, the inputs by `check_inputs`.
     """
     step_fn, _ = _join(fns)
     if memory_budget is None:
@@ -214,15 +279,23 @@ def resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, 
         return policy, store, leaf, None
     modes = ("fused", per_step_leaf(step_fn)) if leaf == "auto" else (leaf,)
     sizes = measure_sizes(fns, init_state, meta, modes)
+
+    def measure(policy, candidate_store, mode):
+        # The model picks candidates; the compiled sweep's own program has the last word.
+        if runs_compiled(candidate_store if store is None else store):
+            return compiled_sweep_peak(fns, init_state, meta, num_steps, policy, mode)
+        return None
+
     if store is None:
         host_bytes, disk_bytes = offload_room()
         choice = policies.choose_plan(
-            num_steps, sizes, memory_budget, host_bytes=host_bytes, disk_bytes=disk_bytes
-        )
-        return choice.policy, choice.store, choice.leaf, sizes
+            num_steps, sizes, memory_budget, host_bytes=host_bytes, disk_bytes=disk_bytes,
+            measure=measure,
+        )  # fmt: skip
+        return choice.policy, choice.store, choice.leaf, choice.peak
     # An explicit store: every held state is counted, wherever it lives.
-    choice = policies.choose_plan(num_steps, sizes, memory_budget)
-    return choice.policy, store, choice.leaf, sizes
+    choice = policies.choose_plan(num_steps, sizes, memory_budget, measure=measure)
+    return choice.policy, store, choice.leaf, choice.peak
 
 
 def _join(fns):
@@ -245,12 +318,15 @@ def estimate_memory(
 ) -> MemoryEstimate:
     """Peak device memory of ``mgd.metagradient`` with the same arguments, without running it.
 
-    Resolves the policy, store and leaf mode exactly as `mgd.metagradient` does, compiles
-    (without running any step) the programs the sweep would run (a forward step, the
-    plan's longest differentiated block in that mode, the objective's VJP) and reads their
-    sizes from XLA's memory analysis; `mgd.engine.policies.sweep_peak` then walks the plan.
-    The result counts the inputs (``init_state`` as stored slot 0, ``meta``, the functions'
-    arrays) and everything the sweep allocates on the device.
+    Resolves the policy, store and leaf mode exactly as `mgd.metagradient` does and compiles
+    (without running any step) what would run. With the stored states on the device, that is
+    the whole sweep, one program, and the peak is its memory analysis (arguments,
+    temporaries, outputs; the compilation is cached, so a later `mgd.metagradient` call
+    with the same arguments does not compile again). Off the device, the driver's programs
+    (a forward step, the plan's longest differentiated block in that mode, the objective's
+    VJP), and `mgd.engine.policies.sweep_peak` walks the plan. The result counts the inputs
+    (``init_state``, ``meta``, the functions' arrays) and everything the sweep allocates on
+    the device.
 
     Args:
       step_fn, objective_fn, init_state, meta, num_steps, checkpoint, store, memory_budget,
@@ -275,21 +351,23 @@ def estimate_memory(
     init_state, meta = check_inputs(
         *replay._join_fns(*fns), init_state, meta, num_steps, checkpoint or policies.StoreAll()
     )
-    policy, store, mode, _ = resolve(
+    policy, store, mode, peak = resolve(
         fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf
     )
     store_name = _store_name(store) or "device"
-    plan = policy.plan(num_steps)
-    cost = policies.simulate(plan, num_steps)
-    # The exact program of the plan's longest block, not an extrapolation from one step.
-    sizes = measure_sizes(fns, init_state, meta, (mode,), {mode: max(cost.block_lengths)})
-    peak = policies.sweep_peak(plan, sizes, mode, offloaded=store_name != "device")
+    if runs_compiled(store):
+        # One program: its own memory analysis, not a model of its parts.
+        if peak is None:
+            peak = compiled_sweep_peak(fns, init_state, meta, num_steps, policy, mode)
+        step_bytes = step_program_bytes(fns, init_state, meta)
+    else:
+        plan = policy.plan(num_steps)
+        cost = policies.simulate(plan, num_steps)
+        # The exact program of the plan's longest block, not an extrapolation from one step.
+        sizes = measure_sizes(fns, init_state, meta, (mode,), {mode: max(cost.block_lengths)})
+        peak = policies.sweep_peak(plan, sizes, mode, offloaded=store_name != "device")
+        step_bytes = sizes.step_bytes
+    state_bytes = tree_bytes(init_state)
     return MemoryEstimate(
-        peak.bytes,
-        policy,
-        store_name,
-        mode,
-        peak.components,
-        sizes.state_bytes,
-        sizes.state_bytes + sizes.step_bytes,
+        peak.bytes, policy, store_name, mode, peak.components, state_bytes, state_bytes + step_bytes
     )

@@ -34,6 +34,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 
@@ -622,6 +623,7 @@ def choose_plan(
     *,
     host_bytes: int | None = None,
     disk_bytes: int | None = None,
+    measure: Callable[[AbstractCheckpointPolicy, str, str], SweepPeak | None] | None = None,
 ) -> PlanChoice:
     """The policy, store and leaf mode a ``memory_budget`` picks, counting everything.
 
@@ -637,6 +639,11 @@ def choose_plan(
       budget_bytes: the device bytes the sweep may hold at its peak.
       host_bytes: host memory for stored states; ``None``: no host store.
       disk_bytes: disk space for stored states; ``None``: no disk store.
+      measure: ``(policy, store, leaf) -> SweepPeak | None``, the peak of what would really
+        run, asked only of candidates whose modelled peak fits (it may compile); a candidate
+        fits if that peak does (``None``: the model's). `mgd.engine.memory` passes the
+        compiled sweep's memory analysis, since the sweep of a device store is one program
+        whose buffers XLA assigns differently from the sum of its parts.
 
     Returns:
       A `PlanChoice` whose ``peak.bytes <= budget_bytes``.
@@ -645,6 +652,14 @@ def choose_plan(
       ValueError: if even ``Binomial(1)`` in the leanest leaf mode does not fit; the message
         gives its bytes by component.
     """
+
+    def fitting(policy, store, mode, peak: SweepPeak) -> PlanChoice | None:
+        if peak.bytes > budget_bytes:
+            return None
+        measured = None if measure is None else measure(policy, store, mode)
+        peak = peak if measured is None else measured
+        return PlanChoice(policy, store, mode, peak) if peak.bytes <= budget_bytes else None
+
     leaves = dict(sizes.leaves)
     s = sizes.state_bytes
     tree = default_policy(num_steps)
@@ -658,8 +673,8 @@ def choose_plan(
         plan = policy.plan(num_steps)
         for mode in leaves:
             peak = sweep_peak(plan, sizes, mode, offloaded=store != "device")
-            if peak.bytes <= budget_bytes:
-                return PlanChoice(policy, store, mode, peak)
+            if choice := fitting(policy, store, mode, peak):
+                return choice
     # Binomial(slots) holds at most `slots` stored states and reverses one step at a time:
     # its peak is at most that many states plus the larger action (not walked: its plan has
     # O(T log T) actions).
@@ -670,16 +685,24 @@ def choose_plan(
     resident = dict(sizes.resident)
     fixed = sum(action.values()) + sum(resident.values())
     slots = max(1, min((budget_bytes - fixed) // s if s else num_steps, num_steps))
-    stored = slots * s
-    peak = SweepPeak(stored + fixed, {"stored_states": stored, **action, **resident})
-    if peak.bytes > budget_bytes:
-        raise ValueError(
-            f"memory budget of {budget_bytes} bytes is too small: the leanest plan, Binomial(1) "
-            f"with leaf={mode!r}, needs {peak.bytes} bytes ({_format_bytes(peak.components)}); "
-            f"raise memory_budget to at least {peak.bytes}"
-        )
-    policy = Binomial(slots)
-    return PlanChoice(policy, "device", mode, peak)
+    while True:
+        stored = slots * s
+        peak = SweepPeak(stored + fixed, {"stored_states": stored, **action, **resident})
+        # Measured also when the model does not fit: the error then says what would run.
+        if measure is not None and (peak.bytes <= budget_bytes or slots == 1):
+            peak = measure(Binomial(slots), "device", mode) or peak
+        if peak.bytes <= budget_bytes:
+            return PlanChoice(Binomial(slots), "device", mode, peak)
+        if slots == 1:
+            break
+        # The model fits but what would run does not: fewer slots, by the overshoot.
+        over = -(-(peak.bytes - budget_bytes) // s) if s else 1
+        slots = max(1, slots - over)
+    raise ValueError(
+        f"memory budget of {budget_bytes} bytes is too small: the leanest plan, Binomial(1) "
+        f"with leaf={mode!r}, needs {peak.bytes} bytes ({_format_bytes(peak.components)}); "
+        f"raise memory_budget to at least {peak.bytes}"
+    )
 
 
 def next_restores(plan: list[Action]) -> dict[int, int]:

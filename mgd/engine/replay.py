@@ -31,7 +31,7 @@ from jax import lax
 from mgd.engine import leaf, memory, policies
 from mgd.engine.leaf import combine as _combine
 from mgd.engine.leaf import partition as _partition
-from mgd.engine.storage import AbstractStateStore, DeviceStore, make_store
+from mgd.engine.storage import AbstractStateStore, make_store
 from mgd.engine.validation import check_inputs, check_num_steps
 
 PyTree = Any
@@ -296,7 +296,9 @@ def metagradient(
         fit, else ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else that tree with
         its stored states in host memory, then on disk, else ``Binomial(budget // state_bytes
         - 1)`` in spirit: the ``Binomial`` with the most slots that fit; each candidate first
-        with fused leaves, then rematerialized ones. Off-device stores are offered half the
+        with fused leaves, then rematerialized ones. A candidate on the device fits if the
+        memory analysis of its compiled sweep (compiled, then cached for the run) does, not
+        only the model of its parts. Off-device stores are offered half the
         available host memory (none on a CPU backend, whose host memory is the device's) and
         half the free disk space of the temporary directory, measured at the call
         (`mgd.engine.storage.offload_room`). With an explicit ``store`` it picks only the
@@ -349,7 +351,7 @@ def metagradient(
     # removes.
     store = make_store(store)
     try:
-        if type(store) is DeviceStore:
+        if memory.runs_compiled(store):
             # Stored states on the device: the sweep is one compiled program, any leaf mode.
             from mgd.engine import compiled  # noqa: PLC0415 (compiled imports this module)
 
