@@ -296,3 +296,21 @@ def test_choose_plan_moves_on_when_what_would_run_does_not_fit():
         policies.choose_plan(100, sizes, 8999, measure=measure)
     with pytest.raises(ValueError, match=r"needs 9000 bytes \(measured 9000\)"):
         policies.choose_plan(100, sizes, 5999, measure=measure)  # Not even the model fits.
+
+
+def test_device_estimate_is_the_compiled_sweeps_program():
+    step, objective, w0, meta, runs = _problem()
+    policy = mgd.KAryTree(6)
+    est = mgd.estimate_memory(step, objective, w0, meta, 30, checkpoint=policy, leaf="remat")
+    # The sweep's buffer: a row per slot the plan holds at once (the initial state's
+    # included) and a scratch row; the remat block keeps its 6 input states besides.
+    assert est.components["stored_states"] == (policy.cost(30).peak_slots + 1) * w0.nbytes
+    assert est.components["sweep_temporaries"] >= 6 * w0.nbytes
+    assert est.components["init_state"] == w0.nbytes
+    assert est.peak_bytes == sum(est.components.values())
+    assert runs["n"] == 0  # Compiled, not run.
+    # Off the device the driver runs: the model of its programs, with its own components.
+    host = mgd.estimate_memory(
+        step, objective, w0, meta, 30, checkpoint=policy, leaf="remat", store="host"
+    )
+    assert {"block_states", "step_vjp", "cotangents"} <= set(host.components)
