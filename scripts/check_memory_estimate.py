@@ -12,9 +12,10 @@ Configurations (each in its own process):
 - the digits MLP of ``scripts/bench_replay.py`` (64-256-10, Adam, batch 32, data weights) in
   every leaf mode, with the default policy;
 - the metasmooth ResNet-9 of ``scripts/bench_resnet9.py`` at ``--width-multiplier`` (default
-  1/16), batch 16, T = 32, with the default options and in the other leaf modes, plus ``StoreAll`` and the default choice under a
-  budget of 15% of what ``StoreAll`` adds (the budget given to the engine is that plus the
-  inputs, which it counts too), with its time against training's in the same process.
+  1/16), batch 16, T = 32, with the default options and in the other leaf modes, plus
+  ``StoreAll`` and the default choice under a budget of 15% of what ``StoreAll`` adds (the
+  budget given to the engine is that plus the inputs, which it counts too), with its time
+  against training's in the same process.
 
 Usage:
   python scripts/check_memory_estimate.py            # all
@@ -133,7 +134,8 @@ def main(argv=None) -> None:
             print(f"| {model} | {steps} | {options} | failed: exit code {child.exitcode} |")
             continue
         estimated, measured, budget, stats, ratio = queue.get()
-        label = f"budget {fraction:.0%} of StoreAll's" if fraction is not None else options or "default"
+        default = options or "default"
+        label = f"budget {fraction:.0%} of StoreAll's" if fraction is not None else default
         ran = f"{stats.policy}, {stats.leaf}, {stats.store}"
         print(f"| {model} | {steps} | {label} | {ran} | {estimated / mib:.1f} | "
               f"{measured / mib:.1f} | {measured / estimated:.2f} | "
