@@ -43,6 +43,7 @@ def _setup(args: argparse.Namespace):
     cfg = yaml.safe_load(CONFIG.read_text())
     model_cfg = dict(cfg["model"])
     model_cfg["width_multiplier"] = model_cfg.get("width_multiplier", 1.0) * args.width_multiplier
+    model_cfg["conv"] = getattr(args, "conv", "auto")
     data = mgd.make_synthetic(
         num_train=args.num_train,
         num_val=args.batch_size,
@@ -183,6 +184,11 @@ def main(argv=None) -> None:
         action="store_true",
         help="compile, never run: leaf-block memory by mode and the estimate",
     )
+    parser.add_argument(
+        "--conv", choices=["auto", "slices", "native"], default="auto",
+        help="the model's convolution (mgd.train.loop_friendly_conv; auto: slices on a CPU, "
+        "native on a GPU); --compile-only on a CPU with native shows a GPU's programs",
+    )  # fmt: skip
     parser.add_argument("--block-lengths", type=int, nargs="*", default=[1, 2, 4])
     args = parser.parse_args(argv)
     for name in ("steps", "batch_size", "repeats", "num_train"):
