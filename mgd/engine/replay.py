@@ -296,7 +296,8 @@ def metagradient(
         fit, else ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else that tree with
         its stored states in host memory, then on disk, else ``Binomial(budget // state_bytes
         - 1)`` in spirit: the ``Binomial`` with the most slots that fit; each candidate first
-        with fused leaves, then rematerialized ones. A candidate on the device fits if the
+        with fused leaves, then rematerialized ones, then (for a `mgd.engine.GradientStep`)
+        mixed-mode ones. A candidate on the device fits if the
         memory analysis of its compiled sweep (compiled, then cached for the run) does, not
         only the model of its parts. Off-device stores are offered half the
         available host memory (none on a CPU backend, whose host memory is the device's) and
