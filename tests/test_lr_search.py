@@ -363,7 +363,7 @@ def test_compiled_meta_step_rejects_a_diverged_run_like_the_engine_error(tiny, m
     # Step 1 multiplies every rate by e**30: the run diverges (NonFiniteCotangentError in
     # setup.metagradient), the step is rejected and retracted on both paths.
     compiled, driver = _both_paths(
-        tiny, monkeypatch, init_schedule=0.05, meta_steps=3, replay=Replay(KAryTree(4)),
+        tiny, monkeypatch, init_schedule=0.05, meta_steps=2, replay=Replay(StoreAll()),
         optimizer=log_lr_adam(30.0, max_step=30.0),
     )  # fmt: skip
     assert [r.info["rejected"] for r in compiled.history[:2]] == [False, True]
