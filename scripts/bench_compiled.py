@@ -21,6 +21,9 @@ ratios compare runs under the same conditions:
    `mgd.meta_step`) against the same meta-step as ``metagradient`` plus a
    separately jitted update, on the linear regression at T = 1,000 (the per-call overhead an
    outer loop pays); and on a learning-rate search's problem (digits MLP, T = 200).
+5. **A real LR search** (`mgd.search_lr_schedule`, 10 meta-steps on that problem) with its
+   compiled meta-step against the same search with ``setup.metagradient`` plus the loop's
+   update: wall time per meta-step.
 
 Usage:
   python scripts/bench_compiled.py
@@ -254,6 +257,48 @@ def meta_step_lr_search(repeats: int) -> None:
     print(f"\nmgd.meta_step is {ratio:.2f}x as fast")
 
 
+def lr_search_speed(meta_steps: int, rounds: int) -> None:
+    """`mgd.search_lr_schedule` with its compiled meta-step against the same search with
+    ``setup.metagradient`` plus the loop's own update (the compiled step switched off), on the
+    problem of `meta_step_lr_search`; per meta-step wall time from the searches' histories
+    (the first meta-step, which compiles, left out), searches alternating ``rounds`` times."""
+    from mgd.outer.lr import _search  # noqa: PLC0415 (switching the compiled step off)
+
+    T = 200
+    model = mgd.train.models.MLP(mgd.train.models.MLPConfig(hidden=(64,)))
+    setup = mgd.TrainingSetup(
+        model, optax.sgd(1.0, momentum=0.9), mgd.load_digits(), batch_size=32, num_steps=T,
+        meta_spec=mgd.MetaSpec(lr_knots=tuple(range(0, T + 1, T // 10))),
+    )  # fmt: skip
+    kwargs = dict(
+        init_schedule=0.05, meta_steps=meta_steps, replay=mgd.Replay(mgd.KAryTree(16)),
+        test_seeds=0, progress=False,
+    )  # fmt: skip
+    compiled_step = _search.outer_update
+    seconds: dict[str, list[float]] = {"compiled meta-step": [], "metagradient + update": []}
+    objectives = {}
+    for _ in range(rounds):
+        for name in seconds:
+            _search.outer_update = (
+                compiled_step if name == "compiled meta-step" else (lambda *a, **k: None)
+            )
+            res = mgd.search_lr_schedule(setup, **kwargs)
+            seconds[name] += [r.seconds for r in res.history[1:meta_steps]]
+            objectives[name] = res.objectives
+    _search.outer_update = compiled_step
+    print(f"\n## LR search on digits, T = {T}, KAryTree(16), {meta_steps} meta-steps x {rounds}\n")
+    print("| search | median s / meta-step | min |\n|---|---:|---:|")
+    for name, values in seconds.items():
+        print(f"| {name} | {np.median(values):.4f} | {np.min(values):.4f} |")
+    ratio = np.median(seconds["metagradient + update"]) / np.median(seconds["compiled meta-step"])
+    gap = np.abs(objectives["compiled meta-step"] / objectives["metagradient + update"] - 1)
+    print(
+        f"\ncompiled meta-step is {ratio:.2f}x as fast (median); relative gap of the objectives "
+        f"(float32 rounding, compounding over meta-steps): first {gap[0]:.1e}, largest "
+        f"{np.max(gap):.1e}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
@@ -274,6 +319,7 @@ def main() -> None:
     meta_step_speed(args.repeats)
     if not args.skip_digits:
         meta_step_lr_search(args.repeats)
+        lr_search_speed(meta_steps=10, rounds=2)
     if args.compile_steps:
         compile_time_vs_steps(args.compile_steps)
 

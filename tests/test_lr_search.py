@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from mgd.cli import main
-from mgd.engine import StoreAll
+from mgd.engine import KAryTree, StoreAll
+from mgd.engine.compiled import outer_update
 from mgd.experiments import read_config
 from mgd.experiments.lr import LRConfig, search_setup
 from mgd.outer import Replay
 from mgd.outer.lr import (
     PiecewiseLinearSchedule,
+    _search,
     evaluate_schedules,
     log_lr_adam,
     lr_schedule_grid,
@@ -318,3 +320,56 @@ def test_cli_lr_end_to_end(tmp_path, capsys):
         json.loads((out / "metrics.json").read_text())["searches"].keys()
         == metrics["searches"].keys()
     )
+
+
+# --- the compiled meta-step -----------------------------------------------------------------
+
+
+def _both_paths(setup, monkeypatch, **kwargs):
+    """The search with its compiled meta-step (checked to run) and with ``setup.metagradient``
+    plus the loop's own update."""
+    made = []
+
+    def spy(*args, **kw):
+        made.append(outer_update(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(_search, "outer_update", spy)
+    compiled = search_lr_schedule(setup, test_seeds=0, progress=False, **kwargs)
+    assert len(made) == 1 and made[0] is not None
+    monkeypatch.setattr(_search, "outer_update", lambda *args, **kw: None)
+    driver = search_lr_schedule(setup, test_seeds=0, progress=False, **kwargs)
+    assert len(compiled.history) == len(driver.history)
+    for a, b in zip(compiled.history, driver.history, strict=True):
+        assert (a.step, a.forward_steps, a.vjp_steps) == (b.step, b.forward_steps, b.vjp_steps)
+        assert a.info["rejected"] == b.info["rejected"]
+    drop = lambda cost: {k: v for k, v in cost.items() if k != "seconds"}
+    assert drop(compiled.cost) == drop(driver.cost)
+    return compiled, driver
+
+
+def test_compiled_meta_step_equals_metagradient_and_update(tiny, x64, monkeypatch):
+    compiled, driver = _both_paths(
+        tiny.replace(dtype=jnp.float64), monkeypatch, init_schedule=[0.05, 0.2, 0.05],
+        meta_steps=3, replay=Replay(KAryTree(4)),
+    )  # fmt: skip
+    for a, b in zip(compiled.history, driver.history, strict=True):
+        np.testing.assert_allclose(a.objective, b.objective, rtol=1e-12)
+        np.testing.assert_allclose(a.info["lr"], b.info["lr"], rtol=1e-12)
+    assert compiled.history[0].forward_steps > tiny.num_steps  # The tree replays.
+
+
+def test_compiled_meta_step_rejects_a_diverged_run_like_the_engine_error(tiny, monkeypatch):
+    # Step 1 multiplies every rate by e**30: the run diverges (NonFiniteCotangentError in
+    # setup.metagradient), the step is rejected and retracted on both paths.
+    compiled, driver = _both_paths(
+        tiny, monkeypatch, init_schedule=0.05, meta_steps=2, replay=Replay(StoreAll()),
+        optimizer=log_lr_adam(30.0, max_step=30.0),
+    )  # fmt: skip
+    assert [r.info["rejected"] for r in compiled.history[:2]] == [False, True]
+    assert compiled.history[1].forward_steps == 0 and np.isnan(compiled.history[1].objective)
+    for a, b in zip(compiled.history, driver.history, strict=True):  # float32 setup
+        np.testing.assert_allclose(a.objective, b.objective, rtol=1e-5)
+        np.testing.assert_allclose(a.info["lr"], b.info["lr"], rtol=1e-5)
+    with pytest.raises(ValueError, match="initial schedule diverges"):
+        search_lr_schedule(tiny, init_schedule=1e10, meta_steps=2, test_seeds=0, progress=False)

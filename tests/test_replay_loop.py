@@ -228,3 +228,83 @@ def test_metagradient_compiles_once_per_plan_shape():
         meta = jax.tree.map(lambda m, s=scale: m * s, meta)
         mgd.metagradient(step_fn, objective_fn, state, meta, 30, checkpoint=policy)
     assert compiled._metagradient_program._cache_size() == programs
+
+
+def test_step_fn_is_traced_once_per_problem_not_per_step_or_call():
+    """Compilation once per problem and plan shape: ``step_fn`` is traced a few times on the
+    first call, no more for a longer run (the plan is data, not code), and never again for new
+    metaparameter values, under ``metagradient``, ``jax.grad`` and ``jax.jit``."""
+    traces = [0]
+
+    def counted(w, m, t):  # Gradient descent on w**2 with a per-step learning rate.
+        traces[0] += 1
+        return w - m[t] * 2 * w
+
+    objective_fn, state, meta = lambda w, m: w**2, jnp.float32(1.0), jnp.full(60, 0.1)
+
+    policy = mgd.KAryTree(4)
+    loss = lambda T: (
+        lambda m: objective_fn(mgd.replay_loop(counted, state, m, T, checkpoint=policy), m)
+    )
+    calls = {
+        "metagradient": lambda T, m: (
+            mgd.metagradient(counted, objective_fn, state, m, T, checkpoint=policy).grad
+        ),
+        "grad": lambda T, m: jax.grad(loss(T))(m),
+        "jit(grad)": lambda T, m: jax.jit(jax.grad(loss(T)))(m),
+    }
+    first = []
+    for T in (20, 60):  # Three and four tree levels.
+        for name, call in calls.items():
+            before = traces[0]
+            jax.block_until_ready(call(T, meta))
+            first.append(traces[0] - before)
+            for scale in (1.01, 0.99):  # New values, same shapes: nothing traced again.
+                before = traces[0]
+                jax.block_until_ready(call(T, jax.tree.map(lambda m, s=scale: m * s, meta)))
+                assert traces[0] == before, (name, T)
+    assert 0 < sum(first[3:]) <= sum(first[:3]) <= 10, first
+
+
+def _whole(base, params):
+    """`outer_update`'s ``embed`` when every metaparameter is optimized."""
+    return params
+
+
+def test_outer_update_equals_metagradient_then_the_update(x64):
+    from mgd.engine import compiled
+
+    step_fn, objective_fn, state, meta = make_problem("adam", T_SMALL)
+    policy = mgd.KAryTree(3)
+    outer = optax.with_extra_args_support(optax.adam(0.05))
+    update, stats = compiled.outer_update(
+        step_fn, objective_fn, state, None, meta, T_SMALL, embed=_whole, checkpoint=policy
+    )
+    opt_state = outer.init(meta)
+    for _ in range(2):
+        res = mgd.metagradient(step_fn, objective_fn, state, meta, T_SMALL, checkpoint=policy)
+        expected, expected_state = outer.update(res.grad, opt_state, meta, value=res.value)
+        value, grad, finite, updates, opt_state = update(meta, opt_state, outer)
+        assert bool(finite) and stats == res.stats
+        np.testing.assert_allclose(value, res.value, rtol=1e-12)
+        assert max_relative_error(grad, res.grad) <= 1e-12
+        assert max_relative_error(updates, expected) <= 1e-10
+        assert max_relative_error(opt_state[0].nu, expected_state[0].nu) <= 1e-10
+        meta = optax.apply_updates(meta, updates)
+    assert compiled._update_program._cache_size() == 1
+
+
+def test_outer_update_marks_a_diverged_run_and_keeps_off_device_stores():
+    from test_engine_errors import nan_at_step
+
+    from mgd.engine import compiled
+
+    step, objective = nan_at_step(7), lambda w, m: w**2
+    args = (jnp.float32(1.0), None, jnp.float32(0.9), 20)
+    with pytest.raises(mgd.NonFiniteCotangentError, match="at step 7"):
+        mgd.metagradient(step, objective, args[0], args[2], 20)
+    update, _ = compiled.outer_update(step, objective, *args, embed=_whole)
+    outer = optax.with_extra_args_support(optax.sgd(0.1))
+    value, grad, finite, _, _ = update(args[2], outer.init(args[2]), outer)
+    assert not bool(finite) and np.isnan(value) and np.isnan(grad)
+    assert compiled.outer_update(step, objective, *args, embed=_whole, store="host") is None

@@ -45,7 +45,7 @@ from jax import lax
 from mgd.engine import leaf, policies
 from mgd.engine.leaf import LEAF_MODES
 from mgd.engine.leaf import run_block as _run_block
-from mgd.engine.memory import check_options
+from mgd.engine.memory import check_options, resolve
 from mgd.engine.replay import (
     MetagradientResult,
     MetagradientStats,
@@ -55,7 +55,8 @@ from mgd.engine.replay import (
     _partition,
     _split_fns,
 )
-from mgd.engine.validation import check_step
+from mgd.engine.storage import DeviceStore
+from mgd.engine.validation import check_inputs, check_num_steps, check_step
 
 PyTree = Any
 
@@ -448,9 +449,9 @@ def replay_loop(
     return _replay(fns, shape, leaf, fn_arrays, tables, init_state, meta)
 
 
-@functools.partial(jax.jit, static_argnames=("fns", "shape", "mode"))
-def _metagradient_program(fns, shape, mode, fn_arrays, tables, init_state, meta):
-    """Forward pass, objective, backward pass: `mgd.metagradient`'s whole sweep, one program."""
+def _metagradient_body(fns, shape, mode, fn_arrays, tables, init_state, meta):
+    """Forward pass, objective, backward pass: ``(value, grad, finite)``, traced into the
+    caller's program (`_metagradient_program`, `_update_program`)."""
     objective_fn = _join_fns(fns, fn_arrays)[1]
     final, residuals = _forward(fns, shape, mode, fn_arrays, tables, init_state, meta)
     diff, rest = _partition(final)
@@ -458,6 +459,10 @@ def _metagradient_program(fns, shape, mode, fn_arrays, tables, init_state, meta)
     value, (ct, ct_meta_objective) = jax.value_and_grad(objective, argnums=(0, 1))(diff, meta)
     _, grad, finite = _backward(fns, shape, mode, residuals, ct)
     return value, jax.tree.map(jnp.add, ct_meta_objective, grad), finite
+
+
+# `mgd.metagradient`'s whole sweep, one program.
+_metagradient_program = jax.jit(_metagradient_body, static_argnames=("fns", "shape", "mode"))
 
 
 def sweep(
@@ -487,11 +492,100 @@ def sweep(
     value, grad, finite = _metagradient_program(
         static, shape, mode, fn_arrays, tables, init_state, meta
     )
-    stats = MetagradientStats(
+    return MetagradientResult(value, grad, _stats(cost, policy, store_name, mode)), finite
+
+
+def _stats(cost: policies.PlanCost, policy, store_name: str, mode: str) -> MetagradientStats:
+    return MetagradientStats(
         cost.forward_steps, cost.replay_steps, cost.vjp_steps, cost.peak_states, repr(policy),
         store_name, mode,
     )  # fmt: skip
-    return MetagradientResult(value, grad, stats), finite
+
+
+@functools.partial(jax.jit, static_argnames=("fns", "shape", "mode", "embed", "optimizer"))
+def _update_program(
+    fns, shape, mode, embed, optimizer, fn_arrays, tables, init_state, base, params, opt_state
+):
+    """The metagradient at ``embed(base, params)`` and ``optimizer``'s update of ``params``:
+    one meta-step of an outer loop, one program (see `outer_update`)."""
+    meta, embed_vjp = jax.vjp(lambda p: embed(base, p), params)
+    value, grad, finite = _metagradient_body(fns, shape, mode, fn_arrays, tables, init_state, meta)
+    (grad,) = embed_vjp(grad)
+    # What an outer loop makes of `NonFiniteCotangentError`: a diverged run, NaN objective.
+    diverged = lambda x: jnp.where(finite, x, jnp.nan)
+    value, grad = diverged(value), jax.tree.map(diverged, grad)
+    updates, opt_state = optimizer.update(grad, opt_state, params, value=value)
+    return value, grad, finite, updates, opt_state
+
+
+def outer_update(
+    step_fn,
+    objective_fn,
+    init_state: PyTree,
+    base: PyTree,
+    params: PyTree,
+    num_steps: int,
+    *,
+    embed,
+    checkpoint: policies.AbstractCheckpointPolicy | None = None,
+    store=None,
+    memory_budget: int | None = None,
+    leaf: str = "auto",
+):
+    """An outer loop's meta-step as one compiled program, or ``None`` off the device.
+
+    The loop optimizes ``params``, which ``embed(base, params)`` places into the full
+    metaparameters (e.g. ``{**base, "log_lr": params}``). The engine options are resolved
+    once, here, as `mgd.metagradient` resolves them (`mgd.engine.memory.resolve`); when the
+    stored states land on the device, every meta-step is `mgd.metagradient`'s compiled sweep
+    (`sweep`'s program, the same numbers) followed by the optimizer's update, with no host
+    round trip or per-call validation between them.
+
+    Args:
+      step_fn, objective_fn, init_state, num_steps: as for `mgd.metagradient`.
+      base: the metaparameters that stay fixed (a pytree of arrays).
+      params: the optimized metaparameters' initial values (their shapes and dtypes are
+        those of every later call).
+      embed: ``(base, params) -> meta``, hashable (a module-level function); differentiated
+        to map ``d value / d meta`` to ``d value / d params``.
+      checkpoint, store, memory_budget, leaf: `mgd.metagradient`'s options.
+
+    Returns:
+      ``None`` if the resolved store is not the device (host, disk or a custom store: the
+      caller keeps `mgd.metagradient`); otherwise ``(update, stats)``. ``update(params,
+      opt_state, optimizer) -> (value, grad, finite, updates, new_opt_state)``, ``optimizer``
+      an ``optax.GradientTransformationExtraArgs`` (hashable: one object per loop) called as
+      ``optimizer.update(grad, opt_state, params, value=value)``; ``value`` and ``grad`` (with
+      the structure of ``params``) are NaN where ``finite`` is false, i.e. where
+      `mgd.metagradient` would raise `mgd.NonFiniteCotangentError`. ``stats`` are every
+      meta-step's `MetagradientStats`.
+
+    Raises:
+      ValueError, TypeError: as `mgd.metagradient` for bad input.
+    """
+    check_num_steps(num_steps)
+    check_options(step_fn, checkpoint, memory_budget, leaf)
+    fns = _split_fns(step_fn, objective_fn)
+    init_state, meta = check_inputs(
+        *_join_fns(*fns), init_state, embed(base, params), num_steps,
+        checkpoint or policies.StoreAll(),
+    )  # fmt: skip
+    policy, store, mode, _ = resolve(
+        fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf
+    )
+    if not (store in (None, "device") or type(store) is DeviceStore):
+        return None
+    shape, tables, cost = _tables(policy, num_steps)
+    static, fn_arrays = fns
+    tables = _Tables(*map(jnp.asarray, tables))  # On the device once, not once per call.
+
+    def update(params, opt_state, optimizer):
+        return _update_program(
+            static, shape, mode, embed, optimizer, fn_arrays, tables, init_state, base,
+            params, opt_state,
+        )  # fmt: skip
+
+    return update, _stats(cost, policy, "device", mode)
 
 
 @functools.partial(jax.jit, static_argnames=("fns", "num_steps", "optimizer", "checkpoint"))

@@ -192,6 +192,7 @@ def meta_descent(
     progress: bool = True,
     desc: str = "meta-steps",
     where: str = "meta_descent",
+    meta_step: Callable[..., tuple[Any, Any, Any, Any, Any]] | None = None,
 ) -> LoopResult:
     """Runs ``meta_steps`` steps of metagradient descent on ``params``, resumably.
 
@@ -225,6 +226,11 @@ def meta_descent(
       progress: show a tqdm bar with the objective.
       desc: the bar's label.
       where: the caller's name in error messages.
+      meta_step: ``(k, params, opt_state, optimizer) -> (value, grad, stats, updates,
+        opt_state)``: the metagradient and the update together (e.g. one compiled program,
+        `mgd.engine.compiled.outer_update`), used instead of ``metagradient`` and the loop's
+        own ``optimizer.update``, with the same results; ``optimizer`` is the loop's
+        (extra-args) optimizer. A record's ``seconds`` then include the update.
 
     Returns:
       A :class:`LoopResult`: the final ``params`` and ``opt_state`` and one :class:`MetaStep`
@@ -273,10 +279,15 @@ def meta_descent(
         bar = tqdm(total=meta_steps, initial=len(history), desc=desc, disable=not progress)
         for k in range(len(history), meta_steps):
             started = time.perf_counter()
-            value, grad, stats = metagradient(k, params)
-            objective = float(value)  # blocks until the metagradient is done
-            seconds = time.perf_counter() - started
-            updates, opt_state = optimizer.update(grad, opt_state, params, value=value)
+            if meta_step is None:
+                value, grad, stats = metagradient(k, params)
+                objective = float(value)  # blocks until the metagradient is done
+                seconds = time.perf_counter() - started
+                updates, opt_state = optimizer.update(grad, opt_state, params, value=value)
+            else:
+                value, grad, stats, updates, opt_state = meta_step(k, params, opt_state, optimizer)
+                objective = float(value)
+                seconds = time.perf_counter() - started
             info = {} if record is None else record(k, params, value, grad, opt_state)
             history.append(
                 MetaStep(

@@ -25,11 +25,12 @@ import numpy as np
 import optax
 
 from mgd.engine import NonFiniteCotangentError
+from mgd.engine.compiled import outer_update
 from mgd.outer._loop import MetaStep, Replay, check_meta_steps, meta_descent, setup_fingerprint
 from mgd.outer.lr._evaluate import lr_knots_of
 from mgd.outer.lr._schedule import PiecewiseLinearSchedule, validate_knots
 from mgd.outer.lr._update import log_lr_adam
-from mgd.train import retrain_and_evaluate
+from mgd.train import TrainingSetup, retrain_and_evaluate
 
 __all__ = ["LRSearchResult", "search_lr_schedule"]
 
@@ -199,15 +200,8 @@ def search_lr_schedule(
     x = jnp.asarray(x0, base["log_lr"].dtype)
     cost: dict[str, float] = {"metagradients": 0, "forward_steps": 0, "vjp_steps": 0}
 
-    def metagradient(step: int, log_lr):
-        meta = {**base, "log_lr": log_lr}
-        try:
-            res = setup.metagradient(meta, **replay.options())
-        except NonFiniteCotangentError:
-            # The engine stops the reverse sweep at the first non-finite cotangent: a diverged run.
-            value, grad, stats = jnp.float32(jnp.nan), jnp.full_like(log_lr, jnp.nan), None
-        else:
-            value, grad, stats = res.value, res.grad["log_lr"], res.stats
+    def account(step: int, value, grad, stats) -> None:
+        if stats is not None:
             cost["forward_steps"] += stats.forward_steps
             cost["vjp_steps"] += stats.vjp_steps
         cost["metagradients"] += 1
@@ -216,7 +210,36 @@ def search_lr_schedule(
                 f"{_WHERE}: training with the initial schedule diverges (objective "
                 f"{float(value)}); start from a lower learning rate"
             )
+
+    def metagradient(step: int, log_lr):
+        meta = _with_log_lr(base, log_lr)
+        try:
+            res = setup.metagradient(meta, **replay.options())
+        except NonFiniteCotangentError:
+            # The engine stops the reverse sweep at the first non-finite cotangent: a diverged run.
+            value, grad, stats = jnp.float32(jnp.nan), jnp.full_like(log_lr, jnp.nan), None
+        else:
+            value, grad, stats = res.value, res.grad["log_lr"], res.stats
+        account(step, value, grad, stats)
         return value, grad, stats
+
+    # Stored states on the device: each meta-step is one compiled program, the metagradient
+    # (the same sweep as `setup.metagradient`'s) and the update, with no per-call validation
+    # or host round trip between them (docs/benchmarks.md, "One jitted meta-step").
+    # A duck-typed setup that only provides `metagradient` keeps it.
+    compiled = None
+    if isinstance(setup, TrainingSetup):
+        compiled = outer_update(
+            setup.step_fn, setup.objective_fn, setup.init_state(), base, x, setup.num_steps,
+            embed=_with_log_lr, **replay.options(),
+        )  # fmt: skip
+
+    def meta_step(step: int, log_lr, opt_state, optimizer):
+        update, stats = compiled
+        value, grad, finite, updates, opt_state = update(log_lr, opt_state, optimizer)
+        stats = stats if bool(finite) else None  # As when the engine raises: a diverged run.
+        account(step, value, grad, stats)
+        return value, grad, stats, updates, opt_state
 
     def record(step, log_lr, value, grad, opt_state) -> dict[str, Any]:
         scale, unstable = _status(opt_state)
@@ -246,6 +269,7 @@ def search_lr_schedule(
         progress=progress,
         desc="lr search",
         where=_WHERE,
+        meta_step=None if compiled is None else meta_step,
     )
     history = list(loop.history)
     x = loop.params
@@ -286,6 +310,12 @@ def search_lr_schedule(
             "loss": np.asarray(report["loss"]).tolist(),
         }
     return LRSearchResult(schedule, history, best, test, cost)
+
+
+def _with_log_lr(base: dict, log_lr: jax.Array) -> dict:
+    """The full metaparameters with the searched log rates (hashable: a compiled program's
+    static argument)."""
+    return {**base, "log_lr": log_lr}
 
 
 def _finite(value: Any, grad: Any) -> bool:
