@@ -105,7 +105,9 @@ def initialize(
             "process_id too (or start the processes with python -m mgd.launch)"
         )
     if not (isinstance(num_processes, int) and num_processes >= 1):
-        raise DistributedError(f"initialize: num_processes must be an int >= 1, got {num_processes}")
+        raise DistributedError(
+            f"initialize: num_processes must be an int >= 1, got {num_processes}"
+        )
     if not (isinstance(process_id, int) and 0 <= process_id < num_processes):
         raise DistributedError(
             f"initialize: process_id must lie in [0, {num_processes}), got {process_id}"
