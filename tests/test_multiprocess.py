@@ -1,0 +1,168 @@
+"""Several processes on one machine, as several hosts run: two processes of two CPU devices
+each (`python -m mgd.launch`, gloo collectives over loopback) give the single-process
+metagradient with every store, take identical outer decisions, write --out from process 0 only,
+resume after all are killed, and fail in one line (no hang) when they cannot meet or were
+started differently. Each launch is bounded by a subprocess timeout."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import mgd
+from mgd.launch import free_port
+
+ROOT = Path(__file__).parent.parent
+WORKER = str(Path(__file__).parent / "_multiprocess_worker.py")
+LIMIT = 240  # Seconds any launch may take on a loaded 2-core machine before it counts as hung.
+
+
+def _env(**extra):
+    # The worktree's mgd, whatever is installed; the worker's own device count, not conftest's.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    return env | extra
+
+
+def _launch(*command, processes=2, timeout=30, **popen):
+    argv = [sys.executable, "-m", "mgd.launch", "--processes", str(processes)]
+    argv += ["--devices-per-process", "2", "--timeout", str(timeout), "--", *command]
+    return subprocess.Popen(argv, env=_env(), cwd=ROOT, text=True, **popen)
+
+
+def _run(*command, **kwargs):
+    proc = _launch(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=LIMIT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    return proc.returncode, out, err
+
+
+def test_metagradient_across_processes_equals_one_process(tmp_path):
+    code, _, err = _run(sys.executable, WORKER, "engine", str(tmp_path))
+    assert code == 0, err[-3000:]
+    sys.path.insert(0, str(Path(WORKER).parent))
+    try:
+        import _multiprocess_worker as worker
+    finally:
+        sys.path.pop(0)
+    single = worker.setup(worker.ENGINE_META)
+    expected = single.metagradient(single.init_meta(), checkpoint=mgd.KAryTree(2))
+    found = [np.load(tmp_path / f"engine-{i}.npz") for i in range(2)]
+    for store in worker.STORES:
+        for f in found:
+            # As in test_sharding: float32 sums over shards run in another order; ~5e-6 of each
+            # gradient's scale is rounding (amplified by Adam), any real error is O(scale).
+            np.testing.assert_allclose(f[f"{store}/value"], expected.value, rtol=1e-5)
+            for key, grad in expected.grad.items():
+                scale = np.max(np.abs(grad))
+                np.testing.assert_allclose(f[f"{store}/{key}"], grad, atol=1e-4 * scale)
+        for key in expected.grad:  # Both processes hold the same (replicated) result.
+            np.testing.assert_array_equal(found[0][f"{store}/{key}"], found[1][f"{store}/{key}"])
+    for f in found:  # Each process's disk file holds its own shards: half the sharded state.
+        assert f["disk_file_bytes"] == f["local_state_bytes"] < f["global_state_bytes"]
+
+
+def test_outer_loops_take_the_same_decisions_on_every_process(tmp_path):
+    code, _, err = _run(sys.executable, WORKER, "outer", str(tmp_path))
+    assert code == 0, err[-3000:]
+    first, second = (json.loads((tmp_path / f"outer-{i}.json").read_text()) for i in range(2))
+    assert first == second
+    assert len(first["selection"]) == 540 and len(first["schedule"]) == 3
+    assert np.any(np.asarray(first["perturbations"]) != 0)
+    # orbax's multi-process save: one checkpoint of the selection, written once.
+    assert [p.name for p in (tmp_path / "select-checkpoints").iterdir()] == ["2"]
+
+
+_SELECT = """\
+fraction: 0.5
+train: {model: {name: mlp, hidden: [8]}, batch_size: 32, num_steps: 6}
+outer: {meta_steps: 4}
+eval: {num_seeds: 1, num_random: 1}
+"""
+
+
+def test_cli_writes_from_process_zero_and_resumes_after_all_are_killed(tmp_path):
+    config = tmp_path / "select.yaml"
+    config.write_text(_SELECT)
+    out = tmp_path / "out"
+    argv = ["mgd", "select", "--config", str(config), "--out", str(out), "--quiet"]
+    proc = _launch(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    # Killed (launcher and processes alike) once the first meta-step's checkpoint is complete.
+    deadline = time.monotonic() + LIMIT
+    while not (out / "checkpoints" / "1" / "commit_success.txt").exists():
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = json.loads((out / "history.json").read_text())
+    assert len(before) in (1, 2)
+
+    code, stdout, err = _run(*argv, "--resume")
+    assert code == 0, err[-3000:]
+    assert stdout.count("selected") == 1  # The table, printed by process 0 alone.
+    history = json.loads((out / "history.json").read_text())
+    assert len(history) == 4 and history[: len(before)] == before  # Continued, not restarted.
+    selection = json.loads((out / "selection.json").read_text())
+    assert len(selection["indices"]) == selection["size"] == 540
+    assert sorted(p.name for p in out.iterdir()) == [
+        "checkpoints",
+        "config.yaml",
+        "history.json",
+        "metrics.json",
+        "objective.png",
+        "selection.json",
+    ]
+
+
+def _alone(process_id, port, *args):
+    # One process of two, started alone: the other never comes.
+    env = _env(
+        MGD_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+        MGD_NUM_PROCESSES="2",
+        MGD_PROCESS_ID=str(process_id),
+        MGD_INIT_TIMEOUT="3",
+    )
+    argv = [sys.executable, "-m", "mgd.cli", "select", *args]
+    return subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_processes_that_cannot_meet_fail_in_one_line(tmp_path):
+    procs = {
+        "did not connect to the coordinator": _alone(0, free_port(), "--out", str(tmp_path / "a")),
+        "could not reach the coordinator": _alone(1, free_port(), "--out", str(tmp_path / "b")),
+    }
+    for message, proc in procs.items():
+        _, err = proc.communicate(timeout=LIMIT)
+        assert proc.returncode == 2, err
+        assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_processes_started_with_different_seeds_are_refused(tmp_path):
+    out = tmp_path / "out"
+    command = [sys.executable, WORKER, "cli", "select", "--seed", "{pid}", "--out", str(out)]
+    code, _, err = _run(*command)
+    assert code == 2, err[-3000:]
+    assert "processes [1] were started with a different config, data or seed" in err
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+def test_mesh_that_does_not_divide_the_devices_is_refused():
+    with pytest.raises(ValueError, match=r"do not divide the 4 devices .* multiply to 4"):
+        mgd.make_mesh({"data": 3})
+    with pytest.raises(ValueError, match="at most one size may be -1"):
+        mgd.make_mesh({"data": -1, "model": -1})
+    assert dict(mgd.make_mesh({"data": -1, "model": 2}).shape) == {"data": 2, "model": 2}
