@@ -38,6 +38,7 @@ def setup(meta_spec, optimizer=None, mesh=None, param_axis=None):
 
 
 ENGINE_META = mgd.MetaSpec(data_weights=True, lr_knots=(0, T))
+OUTER_META = mgd.MetaSpec(data_weights=True, lr_knots=(0, 3, T))
 
 
 def engine(out: Path) -> None:
@@ -46,7 +47,7 @@ def engine(out: Path) -> None:
     s = setup(ENGINE_META, mesh=mesh, param_axis="data")
     found = {}
     for store in STORES:
-        res = s.metagradient(s.init_meta(), checkpoint=mgd.KAryTree(2), store=store)
+        res = s.metagradient(s.init_meta(), checkpoint=mgd.StoreAll(), store=store)
         found[f"{store}/value"] = np.asarray(res.value)
         for key, grad in res.grad.items():
             found[f"{store}/{key}"] = np.asarray(grad)
@@ -71,25 +72,22 @@ def engine(out: Path) -> None:
 
 
 def outer(out: Path) -> None:
-    mesh = mgd.make_mesh({"data": -1})
-    pid = jax.process_index()
+    # One setup for selection and LR search (the same compiled programs; the selection keeps
+    # the rate factor at 1), its poisoning variant for the attack.
+    s = setup(OUTER_META, mesh=mgd.make_mesh({"data": -1}))
+    replay = mgd.Replay(checkpoint=mgd.StoreAll())
     selection = mgd.select_data(
-        setup(mgd.MetaSpec(data_weights=True), mesh=mesh),
+        s,
         size=540,
         meta_steps=2,
+        replay=replay,
         save_dir=out / "select-checkpoints",
         progress=False,
     )
     lr = mgd.search_lr_schedule(
-        setup(mgd.MetaSpec(lr_knots=(0, 3, T)), optimizer=optax.sgd(1.0), mesh=mesh),
-        init_schedule=0.05,
-        meta_steps=2,
-        test_seeds=1,
-        progress=False,
+        s, init_schedule=1.0, meta_steps=2, replay=replay, test_seeds=1, progress=False
     )
-    poison = mgd.poison_attack(
-        setup(mgd.MetaSpec(), mesh=mesh), fraction=0.01, meta_steps=2, progress=False
-    )
+    poison = mgd.poison_attack(s, fraction=0.01, meta_steps=2, replay=replay, progress=False)
     decisions = {
         "selection": selection.indices.tolist(),
         "selection_history": [h.info for h in selection.history],
@@ -97,7 +95,7 @@ def outer(out: Path) -> None:
         "poison_indices": poison.indices.tolist(),
         "perturbations": np.asarray(poison.perturbations).tolist(),
     }
-    (out / f"outer-{pid}.json").write_text(json.dumps(decisions))
+    (out / f"outer-{jax.process_index()}.json").write_text(json.dumps(decisions))
 
 
 def cli(args: list[str]) -> int:

@@ -55,7 +55,7 @@ def test_metagradient_across_processes_equals_one_process(tmp_path):
     finally:
         sys.path.pop(0)
     single = worker.setup(worker.ENGINE_META)
-    expected = single.metagradient(single.init_meta(), checkpoint=mgd.KAryTree(2))
+    expected = single.metagradient(single.init_meta(), checkpoint=mgd.StoreAll())
     found = [np.load(tmp_path / f"engine-{i}.npz") for i in range(2)]
     for store in worker.STORES:
         for f in found:
@@ -76,7 +76,7 @@ def test_outer_loops_take_the_same_decisions_on_every_process(tmp_path):
     assert code == 0, err[-3000:]
     first, second = (json.loads((tmp_path / f"outer-{i}.json").read_text()) for i in range(2))
     assert first == second
-    assert len(first["selection"]) == 540 and len(first["schedule"]) == 3
+    assert len(first["selection"]) == 540 and len(first["schedule"]) == 6  # One per step.
     assert np.any(np.asarray(first["perturbations"]) != 0)
     # orbax's multi-process save: one checkpoint of the selection, written once.
     assert [p.name for p in (tmp_path / "select-checkpoints").iterdir()] == ["2"]
@@ -86,6 +86,7 @@ _SELECT = """\
 fraction: 0.5
 train: {model: {name: mlp, hidden: [8]}, batch_size: 32, num_steps: 6}
 outer: {meta_steps: 4}
+replay: {checkpoint: store_all}
 eval: {num_seeds: 1, num_random: 1}
 """
 
