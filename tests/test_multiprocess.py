@@ -20,7 +20,9 @@ from mgd.launch import free_port
 
 ROOT = Path(__file__).parent.parent
 WORKER = str(Path(__file__).parent / "_multiprocess_worker.py")
-LIMIT = 240  # Seconds any launch may take on a loaded 2-core machine before it counts as hung.
+# Seconds a launch may take on a 2-core machine shared with other jobs before it counts as hung
+# (each takes 20 s to 3 min there, most of it compiling).
+LIMIT = 600
 
 
 def _env(**extra):
@@ -31,19 +33,23 @@ def _env(**extra):
 
 
 def _launch(*command, processes=2, timeout=30, **popen):
+    # A session of its own: the launcher and its processes are killed together on a timeout.
     argv = [sys.executable, "-m", "mgd.launch", "--processes", str(processes)]
     argv += ["--devices-per-process", "2", "--timeout", str(timeout), "--", *command]
-    return subprocess.Popen(argv, env=_env(), cwd=ROOT, text=True, **popen)
+    return subprocess.Popen(argv, env=_env(), cwd=ROOT, text=True, start_new_session=True, **popen)
 
 
-def _run(*command, **kwargs):
-    proc = _launch(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+def _finish(proc):
     try:
         out, err = proc.communicate(timeout=LIMIT)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         raise
     return proc.returncode, out, err
+
+
+def _run(*command, **kwargs):
+    return _finish(_launch(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs))
 
 
 def test_metagradient_across_processes_equals_one_process(tmp_path):
@@ -96,12 +102,14 @@ def test_cli_writes_from_process_zero_and_resumes_after_all_are_killed(tmp_path)
     config.write_text(_SELECT)
     out = tmp_path / "out"
     argv = ["mgd", "select", "--config", str(config), "--out", str(out), "--quiet"]
-    proc = _launch(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = _launch(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     # Killed (launcher and processes alike) once the first meta-step's checkpoint is complete.
     deadline = time.monotonic() + LIMIT
     while not (out / "checkpoints" / "1" / "commit_success.txt").exists():
         assert proc.poll() is None, proc.stderr.read()[-3000:]
-        assert time.monotonic() < deadline, "no checkpoint in time"
+        if time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail("no checkpoint in time")
         time.sleep(0.2)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
@@ -134,9 +142,8 @@ def _alone(process_id, port, *args):
         MGD_INIT_TIMEOUT="3",
     )
     argv = [sys.executable, "-m", "mgd.cli", "select", *args]
-    return subprocess.Popen(
-        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    return subprocess.Popen(argv, env=env, text=True, start_new_session=True, **pipes)
 
 
 def test_processes_that_cannot_meet_fail_in_one_line(tmp_path):
@@ -145,8 +152,8 @@ def test_processes_that_cannot_meet_fail_in_one_line(tmp_path):
         "could not reach the coordinator": _alone(1, free_port(), "--out", str(tmp_path / "b")),
     }
     for message, proc in procs.items():
-        _, err = proc.communicate(timeout=LIMIT)
-        assert proc.returncode == 2, err
+        code, _, err = _finish(proc)
+        assert code == 2, err
         assert message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
@@ -167,3 +174,21 @@ def test_mesh_that_does_not_divide_the_devices_is_refused():
     with pytest.raises(ValueError, match="at most one size may be -1"):
         mgd.make_mesh({"data": -1, "model": -1})
     assert dict(mgd.make_mesh({"data": -1, "model": 2}).shape) == {"data": 2, "model": 2}
+
+
+def test_launcher_refuses_bad_flags_in_one_line(capsys, monkeypatch):
+    from mgd.launch import environment, main
+
+    for argv, message in [
+        (["--processes", "0", "--", "mgd", "select"], "--processes must be >= 1, got 0"),
+        (["--processes", "2", "--timeout", "0", "--", "mgd"], "--timeout must be > 0 seconds"),
+        (["--processes", "2"], "no command; add -- and the command"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+    # The device count replaces one already in XLA_FLAGS, other flags stay.
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_foo=1 --xla_force_host_platform_device_count=4")
+    env = environment(1, 2, 1234, 5.0, 3)
+    assert env["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=3"
+    assert env["MGD_COORDINATOR_ADDRESS"] == "127.0.0.1:1234" and env["MGD_PROCESS_ID"] == "1"

@@ -81,6 +81,8 @@ def replicate(tree: PyTree, mesh: Mesh | None) -> PyTree:
     sharding = NamedSharding(mesh, PartitionSpec())
 
     def leaf(x):
+        if isinstance(x, jax.core.Tracer):
+            return x  # Inside a user's jit or vmap (of `train`, say): placed by that program.
         if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
             return x  # Already in place (e.g. metaparameters an outer loop got back).
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
