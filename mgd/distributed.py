@@ -141,7 +141,9 @@ def _gather(port: int, num_processes: int, deadline: float, timeout: float) -> N
     # others close first, so no connection lingers on this side of the port (TIME_WAIT) when
     # JAX's coordinator binds it next.
     arrived: dict[int, socket.socket] = {}
-    with socket.create_server(("", port)) as server:
+    dual = socket.has_dualstack_ipv6()  # IPv4 and IPv6 peers alike, as JAX's coordinator.
+    family = socket.AF_INET6 if dual else socket.AF_INET
+    with socket.create_server(("", port), family=family, dualstack_ipv6=dual) as server:
         while len(arrived) < num_processes - 1:
             left = deadline - time.monotonic()
             if left <= 0:
