@@ -138,7 +138,7 @@ class _OffDeviceStore(AbstractStateStore):
     """Shared bookkeeping of `HostStore` and `DiskStore`: slots, shardings and prefetches.
 
     Subclasses implement ``_save(slot, leaves) -> handle`` (start moving the leaves off the
-    device on the store's thread; a future) and ``_load(handle, shardings)`` (a future of the
+    device on the store's thread; a future) and ``_load(handle, layouts)`` (a future of the
     leaves back on their ``(shape, sharding)`` layouts).
     """
 
