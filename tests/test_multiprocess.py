@@ -192,3 +192,24 @@ def test_launcher_refuses_bad_flags_in_one_line(capsys, monkeypatch):
     env = environment(1, 2, 1234, 5.0, 3)
     assert env["XLA_FLAGS"] == "--xla_cpu_foo=1 --xla_force_host_platform_device_count=3"
     assert env["MGD_COORDINATOR_ADDRESS"] == "127.0.0.1:1234" and env["MGD_PROCESS_ID"] == "1"
+
+
+def test_config_mesh_builds_the_setups_mesh(tmp_path):
+    from mgd.experiments import load_data, read_config, setup_from_config
+    from mgd.experiments.select import SelectConfig
+
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        _SELECT.replace("num_steps: 6}", "num_steps: 6, mesh: [2, -1], param_axis: model}")
+    )
+    config = read_config("select", str(path), SelectConfig)
+    assert config.train.mesh == (2, -1)
+    setup = setup_from_config(config.train, load_data(config.data)[0])
+    assert dict(setup.mesh.shape) == {"data": 2, "model": 2} and setup.param_axis == "model"
+    for text, match in [
+        ("mesh: [1, 2, 2]", r"train.mesh must list 1 or 2 axis sizes"),
+        ("param_axis: model", r"train.param_axis='model' is not an axis of train.mesh"),
+    ]:
+        path.write_text(_SELECT.replace("num_steps: 6}", f"num_steps: 6, {text}}}"))
+        with pytest.raises(ValueError, match=match):
+            read_config("select", str(path), SelectConfig)

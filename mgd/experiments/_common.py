@@ -200,7 +200,7 @@ class TrainConfig:
         ``[2, 2]``: batches are split over ``data``. ``None``: one device, or, when several
         processes run together (`mgd.distributed.initialize`), ``[-1]``: all devices.
       param_axis: ``"data"`` or ``"model"`` to shard the training state over that mesh axis
-        (FSDP); ``None`` replicates it.
+        (FSDP; with ``mesh`` ``None``, over all devices on ``data``); ``None`` replicates it.
     """
 
     model: Annotated[ModelConfig, model_config] = MLPConfig(hidden=(128,))
