@@ -6,6 +6,9 @@ metaparameters, and outer optimizers built on them (dataset selection, learning-
 search, data poisoning).
 """
 
+# Several processes (hosts) on one run: mgd.distributed.initialize, check_same, is_primary.
+from mgd import distributed as distributed
+
 # Replay engine.
 from mgd.engine import AbstractCheckpointPolicy as AbstractCheckpointPolicy
 from mgd.engine import AbstractStateStore as AbstractStateStore
@@ -53,6 +56,7 @@ from mgd.train import load_cifar10 as load_cifar10
 from mgd.train import load_digits as load_digits
 from mgd.train import load_fashion_mnist as load_fashion_mnist
 from mgd.train import load_npz as load_npz
+from mgd.train import make_mesh as make_mesh
 from mgd.train import make_synthetic as make_synthetic
 
 __version__ = "0.1.0"

@@ -15,12 +15,17 @@ plots and ``config.yaml`` into ``DIR``, with the outer loop's checkpoints under
 ``DIR/checkpoints/``. Bad input (a flag, config, data file or ``DIR`` refused, or a checkpoint
 in ``DIR`` of another run) exits with status 2 and one line on stderr, before anything in ``DIR``
 is written; an error during the run itself raises with its traceback (status 1).
+
+Several processes (hosts) run one command together when each is started with the environment
+`mgd.distributed.initialize` reads, as ``python -m mgd.launch --processes N -- mgd select ...``
+does on one machine: all take the same decisions, process 0 prints and writes ``DIR``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -117,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
         args = _build_parser().parse_args(argv)
         command = f"mgd {args.command}"
         config = _config(args)
+        primary = _join_processes()
         done = _experiment(args.command).run(
-            config, Path(args.out), resume=args.resume, progress=not args.quiet
+            config, Path(args.out), resume=args.resume, progress=primary and not args.quiet
         )
     except _UsageError as e:
         print(str(e), file=sys.stderr)
+        return _EXIT_BAD_INPUT
+    except _distributed_error() as e:
+        print(f"{command}: {e}", file=sys.stderr)
         return _EXIT_BAD_INPUT
     except ValueError as e:
         if not _bad_input(e):
@@ -135,9 +144,28 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return _EXIT_INTERRUPTED
-    print(done.table())
-    print(f"wrote {args.out}/metrics.json and the plots")
+    if primary:
+        print(done.table())
+        print(f"wrote {args.out}/metrics.json and the plots")
     return 0
+
+
+def _join_processes() -> bool:
+    """Joins the other processes of a run started by ``python -m mgd.launch`` (whose
+    environment names the coordinator), or by hand with the same ``MGD_*`` variables; returns
+    whether this process writes (and prints) the results."""
+    from mgd import distributed
+
+    if distributed.ENV_NUM_PROCESSES in os.environ:
+        distributed.initialize()
+    return distributed.is_primary()
+
+
+def _distributed_error() -> type[Exception]:
+    # Looked up only when an error is being handled: `mgd --help` stays free of JAX.
+    from mgd.distributed import DistributedError
+
+    return DistributedError
 
 
 def _experiment(command: str) -> Any:

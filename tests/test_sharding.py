@@ -131,3 +131,19 @@ def test_bad_mesh_is_rejected_before_training(kwargs, error, match):
         mgd.TrainingSetup(
             mgd.train.models.MLP(), optax.sgd(0.1), mgd.load_digits(), num_steps=T, **kwargs
         )
+
+
+def test_training_on_a_mesh_inside_a_users_vmap():
+    # Outer code (the LR grid) vmaps `train` over metaparameters: inside the trace the setup
+    # leaves the tracers to that program instead of placing them on the mesh.
+    setup = _setup(mesh=_mesh())
+    meta = setup.init_meta()
+    log_lr = np.stack([np.zeros(2, np.float32), np.full(2, -1.0, np.float32)])
+    trained = jax.vmap(lambda lr: setup.train({**meta, "log_lr": lr}))(log_lr)
+    for i in range(2):
+        expected = setup.train({**meta, "log_lr": log_lr[i]})
+        jax.tree.map(
+            lambda a, b, i=i: np.testing.assert_allclose(a[i], b, rtol=1e-5, atol=1e-6),
+            trained,
+            expected,
+        )

@@ -10,7 +10,9 @@ the reverse sweep:
   one, else numpy arrays), freeing device memory for the differentiated blocks;
 - `DiskStore`: states go to raw numpy files in a temporary directory, removed by ``clear``.
 
-Off-device stores keep each leaf's sharding and put it back exactly where it was. Their copies
+Off-device stores keep each leaf's sharding and put it back exactly where it was. Each process
+keeps only its own shards (one copy of each distinct shard; replicas share it), so a state that
+spans several processes (`jax.distributed`) is stored piecewise by them all. Their copies
 overlap with compute: ``put`` hands the device-to-host copy to a background thread and returns,
 and ``prefetch`` starts bringing the next restored state back while the current block is still
 running.
@@ -96,24 +98,52 @@ class DeviceStore(AbstractStateStore):
 
 @functools.lru_cache(maxsize=64)
 def _has_host_memory(sharding: jax.sharding.Sharding) -> bool:
+    # This process's devices only: another process's are not addressable from here.
     try:
         return all(
-            _HOST_KIND in {m.kind for m in d.addressable_memories()} for d in sharding.device_set
+            _HOST_KIND in {m.kind for m in d.addressable_memories()}
+            for d in sharding.addressable_devices
         )
     except (NotImplementedError, AttributeError, jax.errors.JaxRuntimeError):
         return False
+
+
+def _index_key(index: tuple) -> tuple:
+    # A shard's index (a tuple of slices, unhashable before Python 3.12) as a dict key.
+    return tuple((s.start, s.stop, s.step) for s in index)
+
+
+def _local_shards(leaf: jax.Array) -> dict[tuple, np.ndarray]:
+    """This process's shards of ``leaf`` as numpy arrays, one per distinct index.
+
+    Replicated leaves thus cost one copy per process, not one per device, and a leaf spanning
+    several processes is never fetched whole (which JAX refuses).
+    """
+    shards = {}
+    for shard in leaf.addressable_shards:
+        key = _index_key(shard.index)
+        if key not in shards:
+            shards[key] = np.asarray(shard.data)
+    return shards
+
+
+def _from_local_shards(
+    shards: dict[tuple, np.ndarray], shape: tuple, sharding: jax.sharding.Sharding
+) -> jax.Array:
+    """The array `_local_shards` took apart, back on ``sharding`` (this process's part)."""
+    return jax.make_array_from_callback(shape, sharding, lambda index: shards[_index_key(index)])
 
 
 class _OffDeviceStore(AbstractStateStore):
     """Shared bookkeeping of `HostStore` and `DiskStore`: slots, shardings and prefetches.
 
     Subclasses implement ``_save(slot, leaves) -> handle`` (start moving the leaves off the
-    device on the store's thread; a future) and ``_load(handle, shardings)`` (a future of the
-    leaves back on ``shardings``).
+    device on the store's thread; a future) and ``_load(handle, layouts)`` (a future of the
+    leaves back on their ``(shape, sharding)`` layouts).
     """
 
     def __init__(self):
-        # slot -> (step, treedef, shardings, handle)
+        # slot -> (step, treedef, (shape, sharding) of each leaf, handle)
         self._slots: dict[int, tuple[int, Any, list, Future]] = {}
         self._prefetched: dict[int, Future] = {}
         self._pool: ThreadPoolExecutor | None = None
@@ -127,19 +157,19 @@ class _OffDeviceStore(AbstractStateStore):
 
     def put(self, slot: int, step: int, state: PyTree) -> None:
         leaves, treedef = jax.tree.flatten(state)
-        shardings = [leaf.sharding for leaf in leaves]
-        self._slots[slot] = (step, treedef, shardings, self._save(slot, leaves))
+        layouts = [(leaf.shape, leaf.sharding) for leaf in leaves]
+        self._slots[slot] = (step, treedef, layouts, self._save(slot, leaves))
 
     def prefetch(self, slot: int) -> None:
         if slot in self._slots and slot not in self._prefetched:
-            _, _, shardings, handle = self._slots[slot]
-            self._prefetched[slot] = self._load(handle, shardings)
+            _, _, layouts, handle = self._slots[slot]
+            self._prefetched[slot] = self._load(handle, layouts)
 
     def get(self, slot: int) -> tuple[int, PyTree]:
-        step, treedef, shardings, handle = self._slots[slot]
+        step, treedef, layouts, handle = self._slots[slot]
         leaves = self._prefetched.pop(slot, None)
         if leaves is None:
-            leaves = self._load(handle, shardings)
+            leaves = self._load(handle, layouts)
         return step, jax.tree.unflatten(treedef, leaves.result())
 
     def delete(self, slot: int) -> None:
@@ -157,7 +187,7 @@ class _OffDeviceStore(AbstractStateStore):
     def _save(self, slot: int, leaves: list) -> Future: ...
 
     @abc.abstractmethod
-    def _load(self, handle: Future, shardings: list) -> Future: ...
+    def _load(self, handle: Future, layouts: list) -> Future: ...
 
     def _discard(self, handle: Future) -> None:  # noqa: B027 (host handles need no cleanup)
         pass
@@ -167,8 +197,8 @@ class HostStore(_OffDeviceStore):
     """Keeps states in host memory, freeing device memory for the differentiated blocks.
 
     Where the backend has a ``pinned_host`` memory kind (GPUs, TPUs and recent CPU backends),
-    each leaf is `jax.device_put` to its own sharding with that memory kind; elsewhere it is
-    copied to a numpy array (`jax.device_get`). The copies run on a background thread, so
+    each leaf is `jax.device_put` to its own sharding with that memory kind; elsewhere its
+    shards on this process are copied to numpy arrays. The copies run on a background thread, so
     ``put`` returns at once and the replay goes on; ``get`` (or ``prefetch``, earlier) puts
     the leaves back onto their original shardings.
 
@@ -188,10 +218,19 @@ class HostStore(_OffDeviceStore):
             return self._submit(jax.device_put, leaves, host)
         for leaf in leaves:
             leaf.copy_to_host_async()
-        return self._submit(jax.device_get, leaves)
+        return self._submit(lambda: [_local_shards(leaf) for leaf in leaves])
 
-    def _load(self, handle: Future, shardings: list) -> Future:
-        return self._submit(lambda: jax.device_put(handle.result(), shardings))
+    def _load(self, handle: Future, layouts: list) -> Future:
+        def load():
+            stored = handle.result()
+            if all(isinstance(leaf, jax.Array) for leaf in stored):  # In pinned host memory.
+                return jax.device_put(stored, [sharding for _, sharding in layouts])
+            return [
+                _from_local_shards(shards, *layout)
+                for shards, layout in zip(stored, layouts, strict=True)
+            ]
+
+        return self._submit(load)
 
 
 class DiskStore(_OffDeviceStore):
@@ -241,25 +280,31 @@ class DiskStore(_OffDeviceStore):
         return self._submit(self._write, self._root / f"slot{slot}.bin", leaves)
 
     @staticmethod
-    def _write(path: pathlib.Path, leaves: list) -> tuple[pathlib.Path, list[tuple[tuple, Any]]]:
-        # One file per state (file creation, not bytes, dominates for small states), raw bytes
-        # plus (shape, dtype) kept in memory: unlike .npy headers, this round-trips every JAX
-        # dtype (bfloat16, float8) bit for bit.
-        arrays = [np.asarray(leaf) for leaf in leaves]
+    def _write(path: pathlib.Path, leaves: list) -> tuple[pathlib.Path, list[list[tuple]]]:
+        # One file per state (file creation, not bytes, dominates for small states) holding
+        # this process's shards as raw bytes, plus (index, shape, dtype) of each kept in memory:
+        # unlike .npy headers, this round-trips every JAX dtype (bfloat16, float8) bit for bit.
+        specs = []
         with open(path, "wb") as f:
-            for array in arrays:
-                array.tofile(f)
-        return path, [(a.shape, a.dtype) for a in arrays]
+            for leaf in leaves:
+                shards = _local_shards(leaf)
+                for array in shards.values():
+                    array.tofile(f)
+                specs.append([(key, a.shape, a.dtype) for key, a in shards.items()])
+        return path, specs
 
-    def _load(self, handle: Future, shardings: list) -> Future:
+    def _load(self, handle: Future, layouts: list) -> Future:
         def read():
             path, specs = handle.result()
             data, offset, arrays = path.read_bytes(), 0, []
-            for shape, dtype in specs:
-                count = math.prod(shape)
-                arrays.append(np.frombuffer(data, dtype, count, offset).reshape(shape))
-                offset += count * dtype.itemsize
-            return jax.device_put(arrays, shardings)
+            for leaf_specs, layout in zip(specs, layouts, strict=True):
+                shards = {}
+                for key, shape, dtype in leaf_specs:
+                    count = math.prod(shape)
+                    shards[key] = np.frombuffer(data, dtype, count, offset).reshape(shape)
+                    offset += count * dtype.itemsize
+                arrays.append(_from_local_shards(shards, *layout))
+            return arrays
 
         return self._submit(read)
 
@@ -300,12 +345,13 @@ def offload_room() -> tuple[int, int]:
 def device_room() -> int:
     """Bytes of device memory a sweep may take without a ``memory_budget``, measured now.
 
-    Half of what the first device has free: ``bytes_limit - bytes_in_use`` of its
+    Half of what this process's first device has free: ``bytes_limit - bytes_in_use`` of its
     ``memory_stats()`` where the backend reports them (GPUs, TPUs), else (a CPU) the available
     host memory (`psutil.virtual_memory`). ``leaf="auto"`` fuses leaf blocks only if their
     residuals fit there (`mgd.engine.memory.auto_leaf`).
     """
-    stats = jax.devices()[0].memory_stats() or {}
+    # This process's first device: another process's devices report no memory statistics.
+    stats = jax.local_devices()[0].memory_stats() or {}
     if "bytes_limit" in stats:
         free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
     else:

@@ -13,12 +13,14 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
+import jax
 import numpy as np
 import optax
 
+from mgd import distributed
 from mgd.config import config_to_dict, load_config
 from mgd.engine import Binomial, KAryTree, StoreAll
-from mgd.outer import Replay
+from mgd.outer import Replay, setup_fingerprint
 from mgd.train import (
     Dataset,
     MetaSpec,
@@ -29,6 +31,7 @@ from mgd.train import (
     load_digits,
     load_fashion_mnist,
     load_npz,
+    make_mesh,
     make_optimizer,
     make_synthetic,
     softmax_cross_entropy,
@@ -49,6 +52,7 @@ __all__ = [
     "config_path",
     "read_config",
     "prepare_out",
+    "check_processes_agree",
     "write_json",
 ]
 
@@ -191,6 +195,12 @@ class TrainConfig:
         regression targets (the model then has one output per target dimension).
       metric: what ``TrainingSetup.evaluate`` reports next to the loss: ``"accuracy"``,
         ``"absolute_error"`` or ``None`` (accuracy for ``softmax_cross_entropy``, else none).
+      mesh: sizes of the device mesh's axes ``("data",)`` or ``("data", "model")`` over every
+        process's devices (`mgd.make_mesh`; one size may be -1, the rest), e.g. ``[-1]`` or
+        ``[2, 2]``: batches are split over ``data``. ``None``: one device, or, when several
+        processes run together (`mgd.distributed.initialize`), ``[-1]``: all devices.
+      param_axis: ``"data"`` or ``"model"`` to shard the training state over that mesh axis
+        (FSDP; with ``mesh`` ``None``, over all devices on ``data``); ``None`` replicates it.
     """
 
     model: Annotated[ModelConfig, model_config] = MLPConfig(hidden=(128,))
@@ -201,9 +211,22 @@ class TrainConfig:
     objective: Literal["val_loss", "val_margin"] = "val_loss"
     loss: Literal["softmax_cross_entropy", "squared_error"] = "softmax_cross_entropy"
     metric: Literal["accuracy", "absolute_error"] | None = None
+    mesh: tuple[int, ...] | None = None
+    param_axis: Literal["data", "model"] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "model", model_config(self.model))
+        if self.mesh is not None and len(self.mesh) not in (1, 2):
+            raise ValueError(
+                f"train.mesh must list 1 or 2 axis sizes (data, model), got {list(self.mesh)}"
+            )
+        if self.param_axis is not None and len(self.mesh or (-1,)) <= _MESH_AXES.index(
+            self.param_axis
+        ):
+            raise ValueError(
+                f"train.param_axis={self.param_axis!r} is not an axis of train.mesh; give "
+                "train.mesh two sizes [data, model] or use param_axis: data"
+            )
         if self.batch_size < 1:
             raise ValueError(f"train.batch_size must be >= 1, got {self.batch_size}")
         if self.num_steps < 1:
@@ -309,6 +332,7 @@ def load_data(
     return data, noisy
 
 
+_MESH_AXES = ("data", "model")
 _LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "squared_error": squared_error}
 _METRICS = {"accuracy": accuracy, "absolute_error": absolute_error}
 
@@ -346,11 +370,15 @@ def setup_from_config(
       The ``TrainingSetup``.
 
     Raises:
-      ValueError: a setting the model, optimizer or setup refuses.
+      ValueError: a setting the model, optimizer, mesh or setup refuses.
     """
     outputs = data.num_classes
     if outputs is None:  # Regression: one output per target dimension.
         outputs = int(np.prod(data.y_train.shape[1:], dtype=int))
+    shape = cfg.mesh
+    if shape is None and (cfg.param_axis is not None or jax.process_count() > 1):
+        shape = (-1,)
+    mesh = None if shape is None else make_mesh(dict(zip(_MESH_AXES, shape, strict=False)))
     return TrainingSetup(
         make_model(cfg.model, num_classes=outputs),
         cfg.optimizer.build(cfg.num_steps),
@@ -363,6 +391,8 @@ def setup_from_config(
         augment=cfg.augment,
         loss=_LOSSES[cfg.loss],
         metric=None if cfg.metric is None else _METRICS[cfg.metric],
+        mesh=mesh,
+        param_axis=cfg.param_axis,
     )
 
 
@@ -400,6 +430,8 @@ def prepare_out(out: Path, command: str, config: Any, *, resume: bool) -> None:
 
     A fresh run needs an empty or new folder. ``resume`` continues a run of the same command and
     config: from its checkpoint, or from the start when it was killed before its first one.
+    With several processes every one checks the folder (the same folder, on a file system they
+    share) before process 0 alone writes.
 
     Raises:
       ValueError: the folder is a file, holds something without ``resume``, or holds another
@@ -428,10 +460,32 @@ def prepare_out(out: Path, command: str, config: Any, *, resume: bool) -> None:
                 "seed); resume with those, or choose a new --out"
             )
         return
+    if jax.process_count() > 1:
+        # Every process has looked at the folder before process 0 fills it.
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("mgd.experiments.prepare_out")
+    if not distributed.is_primary():
+        return
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / "config.yaml.tmp"
     tmp.write_text(yaml.safe_dump(echo, sort_keys=False))
     os.replace(tmp, out / "config.yaml")
+
+
+def check_processes_agree(command: str, config: Any, setup: TrainingSetup) -> None:
+    """Refuses processes of one run started with different configs, data or seeds.
+
+    A no-op in a single process; with several, every process compares its config echo and
+    `mgd.outer.setup_fingerprint` with process 0's (`mgd.distributed.check_same`) before any
+    other collective, where a difference would hang instead.
+
+    Raises:
+      mgd.distributed.DistributedError: on every process, if any differs from process 0.
+    """
+    if jax.process_count() > 1:
+        value = {"command": command, "config": config_to_dict(config)}
+        distributed.check_same(value | {"setup": setup_fingerprint(setup)}, "config, data or seed")
 
 
 def write_json(path: Path, value: Any) -> None:

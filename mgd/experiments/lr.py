@@ -15,12 +15,14 @@ from typing import Any
 
 import numpy as np
 
+from mgd import distributed
 from mgd.config import config_to_dict
 from mgd.experiments._common import (
     DataConfig,
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    check_processes_agree,
     checking_input,
     load_data,
     new_figure,
@@ -221,6 +223,7 @@ def run(
         require_class_labels(data, "lr")
         num_steps = config.train.num_steps
         setup = search_setup(config, data)
+        check_processes_agree("lr", config, setup)
         out = None if out is None else Path(out)
         if out is not None:
             prepare_out(out, "lr", config, resume=resume)
@@ -299,7 +302,8 @@ def run(
         metrics["grid"]["test_accuracy"] = np.asarray(acc).tolist()
 
     done = LRRun(config, setup, searches, metrics, grid)
-    if out is not None:
+    # With several processes, all take the same decisions and process 0 writes the outputs.
+    if out is not None and distributed.is_primary():
         write_json(
             out / "history.json",
             {name: [h._asdict() for h in r.history] for name, r in searches.items()},

@@ -16,12 +16,14 @@ from typing import Any
 import numpy as np
 import optax
 
+from mgd import distributed
 from mgd.config import config_to_dict
 from mgd.experiments._common import (
     DataConfig,
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    check_processes_agree,
     checking_input,
     load_data,
     prepare_out,
@@ -210,6 +212,7 @@ def run(
         data, _ = load_data(config.data, model=config.train.model)
         require_class_labels(data, "poison")
         setup = setup_from_config(config.train, data)
+        check_processes_agree("poison", config, setup)
         att = config.attack
         out = None if out is None else Path(out)
         if out is not None:
@@ -262,7 +265,8 @@ def run(
     )
     seconds["evaluation"] = time.perf_counter() - t0
     done = PoisonRun(config, setup, results, report, seconds)
-    if out is not None:
+    # With several processes, all take the same decisions and process 0 writes the outputs.
+    if out is not None and distributed.is_primary():
         _write_outputs(done, out)
     return done
 

@@ -17,12 +17,14 @@ from typing import Any, Literal
 import jax
 import numpy as np
 
+from mgd import distributed
 from mgd.config import config_to_dict
 from mgd.experiments._common import (
     DataConfig,
     OptimizerConfig,
     ReplayConfig,
     TrainConfig,
+    check_processes_agree,
     checking_input,
     load_data,
     new_figure,
@@ -255,9 +257,12 @@ def run(
             )
         optimizer = _optimizer(config, size)
         echo = config_to_dict(config)
+        check_processes_agree("select", config, setup)
         out = None if out is None else Path(out)
         if out is not None:
             prepare_out(out, "select", config, resume=resume)
+    # With several processes, all take the same decisions and process 0 writes the outputs.
+    writes = out is not None and distributed.is_primary()
 
     def log(history) -> None:
         write_json(out / "history.json", [h._asdict() for h in history])
@@ -273,7 +278,7 @@ def run(
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
         fingerprint=echo,
-        callback=None if out is None else log,
+        callback=log if writes else None,
         progress=progress,
     )
     selected_at = time.perf_counter()
@@ -335,7 +340,7 @@ def run(
                 name: float(1 - noisy[b.indices].mean()) for name, b in baselines.items()
             }
     done = SelectRun(config, setup, result, report, metrics, baselines)
-    if out is not None:
+    if writes:
         log(result.history)
         write_json(
             out / "selection.json",

@@ -13,6 +13,7 @@ from mgd.outer._loop import MetaStep as MetaStep
 from mgd.outer._loop import Replay as Replay
 from mgd.outer._loop import ResumeError as ResumeError
 from mgd.outer._loop import meta_descent as meta_descent
+from mgd.outer._loop import setup_fingerprint as setup_fingerprint
 from mgd.outer.checkpointing import OuterCheckpointer as OuterCheckpointer
 from mgd.outer.lr import LRSearchResult as LRSearchResult
 from mgd.outer.lr import search_lr_schedule as search_lr_schedule

@@ -33,3 +33,4 @@ from mgd.train._optim import make_optimizer as make_optimizer
 from mgd.train._retrain import retrain_and_evaluate as retrain_and_evaluate
 from mgd.train._setup import TrainingSetup as TrainingSetup
 from mgd.train._setup import TrainState as TrainState
+from mgd.train._sharding import make_mesh as make_mesh

@@ -19,7 +19,7 @@ from mgd.train._data import Dataset
 from mgd.train._losses import accuracy, softmax_cross_entropy
 from mgd.train._meta import MetaSpec
 from mgd.train._model_fns import ModelFns, model_fns
-from mgd.train._sharding import check_mesh, constrain_state, put_state, shard_batch
+from mgd.train._sharding import check_mesh, constrain_state, put_state, replicate, shard_batch
 
 __all__ = ["TrainState", "TrainingSetup"]
 
@@ -133,7 +133,9 @@ class TrainingSetup:
       mesh: a `jax.sharding.Mesh` to train on several devices: each batch is split over its
         ``data_axis`` (which must divide ``batch_size``), the state is replicated or, with
         ``param_axis``, sharded; metagradients equal the single-device ones up to float
-        rounding. ``None``: one device.
+        rounding. The mesh may span several processes (`mgd.distributed.initialize`,
+        `mgd.make_mesh`): every process then builds the same setup, and its data, batch order,
+        metaparameters and state become global arrays. ``None``: one device.
       data_axis: the mesh axis batches are split over.
       param_axis: a mesh axis to shard the state over (FSDP / ZeRO style; may be
         ``data_axis``): each leaf of parameters, optimizer state and model state is split along
@@ -301,7 +303,7 @@ class TrainingSetup:
                 len(self.meta_spec.perturb_indices)
             )
         low, high = d.x_range
-        return _Arrays(
+        arrays = _Arrays(
             jnp.asarray(d.x_train, dt),
             self._targets(d.y_train),
             jnp.asarray(d.x_val, dt),
@@ -310,16 +312,18 @@ class TrainingSetup:
             jnp.asarray(low, dt),
             jnp.asarray(high, dt),
         )
+        return replicate(arrays, self.mesh)
 
     @functools.cached_property
     @jax.ensure_compile_time_eval()
     def _batches(self) -> _Batches:
-        return self._jitted["batches"](jax.random.PRNGKey(self.seed), self.data.num_train)
+        batches = self._jitted["batches"](jax.random.PRNGKey(self.seed), self.data.num_train)
+        return replicate(batches, self.mesh)
 
     @functools.cached_property
     @jax.ensure_compile_time_eval()
     def _augment_key(self) -> jax.Array:
-        return jax.random.fold_in(jax.random.PRNGKey(self.seed), _AUGMENT)
+        return replicate(jax.random.fold_in(jax.random.PRNGKey(self.seed), _AUGMENT), self.mesh)
 
     # --- pure functions -----------------------------------------------------------------------
 
@@ -470,7 +474,7 @@ class TrainingSetup:
         With a mesh, its leaves are replicated or, with ``param_axis``, sharded over the mesh.
         """
         return put_state(
-            self._jitted["init"](jax.random.PRNGKey(self.seed), self._arrays),
+            self._jitted["init"](replicate(jax.random.PRNGKey(self.seed), self.mesh), self._arrays),
             self.mesh,
             self.param_axis,
         )
@@ -561,7 +565,7 @@ class TrainingSetup:
         for k, v in expected.items():
             if jnp.shape(meta[k]) != v.shape:
                 raise ValueError(f'meta["{k}"] must have shape {v.shape}, got {jnp.shape(meta[k])}')
-        return {k: jnp.asarray(meta[k], self.dtype) for k in expected}
+        return replicate({k: jnp.asarray(meta[k], self.dtype) for k in expected}, self.mesh)
 
     def train(self, meta: dict | None = None, seed: int | None = None) -> TrainState:
         """Plain training (one jitted ``lax.scan``), e.g. to evaluate or to retrain a victim.
@@ -582,7 +586,7 @@ class TrainingSetup:
             or not (0 <= seed < 2**32)
         ):
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
-        key = jax.random.PRNGKey(seed)
+        key = replicate(jax.random.PRNGKey(seed), self.mesh)
         return self._jitted["train"](self._arrays, self._checked_meta(meta), key)
 
     def evaluate(self, state: TrainState, split: str = "test") -> dict[str, float]:
@@ -599,9 +603,8 @@ class TrainingSetup:
         x, y = self.data.split(split)
         if y.size == 0:
             raise ValueError(f"split {split!r} is empty; nothing to evaluate")
-        means = self._jitted["evaluate"](
-            state.params, state.model_state, jnp.asarray(x, self.dtype), self._targets(y)
-        )
+        x, y = replicate((jnp.asarray(x, self.dtype), self._targets(y)), self.mesh)
+        means = self._jitted["evaluate"](state.params, state.model_state, x, y)
         names = ["loss"] if self._metric is None else ["loss", self._metric.__name__]
         return {name: float(m) for name, m in zip(names, means, strict=True)}
 

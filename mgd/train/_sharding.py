@@ -10,8 +10,11 @@ axis size divides (the first such on ties) and replicated if it has none. Optimi
 that mirror parameters (Adam's ``mu`` and ``nu``) thus get their parameter's layout, and scalars
 (the step, Adam's ``count``) stay replicated.
 
-On several hosts (multi-GPU nodes, TPU pods) call `jax.distributed.initialize()` first on every
-process and build the mesh from `jax.devices()` (all processes' devices); see the README.
+On several hosts (multi-GPU nodes, TPU pods, or several local processes) call
+`mgd.distributed.initialize()` first on every process and build the mesh over all processes'
+devices (`make_mesh`); the setup then makes its inputs (data, batch order, metaparameters)
+global arrays replicated over the mesh (`replicate`), built from each process's identical copy.
+See the README.
 """
 
 from __future__ import annotations
@@ -19,9 +22,75 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 PyTree = Any
+
+
+def make_mesh(axes: dict[str, int]) -> Mesh:
+    """A mesh over every process's devices (`jax.devices()`) with the named axes.
+
+    Args:
+      axes: axis name -> size, in mesh order, e.g. ``{"data": -1}`` (all devices on one data
+        axis) or ``{"data": 2, "model": 2}``; one size may be ``-1``: the devices left over.
+
+    Returns:
+      A `jax.sharding.Mesh` spanning all devices of all processes.
+
+    Raises:
+      ValueError: no axes, a size that is not a positive int (or one ``-1``), or sizes that do
+        not multiply to the number of devices (one line naming the count).
+
+    Example:
+      >>> mesh = mgd.make_mesh({"data": -1})  # After mgd.distributed.initialize().
+      >>> setup = mgd.TrainingSetup(..., mesh=mesh, param_axis="data")  # doctest: +SKIP
+    """
+    count = jax.device_count()
+    where = f"make_mesh({axes!r})"
+    if not isinstance(axes, dict) or not axes:
+        raise ValueError(f"{where}: axes must be a non-empty dict of axis name -> size")
+    sizes = list(axes.values())
+    if any(isinstance(n, bool) or not isinstance(n, int) or (n < 1 and n != -1) for n in sizes):
+        raise ValueError(f"{where}: each size must be a positive int or -1 (the rest)")
+    if sizes.count(-1) > 1:
+        raise ValueError(f"{where}: at most one size may be -1")
+    known = int(np.prod([n for n in sizes if n != -1]))
+    if -1 in sizes and count % known == 0:
+        sizes[sizes.index(-1)] = count // known
+    if int(np.prod(sizes)) != count or -1 in sizes:
+        raise ValueError(
+            f"{where}: the axis sizes do not divide the {count} devices of the "
+            f"{jax.process_count()} process(es) into a mesh; make them multiply to {count}"
+        )
+    return Mesh(mesh_utils.create_device_mesh(sizes, devices=jax.devices()), tuple(axes))
+
+
+def replicate(tree: PyTree, mesh: Mesh | None) -> PyTree:
+    """Each leaf of ``tree`` as a global array replicated over ``mesh`` (a no-op without one).
+
+    Leaves held by this process (numpy, Python scalars, arrays on its own devices) are taken as
+    this process's copy of the value, which every process must hold alike (as a setup's data
+    and batch order are); a leaf that already spans other processes is moved as it is. A
+    mesh's programs then get their inputs in place instead of copying them to every device
+    at each call.
+    """
+    if mesh is None:
+        return tree
+    sharding = NamedSharding(mesh, PartitionSpec())
+
+    def leaf(x):
+        if isinstance(x, jax.core.Tracer):
+            return x  # Inside a user's jit or vmap (of `train`, say): placed by that program.
+        if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+            return x  # Already in place (e.g. metaparameters an outer loop got back).
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return jax.device_put(x, sharding)
+        value = np.asarray(x)
+        return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+    return jax.tree.map(leaf, tree)
 
 
 def check_mesh(mesh: Mesh | None, data_axis: str, param_axis: str | None, batch_size: int) -> None:
