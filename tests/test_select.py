@@ -1,7 +1,9 @@
 """Dataset selection end to end: the outer loop, resuming, honest evaluation, the CLI."""
 
+import dataclasses
 import json
 
+import jax
 import numpy as np
 import optax
 import pytest
@@ -194,3 +196,44 @@ def test_cli_end_to_end_and_resume(tmp_path, capsys):
     (killed / "config.yaml").write_text((out / "config.yaml").read_text())
     assert main([*argv[:-3], "--out", str(killed), "--resume", "--quiet"]) == 0
     assert json.loads((killed / "selection.json").read_text()) == selection
+
+
+def test_evaluation_models_decay_the_learning_rate_over_their_own_steps():
+    # A cosine decay built for the selection's 20 steps would train the last 40 of a 60-step
+    # evaluation run at its final rate; the evaluation recipe decays over all 60 steps.
+    from mgd.experiments import select
+    from mgd.experiments._common import OptimizerConfig, TrainConfig, setup_from_config
+
+    data = mgd.make_synthetic(num_train=64, num_val=32, num_test=32, noise=1.5, seed=2)
+    train = TrainConfig(
+        model=MLPConfig(hidden=(8,)),
+        optimizer=OptimizerConfig(learning_rate=0.1, lr_decay="cosine"),
+        batch_size=16,
+        num_steps=20,
+    )
+    config = select.SelectConfig(train=train, eval=select.EvalConfig(num_steps=60))
+    setup = setup_from_config(train, data, seed=3, meta_spec=mgd.MetaSpec(data_weights=True))
+    got = select.eval_setup(config, setup)
+    assert got.num_steps == 60 and got.seed == 3 and got.meta_spec == setup.meta_spec
+    expected = mgd.TrainingSetup(
+        MLP(MLPConfig(num_classes=data.num_classes, hidden=(8,))),
+        optax.sgd(optax.cosine_decay_schedule(0.1, 60, alpha=0.05), momentum=0.9),
+        data,
+        batch_size=16,
+        num_steps=60,
+        seed=3,
+    )
+    want = expected.train().params
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(got.train().params)]),
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(want)]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    stale = setup.replace(num_steps=60).train().params
+    gap = max(
+        float(np.max(np.abs(a - b)))
+        for a, b in zip(jax.tree.leaves(stale), jax.tree.leaves(want), strict=True)
+    )
+    assert gap > 1e-3
+    assert select.eval_setup(dataclasses.replace(config, eval=select.EvalConfig()), setup) is setup

@@ -47,7 +47,15 @@ from mgd.outer.selection import (
 from mgd.train import MetaSpec, TrainingSetup
 from mgd.train.models import MLPConfig
 
-__all__ = ["OuterConfig", "EvalConfig", "ScoreConfig", "SelectConfig", "SelectRun", "run"]
+__all__ = [
+    "OuterConfig",
+    "EvalConfig",
+    "ScoreConfig",
+    "SelectConfig",
+    "SelectRun",
+    "eval_setup",
+    "run",
+]
 
 BASELINES = ("small_loss", "el2n")
 
@@ -86,7 +94,8 @@ class EvalConfig:
       num_seeds: models trained on the selected subset and on the full pool (one per seed).
       num_random: random subsets of the same size, one model each.
       num_steps: training steps of the evaluation models (``None``: ``train.num_steps``); the
-        selected subset, the random subsets and the full pool all get this recipe.
+        selected subset, the random subsets and the full pool all get this recipe, its
+        learning-rate decay spread over these steps.
     """
 
     num_seeds: int = 3
@@ -298,11 +307,8 @@ def run(
 
     eval_started = time.perf_counter()
     seeds = [10_000 + 100 * config.seed + j for j in range(config.eval.num_seeds)]
-    eval_setup = (
-        setup if config.eval.num_steps is None else setup.replace(num_steps=config.eval.num_steps)
-    )
     report = evaluate_selection(
-        eval_setup,
+        eval_setup(config, setup),
         result.indices,
         seeds=seeds,
         num_random=config.eval.num_random,
@@ -356,6 +362,25 @@ def run(
         write_json(out / "metrics.json", metrics)
         _plot(done).savefig(out / "objective.png", dpi=100)
     return done
+
+
+def eval_setup(config: SelectConfig, setup: TrainingSetup) -> TrainingSetup:
+    """The recipe the evaluation models train with: ``setup`` for ``config.eval.num_steps`` steps.
+
+    Args:
+      config: the experiment.
+      setup: the selection's setup (``config.train`` on the experiment's data).
+
+    Returns:
+      ``setup`` itself when ``eval.num_steps`` is ``None``, else ``config.train`` rebuilt for
+      ``eval.num_steps`` steps on the same data, seed and metaparameters: the optimizer's
+      learning-rate decay spans the evaluation run (``setup.replace(num_steps=...)`` would keep
+      a cosine decay over the selection's steps and train the rest at its final rate).
+    """
+    if config.eval.num_steps is None:
+        return setup
+    train = dataclasses.replace(config.train, num_steps=config.eval.num_steps)
+    return setup_from_config(train, setup.data, seed=setup.seed, meta_spec=setup.meta_spec)
 
 
 def _baselines(config: SelectConfig, setup: TrainingSetup, size: int) -> dict:
