@@ -22,28 +22,35 @@ from mgd.outer import Replay
 from mgd.train import (
     Dataset,
     MetaSpec,
+    TextData,
     TrainingSetup,
     absolute_error,
     accuracy,
     load_cifar10,
     load_digits,
+    load_documents,
     load_fashion_mnist,
+    load_fortunes,
     load_npz,
     make_optimizer,
     make_synthetic,
+    next_token_loss,
     softmax_cross_entropy,
     squared_error,
+    text_dataset,
 )
 from mgd.train.models import MLPConfig, ModelConfig, make_model, model_config
 
 __all__ = [
     "InputError",
     "checking_input",
+    "TextConfig",
     "DataConfig",
     "OptimizerConfig",
     "TrainConfig",
     "ReplayConfig",
     "load_data",
+    "load_text_data",
     "require_class_labels",
     "setup_from_config",
     "config_path",
@@ -80,6 +87,43 @@ def checking_input() -> Iterator[None]:
 
 
 @dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """A language-model data set of documents (``data.name`` ``fortunes`` or ``documents``).
+
+    The candidate pool mixes documents of all domains; the target is held-out documents of
+    ``target_domain``, which the pool holds only ``target_in_pool`` of (see
+    :func:`mgd.train.text_dataset`). Every document is a group: one data weight per document.
+
+    Attributes:
+      languages: fortunes: the languages read (``en, de, es, it, pl, cs, ru``).
+      separator: documents: the line between entries of a file; ``null``: one document per
+        file.
+      target_domain: the target, a domain or a prefix of domains: ``es`` (Spanish),
+        ``en/computers``, ... (a domain is ``<language or folder>/<file name>``).
+      context: byte tokens per window (and the transformer's context).
+      pool_size: documents in the candidate pool.
+      target_in_pool: of those, documents of the target domain.
+      num_target: target documents of the validation split (the selection's objective).
+      num_test: target documents held out for reporting (bits per byte).
+      max_bytes: documents are cut to their first ``max_bytes`` bytes (``null``: whole).
+    """
+
+    languages: tuple[str, ...] = ("en", "de", "es")
+    separator: str | None = "%"
+    target_domain: str = "es"
+    context: int = 64
+    pool_size: int = 2000
+    target_in_pool: int = 60
+    num_target: int = 200
+    num_test: int = 500
+    max_bytes: int | None = 256
+
+    def __post_init__(self):
+        if self.context < 1:
+            raise ValueError(f"data.text.context must be >= 1, got {self.context}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data an experiment uses (never downloaded).
 
@@ -90,8 +134,12 @@ class DataConfig:
         ``$MGD_CIFAR10_DIR``), ``"fashion_mnist"`` (the IDX files in ``path``, else
         ``$MGD_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist`` where
         ``apt-get install dataset-fashion-mnist`` puts them) or ``"synthetic"`` (Gaussian
-        clusters, for timing).
-      path: the ``.npz`` file, the CIFAR-10 folder or the Fashion-MNIST folder.
+        clusters, for timing); text for a language model (see ``text``): ``"fortunes"``
+        (Debian's fortune cookies under ``path``, default ``/usr/share/games/fortunes``, from
+        ``apt-get install fortunes fortunes-de fortunes-es``) or ``"documents"`` (the folder
+        ``path``, read recursively: files of ``%``-separated entries or one document per file).
+      path: the ``.npz`` file, the CIFAR-10 folder, the Fashion-MNIST folder or the documents'
+        folder.
       val_fraction: digits: fraction of the images in the validation (target) split.
       test_fraction: digits: fraction in the held-out test split.
       split_seed: digits and synthetic: seed of the split.
@@ -104,9 +152,12 @@ class DataConfig:
       noise_seed: seed of the label noise.
       synthetic_shape: synthetic: input shape.
       synthetic_sizes: synthetic: ``(num_train, num_val, num_test)``.
+      text: fortunes and documents: the pool, the target domain and the windows.
     """
 
-    name: Literal["digits", "npz", "cifar10", "fashion_mnist", "synthetic"] = "digits"
+    name: Literal[
+        "digits", "npz", "cifar10", "fashion_mnist", "synthetic", "fortunes", "documents"
+    ] = "digits"
     path: str | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -118,8 +169,16 @@ class DataConfig:
     noise_seed: int = 0
     synthetic_shape: tuple[int, ...] = (32, 32, 3)
     synthetic_sizes: tuple[int, ...] = (400, 100, 100)
+    text: TextConfig = TextConfig()
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the data are documents for a language model."""
+        return self.name in ("fortunes", "documents")
 
     def __post_init__(self):
+        if self.name == "documents" and self.path is None:
+            raise ValueError("data.name is 'documents' but no folder is given; set data.path")
         if self.name == "npz" and self.path is None:
             raise ValueError(
                 "data.name is 'npz' but no file is given; pass --data FILE.npz or set data.path"
@@ -188,7 +247,8 @@ class TrainConfig:
         ``"val_loss"`` or ``"val_margin"``.
       loss: the per-example training loss (``mgd.train``'s function of that name):
         ``"softmax_cross_entropy"`` for integer class labels, ``"squared_error"`` for float
-        regression targets (the model then has one output per target dimension).
+        regression targets (the model then has one output per target dimension),
+        ``"next_token_loss"`` for token sequences (a ``transformer`` on text data).
       metric: what ``TrainingSetup.evaluate`` reports next to the loss: ``"accuracy"``,
         ``"absolute_error"`` or ``None`` (accuracy for ``softmax_cross_entropy``, else none).
     """
@@ -199,7 +259,9 @@ class TrainConfig:
     num_steps: int = 1000
     augment: bool = False
     objective: Literal["val_loss", "val_margin"] = "val_loss"
-    loss: Literal["softmax_cross_entropy", "squared_error"] = "softmax_cross_entropy"
+    loss: Literal["softmax_cross_entropy", "squared_error", "next_token_loss"] = (
+        "softmax_cross_entropy"
+    )
     metric: Literal["accuracy", "absolute_error"] | None = None
 
     def __post_init__(self):
@@ -259,7 +321,9 @@ def load_data(
     Raises:
       ValueError: a missing or malformed file, or labels the loader refuses.
     """
-    if cfg.name == "digits":
+    if cfg.is_text:
+        data = load_text_data(cfg).data
+    elif cfg.name == "digits":
         data = load_digits(
             val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed
         )
@@ -309,7 +373,41 @@ def load_data(
     return data, noisy
 
 
-_LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "squared_error": squared_error}
+def load_text_data(cfg: DataConfig) -> TextData:
+    """The language-model data set of a text :class:`DataConfig` (``fortunes``, ``documents``).
+
+    Returns:
+      The :class:`mgd.train.TextData`: the ``Dataset`` (one group per pool document) and the
+      pool, target and test documents.
+
+    Raises:
+      ValueError: missing files (naming the package to install), a target domain without
+        documents, or too few documents for the sizes asked.
+    """
+    t = cfg.text
+    if cfg.name == "fortunes":
+        docs = load_fortunes(t.languages, root=cfg.path or "/usr/share/games/fortunes")
+    else:
+        root = Path(cfg.path)
+        docs = load_documents({root.name: root}, separator=t.separator, recursive=True)
+    return text_dataset(
+        docs,
+        target_domain=t.target_domain,
+        context=t.context,
+        pool_size=t.pool_size,
+        target_in_pool=t.target_in_pool,
+        num_target=t.num_target,
+        num_test=t.num_test,
+        max_bytes=t.max_bytes,
+        seed=cfg.split_seed,
+    )
+
+
+_LOSSES = {
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "squared_error": squared_error,
+    "next_token_loss": next_token_loss,
+}
 _METRICS = {"accuracy": accuracy, "absolute_error": absolute_error}
 
 

@@ -21,6 +21,7 @@ from mgd.train._data import load_npz as load_npz
 from mgd.train._data import make_synthetic as make_synthetic
 from mgd.train._losses import absolute_error as absolute_error
 from mgd.train._losses import accuracy as accuracy
+from mgd.train._losses import next_token_loss as next_token_loss
 from mgd.train._losses import softmax_cross_entropy as softmax_cross_entropy
 from mgd.train._losses import squared_error as squared_error
 from mgd.train._meta import MetaSpec as MetaSpec
@@ -33,3 +34,10 @@ from mgd.train._optim import make_optimizer as make_optimizer
 from mgd.train._retrain import retrain_and_evaluate as retrain_and_evaluate
 from mgd.train._setup import TrainingSetup as TrainingSetup
 from mgd.train._setup import TrainState as TrainState
+from mgd.train._text import BOS as BOS
+from mgd.train._text import Documents as Documents
+from mgd.train._text import TextData as TextData
+from mgd.train._text import load_documents as load_documents
+from mgd.train._text import load_fortunes as load_fortunes
+from mgd.train._text import text_dataset as text_dataset
+from mgd.train._text import token_windows as token_windows

@@ -78,7 +78,8 @@ def select_data(
     Args:
       setup: the training recipe, with ``MetaSpec(data_weights=True)``; its seed fixes the
         initialization and batch order used during selection.
-      size: number of candidates to select, in ``[1, n]``.
+      size: number of candidates to select, in ``[1, n]``; a candidate is a training example,
+        or a group of them (e.g. a document's windows) when ``setup.data`` has ``groups``.
       meta_steps: number of meta-steps (metagradients), an int >= 1.
       optimizer: a selection update rule; default
         ``budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)``
@@ -114,7 +115,7 @@ def select_data(
             f"{where}: the setup's meta_spec has data_weights=False; build it with "
             "mgd.MetaSpec(data_weights=True)"
         )
-    n = setup.data.num_train
+    n = setup.data.num_groups  # The data weights: one per example, or per group (document).
     if not 1 <= size <= n:
         raise ValueError(f"{where}: size must be in [1, {n}] (the pool size), got {size}")
     if optimizer is None:
