@@ -67,6 +67,9 @@ class OuterConfig:
       exchange_fraction: ``exchange`` only, most swaps per meta-step as a fraction of the subset.
       momentum: weight of past metagradients in the ranking, in [0, 1).
       step_size: ``counts`` only, how far a count moves per meta-step.
+      reseed: meta-step ``k`` trains with seed ``seed + k`` (new initialization and batch
+        order), so momentum averages each candidate's metagradient over several batch orders
+        (see :func:`mgd.select_data`); ``false``: one seed throughout.
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -75,6 +78,7 @@ class OuterConfig:
     exchange_fraction: float = 0.1
     momentum: float = 0.5
     step_size: float = 1.0
+    reseed: bool = False
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -295,6 +299,7 @@ def run(
         optimizer=optimizer,
         fixed_budget=config.outer.method == "exchange",
         seed=config.seed,
+        reseed=config.outer.reseed,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
