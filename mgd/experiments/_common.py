@@ -106,6 +106,10 @@ class TextConfig:
       num_target: target documents of the validation split (the selection's objective).
       num_test: target documents held out for reporting (bits per byte).
       max_bytes: documents are cut to their first ``max_bytes`` bytes (``null``: whole).
+      baseline_budget: ``bytes``: the DSIR and oracle baselines take documents until they hold
+        as many bytes as the MGD selection (documents differ in length, and a baseline that
+        prefers short documents would otherwise train on less text); ``documents``: as many
+        documents as the selection.
     """
 
     languages: tuple[str, ...] = ("en", "de", "es")
@@ -117,6 +121,7 @@ class TextConfig:
     num_target: int = 200
     num_test: int = 500
     max_bytes: int | None = 256
+    baseline_budget: Literal["bytes", "documents"] = "bytes"
 
     def __post_init__(self):
         if self.context < 1:

@@ -308,7 +308,7 @@ def run(
         progress=progress,
     )
     selected_at = time.perf_counter()
-    baselines = _baselines(config, setup, size, text)
+    baselines = _baselines(config, setup, size, text, result.indices)
     baselines_s = time.perf_counter() - selected_at
 
     # One training run of the inner model, timed after compilation: the unit of meta-step cost
@@ -402,6 +402,7 @@ def _domain_metrics(text: TextData, indices: np.ndarray, baselines: dict) -> dic
         "in_domain_fraction": {k: float(inside[v].mean()) for k, v in chosen.items()},
         "in_domain_documents": {k: int(inside[v].sum()) for k, v in chosen.items()},
         "bytes": {k: int(nbytes[v].sum()) for k, v in chosen.items()},
+        "documents": {k: len(v) for k, v in chosen.items()},
         "domains_selected": {
             d: int(c)
             for d, c in zip(
@@ -412,24 +413,35 @@ def _domain_metrics(text: TextData, indices: np.ndarray, baselines: dict) -> dic
 
 
 def _baselines(
-    config: SelectConfig, setup: TrainingSetup, size: int, text: TextData | None
+    config: SelectConfig,
+    setup: TrainingSetup,
+    size: int,
+    text: TextData | None,
+    selected: np.ndarray,
 ) -> dict:
     # The score-based baselines, trained with the selection's recipe and seed (never the
-    # evaluation's seeds); the text baselines read the documents.
+    # evaluation's seeds); the text baselines read the documents, and by default take as many
+    # bytes as the MGD selection holds.
     steps = config.scores.num_steps
+    budget: dict[str, Any] = {"size": size}
+    if text is not None and config.data.text.baseline_budget == "bytes":
+        budget = {"budget_bytes": int(text.pool.num_bytes[selected].sum())}
     out = {}
     for name in config.baselines:
         if name == "dsir":
             out[name] = dsir_selection(
                 text.pool.texts,
                 text.target.texts,
-                size,
+                **budget,
                 num_buckets=config.scores.dsir_buckets,
                 seed=config.seed,
             )
         elif name == "domain_oracle":
             out[name] = domain_oracle_selection(
-                text.pool.in_domain(text.target_domain), size, seed=config.seed
+                text.pool.in_domain(text.target_domain),
+                **budget,
+                num_bytes=text.pool.num_bytes,
+                seed=config.seed,
             )
         elif name == "small_loss":
             out[name] = small_loss_selection(setup, size, num_steps=steps, seed=config.seed)

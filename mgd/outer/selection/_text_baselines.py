@@ -25,6 +25,27 @@ def _check_size(where: str, size: int, n: int) -> None:
         raise ValueError(f"{where}: size must be an int in [1, {n}] (the pool), got {size!r}")
 
 
+def _take(where: str, ranked: np.ndarray, size, budget_bytes, num_bytes) -> np.ndarray:
+    # The first `size` candidates of a ranking, or the first ones whose bytes fill
+    # `budget_bytes` (the last one may cross it, so the budget is never left unfilled).
+    if (size is None) == (budget_bytes is None):
+        raise ValueError(f"{where}: pass exactly one of size= and budget_bytes=")
+    if size is not None:
+        _check_size(where, size, ranked.size)
+        return np.sort(ranked[:size]).astype(np.int64)
+    sizes = np.asarray(num_bytes, np.int64)
+    if sizes.shape != ranked.shape:
+        raise ValueError(f"{where}: num_bytes must give one length per candidate")
+    if not 0 < budget_bytes <= sizes.sum():
+        raise ValueError(
+            f"{where}: budget_bytes must lie in (0, {sizes.sum()}] (the pool's bytes), got "
+            f"{budget_bytes}"
+        )
+    filled = np.cumsum(sizes[ranked])
+    count = int(np.searchsorted(filled, budget_bytes)) + 1
+    return np.sort(ranked[:count]).astype(np.int64)
+
+
 def hashed_ngram_features(texts: Sequence[bytes], num_buckets: int = 10_000) -> np.ndarray:
     """Counts of hashed word unigrams and bigrams per document (DSIR's feature space).
 
@@ -56,8 +77,9 @@ def hashed_ngram_features(texts: Sequence[bytes], num_buckets: int = 10_000) -> 
 def dsir_selection(
     pool: Sequence[bytes],
     target: Sequence[bytes],
-    size: int,
+    size: int | None = None,
     *,
+    budget_bytes: int | None = None,
     num_buckets: int = 10_000,
     smoothing: float = 1.0,
     seed: int = 0,
@@ -67,14 +89,16 @@ def dsir_selection(
     Two bag-of-n-grams models over :func:`hashed_ngram_features` are fitted, one on the target
     documents and one on the raw pool (bucket frequencies with ``smoothing`` added to every
     count). A document's log importance weight is ``sum_j c_j (log p_target[j] - log p_raw[j])``
-    over its n-gram counts ``c``; ``size`` documents are resampled without replacement with
-    probabilities proportional to the weights, by the Gumbel top-k trick (the largest
-    ``log w_i + G_i``, ``G_i`` standard Gumbel).
+    over its n-gram counts ``c``; documents are resampled without replacement with
+    probabilities proportional to the weights, by the Gumbel top-k trick (in decreasing order
+    of ``log w_i + G_i``, ``G_i`` standard Gumbel), until ``size`` documents or
+    ``budget_bytes`` bytes are taken (DSIR's token budget; the last document may cross it).
 
     Args:
       pool: the candidate documents' bytes, ``n`` of them.
       target: documents of the target domain (e.g. the validation split's).
-      size: documents to select, in ``[1, n]``.
+      size: documents to select, in ``[1, n]``; or
+      budget_bytes: bytes to select, in ``(0, total bytes of the pool]`` (give exactly one).
       num_buckets: hash buckets of the features.
       smoothing: pseudo-count of every bucket, > 0.
       seed: seed of the Gumbel noise.
@@ -84,13 +108,13 @@ def dsir_selection(
       (float64 ``(n,)``; larger is more target-like).
 
     Raises:
-      ValueError: ``size`` out of range, no target documents, or ``smoothing <= 0``.
+      ValueError: ``size`` or ``budget_bytes`` out of range or both given, no target documents,
+        or ``smoothing <= 0``.
 
     References:
       Xie, Santurkar, Ma, Liang. "Data Selection for Language Models via Importance
       Resampling", NeurIPS 2023.
     """
-    _check_size("dsir_selection", size, len(pool))
     if not len(target):
         raise ValueError("dsir_selection: target is empty; give documents of the target domain")
     if not smoothing > 0:
@@ -104,20 +128,32 @@ def dsir_selection(
 
     log_weights = raw @ (log_probs(tgt) - log_probs(raw))
     gumbel = np.random.default_rng(seed).gumbel(size=len(pool))
-    chosen = np.argsort(-(log_weights + gumbel), kind="stable")[:size]
-    return BaselineSelection("dsir", np.sort(chosen).astype(np.int64), log_weights)
+    ranked = np.argsort(-(log_weights + gumbel), kind="stable")
+    sizes = [len(t) for t in pool]
+    chosen = _take("dsir_selection", ranked, size, budget_bytes, sizes)
+    return BaselineSelection("dsir", chosen, log_weights)
 
 
-def domain_oracle_selection(in_domain, size: int, *, seed: int = 0) -> BaselineSelection:
+def domain_oracle_selection(
+    in_domain,
+    size: int | None = None,
+    *,
+    budget_bytes: int | None = None,
+    num_bytes=None,
+    seed: int = 0,
+) -> BaselineSelection:
     """The domain-label oracle: the pool's documents of the target domain first.
 
-    What a user with domain labels would do: take every candidate labelled with the target
-    domain (a random ``size`` of them if there are more), then fill up with random others.
+    What a user with domain labels would do: take the candidates labelled with the target
+    domain (in random order), then random others, until ``size`` documents or
+    ``budget_bytes`` bytes are taken.
 
     Args:
       in_domain: bool ``(n,)``, whether each candidate is of the target domain (e.g.
         ``pool.in_domain("es")`` of a ``mgd.train.TextData``).
-      size: documents to select, in ``[1, n]``.
+      size: documents to select, in ``[1, n]``; or
+      budget_bytes: bytes to select (give exactly one), with
+      num_bytes: int ``(n,)``, each candidate's length in bytes (``Documents.num_bytes``).
       seed: seed of the random order within each group.
 
     Returns:
@@ -125,7 +161,8 @@ def domain_oracle_selection(in_domain, size: int, *, seed: int = 0) -> BaselineS
       candidates and 1 for the others.
 
     Raises:
-      ValueError: ``size`` out of range or ``in_domain`` not a 1-D bool array.
+      ValueError: ``size`` or ``budget_bytes`` out of range or both given, or ``in_domain``
+        not a 1-D bool array.
     """
     mask = np.asarray(in_domain)
     if mask.ndim != 1 or mask.dtype != bool:
@@ -133,8 +170,7 @@ def domain_oracle_selection(in_domain, size: int, *, seed: int = 0) -> BaselineS
             f"domain_oracle_selection: in_domain must be a 1-D bool array, got {mask.shape} "
             f"{mask.dtype}"
         )
-    _check_size("domain_oracle_selection", size, mask.size)
     order = np.random.default_rng(seed).permutation(mask.size)
     ranked = np.concatenate([order[mask[order]], order[~mask[order]]])
-    scores = (~mask).astype(np.float64)
-    return BaselineSelection("domain_oracle", np.sort(ranked[:size]).astype(np.int64), scores)
+    chosen = _take("domain_oracle_selection", ranked, size, budget_bytes, num_bytes)
+    return BaselineSelection("domain_oracle", chosen, (~mask).astype(np.float64))
