@@ -285,8 +285,15 @@ def test_hashed_features_and_dsir_prefer_the_target():
         assert set(dsir_selection(pool, target, 3, seed=seed).indices) == spanish
     sel = dsir_selection(pool, target, 3, seed=0)
     assert sel.scores[len(ENGLISH) :].min() > sel.scores[: len(ENGLISH)].max()
+    # A byte budget: the ranking's first documents until their bytes fill it.
+    by_bytes = dsir_selection(pool, target, budget_bytes=40, seed=0)
+    sizes = np.array([len(t) for t in pool])
+    assert sizes[by_bytes.indices].sum() >= 40
+    assert sizes[by_bytes.indices].sum() - sizes[by_bytes.indices].min() < 40
     with pytest.raises(ValueError, match="size"):
         dsir_selection(pool, target, 0)
+    with pytest.raises(ValueError, match="exactly one"):
+        dsir_selection(pool, target, 2, budget_bytes=10)
     with pytest.raises(ValueError, match="target is empty"):
         dsir_selection(pool, [], 2)
 
@@ -298,6 +305,13 @@ def test_domain_oracle_takes_the_domain_first():
     assert {1, 3} <= set(three) and len(three) == 3
     with pytest.raises(ValueError, match="size"):
         domain_oracle_selection(inside, 6)
+    nbytes = np.array([5, 7, 5, 9, 5])
+    assert set(domain_oracle_selection(inside, budget_bytes=10, num_bytes=nbytes).indices) == {
+        1,
+        3,
+    }
+    with pytest.raises(ValueError, match="budget_bytes"):
+        domain_oracle_selection(inside, budget_bytes=100, num_bytes=nbytes)
 
 
 def _text_config(tmp_path, **text):
@@ -347,7 +361,9 @@ def test_select_text_run_writes_bits_per_byte(tmp_path):
     for name in ("selected", "random", "full"):
         assert metrics[name]["bits_per_byte"] > 0
     assert set(metrics["baselines"]) == {"dsir", "domain_oracle"}
-    assert metrics["domain"]["in_domain_fraction"]["domain_oracle"] == 0.5  # 2 of 4
+    # The baselines fill the selection's bytes: with 8-byte documents, 4 documents, 2 Spanish.
+    assert metrics["domain"]["bytes"]["dsir"] == metrics["domain"]["bytes"]["selected"] == 32
+    assert metrics["domain"]["in_domain_fraction"]["domain_oracle"] == 0.5
     selection = json.loads((out / "selection.json").read_text())
     assert selection["size"] == 4 and len(selection["indices"]) == 4
     assert "bits per byte" in done.table()
