@@ -417,11 +417,18 @@ _METRICS = {"accuracy": accuracy, "absolute_error": absolute_error}
 
 
 def require_class_labels(data: Dataset, command: str) -> None:
-    """Refuses regression targets in an experiment whose report is test accuracy.
+    """Refuses regression targets in an experiment whose report is test accuracy, and token
+    sequences outside ``select`` (which reports bits per byte for them).
 
     Raises:
-      ValueError: ``data`` holds float regression targets (named with the fix).
+      ValueError: ``data`` holds float regression targets, or text outside ``select`` (named
+        with the fix).
     """
+    if data.num_classes is not None and data.y_train.ndim == 2 and command != "select":
+        raise ValueError(
+            f"mgd {command} reports test accuracy, but the data are token sequences (text); "
+            "text is supported by mgd select (data.name: fortunes or documents)"
+        )
     if data.num_classes is None:
         raise ValueError(
             f"mgd {command} reports the test accuracy of retrained models and needs integer "
