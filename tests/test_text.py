@@ -375,6 +375,7 @@ def test_select_text_run_writes_bits_per_byte(tmp_path):
     [
         ({"target_domain": "fr"}, 0.5, "target domain 'fr' has no documents"),
         ({}, 0.1, "smaller than one batch"),
+        ({"context": 16}, 0.5, "shorter than the windows"),
     ],
 )
 def test_select_text_bad_input_exits_2_without_clobbering(

@@ -270,6 +270,12 @@ def run(
             data, noisy = load_data(config.data, model=config.train.model)
         else:
             data, noisy = text.data, np.zeros(text.data.num_groups, bool)
+            model_context = getattr(config.train.model, "context", None)
+            if model_context is not None and model_context < config.data.text.context:
+                raise ValueError(
+                    f"train.model.context ({model_context}) is shorter than the windows "
+                    f"(data.text.context = {config.data.text.context}); make them equal"
+                )
         require_class_labels(data, "select")
         setup = setup_from_config(
             config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
