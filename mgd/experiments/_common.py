@@ -241,8 +241,9 @@ class TrainConfig:
 
     Attributes:
       model: an ``MLPConfig``, ``SmallCNNConfig`` or ``ResNet9Config``
-        (``mgd.train.models``); a file writes ``{name: mlp, hidden: [128]}`` (``name``:
-        ``mlp``, ``small_cnn`` or ``resnet9``, then that config's fields; ``preset:
+        (``mgd.train.models``), or a ``TransformerConfig`` for text; a file writes ``{name: mlp,
+        hidden: [128]}`` (``name``: ``mlp``, ``small_cnn``, ``resnet9`` or ``transformer``,
+        then that config's fields; ``preset:
         metasmooth`` for ``resnet9``), and a dict given here is read the same way.
       optimizer: the optimizer section.
       batch_size: examples per step.
