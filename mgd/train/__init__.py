@@ -4,8 +4,10 @@
 ``step_fn`` / ``objective_fn`` / ``init_state`` that ``mgd.metagradient`` differentiates;
 ``MetaSpec`` switches metaparameters on; ``models`` holds ready networks (``loop_friendly_conv``
 keeps their convolutions fast inside compiled loops on the CPU); the loaders build validated
-``Dataset``s (class labels or regression targets); ``softmax_cross_entropy``, ``squared_error``,
-``accuracy`` and ``absolute_error`` are the built-in losses and metrics.
+``Dataset``s (class labels, regression targets, or byte-token windows of documents grouped by
+document: ``load_fortunes``, ``load_documents``, ``token_windows``, ``text_dataset``);
+``softmax_cross_entropy``, ``next_token_loss``, ``squared_error``, ``accuracy`` and
+``absolute_error`` are the built-in losses and metrics.
 """
 
 from mgd.train import models as models
