@@ -206,11 +206,13 @@ class Dataset:
     def subset_groups(self, group_indices) -> Dataset:
         """Restricts the training pool to the examples of the given groups (all of each).
 
-        Without groups an example is its own group, so this equals ``subset``. Group ids keep
+        Without groups an example is its own group, so this is ``subset`` (repeats allowed
+        there). Group ids keep
         their numbering (``num_groups`` may shrink to the largest one kept plus one).
 
         Args:
-          group_indices: int array ``(k,)`` of distinct group ids in ``[0, num_groups)``.
+          group_indices: int array ``(k,)`` of group ids in ``[0, num_groups)``, distinct when
+            the data have groups.
 
         Returns:
           A new ``Dataset`` whose training pool holds the examples of those groups, in pool order.
@@ -219,10 +221,10 @@ class Dataset:
           ValueError: ids out of range, repeated, or selecting no example.
         """
         idx = _check_indices(group_indices, self.num_groups, "group_indices")
-        if np.unique(idx).size != idx.size:
-            raise ValueError("group_indices must be distinct; a group is selected once")
         if self.groups is None:
             return self.subset(idx)
+        if np.unique(idx).size != idx.size:
+            raise ValueError("group_indices must be distinct; a group is selected once")
         keep = np.flatnonzero(np.isin(self.groups, idx))
         if not keep.size:
             raise ValueError("group_indices select no training example; pick non-empty groups")
