@@ -50,7 +50,8 @@ def test_load_npz_round_trip(tmp_path):
         (dict(x_target=np.zeros((8, 5), np.float32)), "same input shape"),
         (dict(x_train=np.full((20, 4), np.nan, np.float32)), "NaN"),
         (dict(x_train=np.zeros(20, np.float32)), "shape"),
-        (dict(y_target=np.zeros((8, 1), int)), "1-D"),
+        (dict(y_target=np.zeros((8, 1), int)), "y_val holds token sequences"),
+        (dict(y_target=np.zeros((8, 1, 1), int)), "class labels \\(n,\\) or token sequences"),
     ],
 )
 def test_load_npz_rejects_bad_files(tmp_path, overrides, match):

@@ -122,3 +122,31 @@ def test_subset_weights_keep_the_budget():
 def test_bad_options(factory, kwargs, match):
     with pytest.raises(ValueError, match=match):
         factory(**kwargs)
+
+
+def test_select_data_reseed_trains_meta_step_k_with_seed_plus_k():
+    import optax
+
+    import mgd
+    from mgd.train import models
+
+    data = mgd.make_synthetic(num_train=40, num_val=10, num_test=10)
+    setup = mgd.TrainingSetup(
+        models.MLP(models.MLPConfig(num_classes=3, hidden=(8,))),
+        optax.sgd(0.1),
+        data,
+        batch_size=8,
+        num_steps=5,
+        seed=3,
+        meta_spec=mgd.MetaSpec(data_weights=True),
+    )
+    res = mgd.select_data(setup, size=20, meta_steps=3, reseed=True, progress=False)
+    values = []
+    for h in res.history:
+        weights = subset_weights(jnp.asarray(h.info["indices"]), data.num_train)
+        trained = setup.replace(seed=3 + h.step)
+        values.append(float(trained.metagradient({"data_weights": weights}).value))
+        np.testing.assert_allclose(h.objective, values[-1], rtol=1e-6)
+    # The seeds differ: the same subset would give another objective under seed 3.
+    first = subset_weights(jnp.asarray(res.history[1].info["indices"]), data.num_train)
+    assert float(setup.metagradient({"data_weights": first}).value) != values[1]

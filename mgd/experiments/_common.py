@@ -24,29 +24,36 @@ from mgd.outer import Replay, setup_fingerprint
 from mgd.train import (
     Dataset,
     MetaSpec,
+    TextData,
     TrainingSetup,
     absolute_error,
     accuracy,
     load_cifar10,
     load_digits,
+    load_documents,
     load_fashion_mnist,
+    load_fortunes,
     load_npz,
     make_mesh,
     make_optimizer,
     make_synthetic,
+    next_token_loss,
     softmax_cross_entropy,
     squared_error,
+    text_dataset,
 )
 from mgd.train.models import MLPConfig, ModelConfig, make_model, model_config
 
 __all__ = [
     "InputError",
     "checking_input",
+    "TextConfig",
     "DataConfig",
     "OptimizerConfig",
     "TrainConfig",
     "ReplayConfig",
     "load_data",
+    "load_text_data",
     "require_class_labels",
     "setup_from_config",
     "config_path",
@@ -84,6 +91,48 @@ def checking_input() -> Iterator[None]:
 
 
 @dataclasses.dataclass(frozen=True)
+class TextConfig:
+    """A language-model data set of documents (``data.name`` ``fortunes`` or ``documents``).
+
+    The candidate pool mixes documents of all domains; the target is held-out documents of
+    ``target_domain``, which the pool holds only ``target_in_pool`` of (see
+    :func:`mgd.train.text_dataset`). Every document is a group: one data weight per document.
+
+    Attributes:
+      languages: fortunes: the languages read (``en, de, es, it, pl, cs, ru``).
+      separator: documents: the line between entries of a file; ``null``: one document per
+        file.
+      target_domain: the target, a domain or a prefix of domains: ``es`` (Spanish),
+        ``en/computers``, ... (a domain is ``<language or folder>/<file name>``).
+      context: byte tokens per window (and the transformer's context).
+      pool_size: documents in the candidate pool.
+      target_in_pool: of those, documents of the target domain.
+      num_target: target documents of the validation split (the selection's objective).
+      num_test: target documents held out for reporting (bits per byte).
+      max_bytes: documents are cut to their first ``max_bytes`` bytes (``null``: whole).
+      baseline_budget: ``bytes``: the DSIR and oracle baselines take documents until they hold
+        as many bytes as the MGD selection (documents differ in length, and a baseline that
+        prefers short documents would otherwise train on less text); ``documents``: as many
+        documents as the selection.
+    """
+
+    languages: tuple[str, ...] = ("en", "de", "es")
+    separator: str | None = "%"
+    target_domain: str = "es"
+    context: int = 64
+    pool_size: int = 2000
+    target_in_pool: int = 60
+    num_target: int = 200
+    num_test: int = 500
+    max_bytes: int | None = 256
+    baseline_budget: Literal["bytes", "documents"] = "bytes"
+
+    def __post_init__(self):
+        if self.context < 1:
+            raise ValueError(f"data.text.context must be >= 1, got {self.context}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Which data an experiment uses (never downloaded).
 
@@ -94,8 +143,12 @@ class DataConfig:
         ``$MGD_CIFAR10_DIR``), ``"fashion_mnist"`` (the IDX files in ``path``, else
         ``$MGD_FASHION_MNIST_DIR``, else ``/usr/share/datasets/fashion-mnist`` where
         ``apt-get install dataset-fashion-mnist`` puts them) or ``"synthetic"`` (Gaussian
-        clusters, for timing).
-      path: the ``.npz`` file, the CIFAR-10 folder or the Fashion-MNIST folder.
+        clusters, for timing); text for a language model (see ``text``): ``"fortunes"``
+        (Debian's fortune cookies under ``path``, default ``/usr/share/games/fortunes``, from
+        ``apt-get install fortunes fortunes-de fortunes-es``) or ``"documents"`` (the folder
+        ``path``, read recursively: files of ``%``-separated entries or one document per file).
+      path: the ``.npz`` file, the CIFAR-10 folder, the Fashion-MNIST folder or the documents'
+        folder.
       val_fraction: digits: fraction of the images in the validation (target) split.
       test_fraction: digits: fraction in the held-out test split.
       split_seed: digits and synthetic: seed of the split.
@@ -108,9 +161,12 @@ class DataConfig:
       noise_seed: seed of the label noise.
       synthetic_shape: synthetic: input shape.
       synthetic_sizes: synthetic: ``(num_train, num_val, num_test)``.
+      text: fortunes and documents: the pool, the target domain and the windows.
     """
 
-    name: Literal["digits", "npz", "cifar10", "fashion_mnist", "synthetic"] = "digits"
+    name: Literal[
+        "digits", "npz", "cifar10", "fashion_mnist", "synthetic", "fortunes", "documents"
+    ] = "digits"
     path: str | None = None
     val_fraction: float = 0.2
     test_fraction: float = 0.2
@@ -122,8 +178,16 @@ class DataConfig:
     noise_seed: int = 0
     synthetic_shape: tuple[int, ...] = (32, 32, 3)
     synthetic_sizes: tuple[int, ...] = (400, 100, 100)
+    text: TextConfig = TextConfig()
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the data are documents for a language model."""
+        return self.name in ("fortunes", "documents")
 
     def __post_init__(self):
+        if self.name == "documents" and self.path is None:
+            raise ValueError("data.name is 'documents' but no folder is given; set data.path")
         if self.name == "npz" and self.path is None:
             raise ValueError(
                 "data.name is 'npz' but no file is given; pass --data FILE.npz or set data.path"
@@ -181,8 +245,9 @@ class TrainConfig:
 
     Attributes:
       model: an ``MLPConfig``, ``SmallCNNConfig`` or ``ResNet9Config``
-        (``mgd.train.models``); a file writes ``{name: mlp, hidden: [128]}`` (``name``:
-        ``mlp``, ``small_cnn`` or ``resnet9``, then that config's fields; ``preset:
+        (``mgd.train.models``), or a ``TransformerConfig`` for text; a file writes ``{name: mlp,
+        hidden: [128]}`` (``name``: ``mlp``, ``small_cnn``, ``resnet9`` or ``transformer``,
+        then that config's fields; ``preset:
         metasmooth`` for ``resnet9``), and a dict given here is read the same way.
       optimizer: the optimizer section.
       batch_size: examples per step.
@@ -192,7 +257,8 @@ class TrainConfig:
         ``"val_loss"`` or ``"val_margin"``.
       loss: the per-example training loss (``mgd.train``'s function of that name):
         ``"softmax_cross_entropy"`` for integer class labels, ``"squared_error"`` for float
-        regression targets (the model then has one output per target dimension).
+        regression targets (the model then has one output per target dimension),
+        ``"next_token_loss"`` for token sequences (a ``transformer`` on text data).
       metric: what ``TrainingSetup.evaluate`` reports next to the loss: ``"accuracy"``,
         ``"absolute_error"`` or ``None`` (accuracy for ``softmax_cross_entropy``, else none).
       mesh: sizes of the device mesh's axes ``("data",)`` or ``("data", "model")`` over every
@@ -209,7 +275,9 @@ class TrainConfig:
     num_steps: int = 1000
     augment: bool = False
     objective: Literal["val_loss", "val_margin"] = "val_loss"
-    loss: Literal["softmax_cross_entropy", "squared_error"] = "softmax_cross_entropy"
+    loss: Literal["softmax_cross_entropy", "squared_error", "next_token_loss"] = (
+        "softmax_cross_entropy"
+    )
     metric: Literal["accuracy", "absolute_error"] | None = None
     mesh: tuple[int, ...] | None = None
     param_axis: Literal["data", "model"] | None = None
@@ -282,7 +350,9 @@ def load_data(
     Raises:
       ValueError: a missing or malformed file, or labels the loader refuses.
     """
-    if cfg.name == "digits":
+    if cfg.is_text:
+        data = load_text_data(cfg).data
+    elif cfg.name == "digits":
         data = load_digits(
             val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, seed=cfg.split_seed
         )
@@ -333,16 +403,59 @@ def load_data(
 
 
 _MESH_AXES = ("data", "model")
-_LOSSES = {"softmax_cross_entropy": softmax_cross_entropy, "squared_error": squared_error}
+
+
+def load_text_data(cfg: DataConfig) -> TextData:
+    """The language-model data set of a text :class:`DataConfig` (``fortunes``, ``documents``).
+
+    Returns:
+      The :class:`mgd.train.TextData`: the ``Dataset`` (one group per pool document) and the
+      pool, target and test documents.
+
+    Raises:
+      ValueError: missing files (naming the package to install), a target domain without
+        documents, or too few documents for the sizes asked.
+    """
+    t = cfg.text
+    if cfg.name == "fortunes":
+        docs = load_fortunes(t.languages, root=cfg.path or "/usr/share/games/fortunes")
+    else:
+        root = Path(cfg.path)
+        docs = load_documents({root.name: root}, separator=t.separator, recursive=True)
+    return text_dataset(
+        docs,
+        target_domain=t.target_domain,
+        context=t.context,
+        pool_size=t.pool_size,
+        target_in_pool=t.target_in_pool,
+        num_target=t.num_target,
+        num_test=t.num_test,
+        max_bytes=t.max_bytes,
+        seed=cfg.split_seed,
+    )
+
+
+_LOSSES = {
+    "softmax_cross_entropy": softmax_cross_entropy,
+    "squared_error": squared_error,
+    "next_token_loss": next_token_loss,
+}
 _METRICS = {"accuracy": accuracy, "absolute_error": absolute_error}
 
 
 def require_class_labels(data: Dataset, command: str) -> None:
-    """Refuses regression targets in an experiment whose report is test accuracy.
+    """Refuses regression targets in an experiment whose report is test accuracy, and token
+    sequences outside ``select`` (which reports bits per byte for them).
 
     Raises:
-      ValueError: ``data`` holds float regression targets (named with the fix).
+      ValueError: ``data`` holds float regression targets, or text outside ``select`` (named
+        with the fix).
     """
+    if data.num_classes is not None and data.y_train.ndim == 2 and command != "select":
+        raise ValueError(
+            f"mgd {command} reports test accuracy, but the data are token sequences (text); "
+            "text is supported by mgd select (data.name: fortunes or documents)"
+        )
     if data.num_classes is None:
         raise ValueError(
             f"mgd {command} reports the test accuracy of retrained models and needs integer "

@@ -1,7 +1,8 @@
 """The dataset-selection experiment (``mgd select``): config, ``run``, outputs.
 
 ``run(config, out)`` selects a fraction of the candidate pool with :func:`mgd.select_data`,
-runs the baselines the config lists (small-loss, EL2N), retrains from scratch with fresh seeds
+runs the baselines the config lists (small-loss, EL2N; for text, DSIR and the domain-label
+oracle), retrains from scratch with fresh seeds
 on the selection, on random subsets of the same size, on the baselines' subsets and on the
 whole pool (:func:`mgd.evaluate_selection`), and writes ``selection.json``,
 ``metrics.json``, ``history.json`` and ``objective.png`` into ``out``.
@@ -27,6 +28,7 @@ from mgd.experiments._common import (
     check_processes_agree,
     checking_input,
     load_data,
+    load_text_data,
     new_figure,
     prepare_out,
     require_class_labels,
@@ -39,12 +41,14 @@ from mgd.outer.selection import (
     SelectionResult,
     budget_exchange,
     count_descent,
+    domain_oracle_selection,
+    dsir_selection,
     el2n_selection,
     evaluate_selection,
     select_data,
     small_loss_selection,
 )
-from mgd.train import MetaSpec, TrainingSetup
+from mgd.train import MetaSpec, TextData, TrainingSetup
 from mgd.train.models import MLPConfig
 
 __all__ = [
@@ -57,7 +61,8 @@ __all__ = [
     "run",
 ]
 
-BASELINES = ("small_loss", "el2n")
+BASELINES = ("small_loss", "el2n", "dsir", "domain_oracle")
+_TEXT_BASELINES = ("dsir", "domain_oracle")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +77,9 @@ class OuterConfig:
       exchange_fraction: ``exchange`` only, most swaps per meta-step as a fraction of the subset.
       momentum: weight of past metagradients in the ranking, in [0, 1).
       step_size: ``counts`` only, how far a count moves per meta-step.
+      reseed: meta-step ``k`` trains with seed ``seed + k`` (new initialization and batch
+        order), so momentum averages each candidate's metagradient over several batch orders
+        (see :func:`mgd.select_data`); ``false``: one seed throughout.
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -80,6 +88,7 @@ class OuterConfig:
     exchange_fraction: float = 0.1
     momentum: float = 0.5
     step_size: float = 1.0
+    reseed: bool = False
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -119,10 +128,12 @@ class ScoreConfig:
       num_steps: training steps on the whole pool before scoring (``None``: a tenth of
         ``train.num_steps``), with the selection's recipe and seed.
       el2n_runs: EL2N averages the scores of this many runs (seeds ``seed, seed + 1, ...``).
+      dsir_buckets: DSIR's hashed n-gram buckets (text data).
     """
 
     num_steps: int | None = None
     el2n_runs: int = 4
+    dsir_buckets: int = 10_000
 
     def __post_init__(self):
         if self.num_steps is not None and self.num_steps < 1:
@@ -142,7 +153,9 @@ class SelectConfig:
       data, train, outer, replay, eval: the sections.
       baselines: the selections of the same size also evaluated, beside random subsets and
         the full pool: a subset of ``small_loss`` (:func:`mgd.outer.selection.small_loss_selection`)
-        and ``el2n`` (:func:`mgd.outer.selection.el2n_selection`); empty: none.
+        and ``el2n`` (:func:`mgd.outer.selection.el2n_selection`) for labelled examples, of
+        ``dsir`` (:func:`mgd.outer.selection.dsir_selection`) and ``domain_oracle``
+        (:func:`mgd.outer.selection.domain_oracle_selection`) for text; empty: none.
       scores: the baselines' brief training.
     """
 
@@ -166,6 +179,14 @@ class SelectConfig:
         if unknown:
             raise ValueError(
                 f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
+            )
+        allowed = _TEXT_BASELINES if self.data.is_text else BASELINES[:2]
+        wrong = [b for b in self.baselines if b not in allowed]
+        if wrong:
+            kind = "text (documents)" if self.data.is_text else "labelled examples"
+            raise ValueError(
+                f"baselines: {', '.join(wrong)} do not apply to {kind}; choose from "
+                f"{', '.join(allowed)}"
             )
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
@@ -196,6 +217,10 @@ class SelectRun:
     def table(self) -> str:
         """The results table printed by ``mgd select``."""
         lines = [self.report.table()]
+        if "domain" in self.metrics:
+            dm = self.metrics["domain"]
+            shares = ", ".join(f"{name} {v:.3f}" for name, v in dm["in_domain_fraction"].items())
+            lines.append(f"in-domain ({dm['target_domain']}) share of each selection: {shares}")
         if "label_noise" in self.metrics:
             ln = self.metrics["label_noise"]
             others = "".join(
@@ -251,16 +276,27 @@ def run(
     """
     started = time.perf_counter()
     with checking_input():
-        data, noisy = load_data(config.data, model=config.train.model)
+        text = load_text_data(config.data) if config.data.is_text else None
+        if text is None:
+            data, noisy = load_data(config.data, model=config.train.model)
+        else:
+            data, noisy = text.data, np.zeros(text.data.num_groups, bool)
+            model_context = getattr(config.train.model, "context", None)
+            if model_context is not None and model_context < config.data.text.context:
+                raise ValueError(
+                    f"train.model.context ({model_context}) is shorter than the windows "
+                    f"(data.text.context = {config.data.text.context}); make them equal"
+                )
         require_class_labels(data, "select")
         setup = setup_from_config(
             config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
         )
-        n = data.num_train
+        n = data.num_groups  # Candidates: examples, or documents of text.
         size = round(config.fraction * n)
         if size < config.train.batch_size:
+            unit = "documents" if text is not None else "candidates"
             raise ValueError(
-                f"the subset ({size} of {n} candidates at --fraction {config.fraction}) is smaller "
+                f"the subset ({size} of {n} {unit} at --fraction {config.fraction}) is smaller "
                 f"than one batch ({config.train.batch_size}); raise --fraction or lower "
                 "train.batch_size"
             )
@@ -283,6 +319,7 @@ def run(
         optimizer=optimizer,
         fixed_budget=config.outer.method == "exchange",
         seed=config.seed,
+        reseed=config.outer.reseed,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
@@ -291,7 +328,7 @@ def run(
         progress=progress,
     )
     selected_at = time.perf_counter()
-    baselines = _baselines(config, setup, size)
+    baselines = _baselines(config, setup, size, text, result.indices)
     baselines_s = time.perf_counter() - selected_at
 
     # One training run of the inner model, timed after compilation: the unit of meta-step cost
@@ -314,6 +351,7 @@ def run(
         num_random=config.eval.num_random,
         random_seed=config.seed + 1,
         baselines={name: b.indices for name, b in baselines.items()},
+        metric="accuracy" if text is None else "bits_per_byte",
         progress=progress,
     )
     retrain_s = time.perf_counter() - eval_started
@@ -345,6 +383,8 @@ def run(
             metrics["label_noise"]["baselines_clean_fraction"] = {
                 name: float(1 - noisy[b.indices].mean()) for name, b in baselines.items()
             }
+    if text is not None:
+        metrics["domain"] = _domain_metrics(text, result.indices, baselines)
     done = SelectRun(config, setup, result, report, metrics, baselines)
     if writes:
         log(result.history)
@@ -383,13 +423,63 @@ def eval_setup(config: SelectConfig, setup: TrainingSetup) -> TrainingSetup:
     return setup_from_config(train, setup.data, seed=setup.seed, meta_spec=setup.meta_spec)
 
 
-def _baselines(config: SelectConfig, setup: TrainingSetup, size: int) -> dict:
+def _domain_metrics(text: TextData, indices: np.ndarray, baselines: dict) -> dict[str, Any]:
+    # How much of each selection is of the target domain, and its bytes (the budget is in
+    # documents, so selections may differ in bytes).
+    inside = text.pool.in_domain(text.target_domain)
+    nbytes = text.pool.num_bytes
+    chosen = {"selected": indices, **{name: b.indices for name, b in baselines.items()}}
+    return {
+        "target_domain": text.target_domain,
+        "pool_documents": len(text.pool),
+        "pool_in_domain": int(inside.sum()),
+        "pool_in_domain_fraction": float(inside.mean()),
+        "pool_bytes": int(nbytes.sum()),
+        "in_domain_fraction": {k: float(inside[v].mean()) for k, v in chosen.items()},
+        "in_domain_documents": {k: int(inside[v].sum()) for k, v in chosen.items()},
+        "bytes": {k: int(nbytes[v].sum()) for k, v in chosen.items()},
+        "documents": {k: len(v) for k, v in chosen.items()},
+        "domains_selected": {
+            d: int(c)
+            for d, c in zip(
+                *np.unique(np.asarray(text.pool.domains)[indices], return_counts=True), strict=True
+            )
+        },
+    }
+
+
+def _baselines(
+    config: SelectConfig,
+    setup: TrainingSetup,
+    size: int,
+    text: TextData | None,
+    selected: np.ndarray,
+) -> dict:
     # The score-based baselines, trained with the selection's recipe and seed (never the
-    # evaluation's seeds).
+    # evaluation's seeds); the text baselines read the documents, and by default take as many
+    # bytes as the MGD selection holds.
     steps = config.scores.num_steps
+    budget: dict[str, Any] = {"size": size}
+    if text is not None and config.data.text.baseline_budget == "bytes":
+        budget = {"budget_bytes": int(text.pool.num_bytes[selected].sum())}
     out = {}
     for name in config.baselines:
-        if name == "small_loss":
+        if name == "dsir":
+            out[name] = dsir_selection(
+                text.pool.texts,
+                text.target.texts,
+                **budget,
+                num_buckets=config.scores.dsir_buckets,
+                seed=config.seed,
+            )
+        elif name == "domain_oracle":
+            out[name] = domain_oracle_selection(
+                text.pool.in_domain(text.target_domain),
+                **budget,
+                num_bytes=text.pool.num_bytes,
+                seed=config.seed,
+            )
+        elif name == "small_loss":
             out[name] = small_loss_selection(setup, size, num_steps=steps, seed=config.seed)
         else:
             seeds = [config.seed + j for j in range(config.scores.el2n_runs)]
@@ -417,7 +507,15 @@ def _plot(done: SelectRun) -> Any:
         color=["tab:green", "tab:grey", *["tab:orange"] * len(report.baselines), "tab:blue"],
     )
     low = min(m - s for m, s in zip(means, stds, strict=True))
-    right.set_ylim(max(0.0, low - 0.05), 1.0)
-    right.set(ylabel="test accuracy", title="Retrained from scratch, fresh seeds")
+    metric = report.selected.metric
+    if metric == "accuracy":
+        right.set_ylim(max(0.0, low - 0.05), 1.0)
+    else:  # Bits per byte: lower is better, no natural upper end.
+        high = max(m + s for m, s in zip(means, stds, strict=True))
+        right.set_ylim(low - 0.1 * (high - low) - 1e-3, high + 0.1 * (high - low) + 1e-3)
+    ylabel = (
+        "test " + metric.replace("_", " ") + (" (lower is better)" if metric != "accuracy" else "")
+    )
+    right.set(ylabel=ylabel, title="Retrained from scratch, fresh seeds")
     fig.tight_layout()
     return fig

@@ -45,14 +45,22 @@ class Dataset:
     """Train / validation (target) / test splits of a supervised problem, as numpy arrays.
 
     Classification has integer labels, regression float targets; the dtype of ``y_*`` decides
-    (all splits alike). The validation split is the *target*: the data whose loss outer
-    optimizers minimize (dataset selection, learning-rate search) or attack (poisoning); ``.npz``
-    files name it ``x_target, y_target``. The test split is held out and used only for reporting.
+    (all splits alike). Language modelling has integer token ids as inputs, ``(n, L)``, and
+    integer next-token sequences as labels, ``(n, L)``, with ``-1`` on padded positions (see
+    ``mgd.train.token_windows``); ``num_classes`` is then the output vocabulary. Training
+    examples may belong to *groups* (e.g. the windows cut from one document): data weights are
+    then one per group, shared by its examples, so selecting a group selects all of it.
+
+    The validation split is the *target*: the data whose loss outer optimizers minimize
+    (dataset selection, learning-rate search) or attack (poisoning); ``.npz`` files name it
+    ``x_target, y_target``. The test split is held out and used only for reporting.
 
     Attributes:
-      x_train: float32 inputs of the training pool, shape ``(n_train, *input_shape)``, normalized.
-      y_train: int32 labels in ``[0, num_classes)``, shape ``(n_train,)``; or float32 regression
-        targets, shape ``(n_train,)`` or ``(n_train, d)``.
+      x_train: inputs of the training pool, shape ``(n_train, *input_shape)``: float32
+        (normalized), or int32 token ids when given as integers.
+      y_train: int32 labels in ``[0, num_classes)``, shape ``(n_train,)``; int32 token
+        sequences, shape ``(n_train, L)``, entries in ``[0, num_classes)`` or ``-1`` (padding);
+        or float32 regression targets, shape ``(n_train,)`` or ``(n_train, d)``.
       x_val: float32 target inputs, shape ``(n_val, *input_shape)``.
       y_val: the target labels or targets, shape ``(n_val, *target_shape)``.
       x_test: float32 held-out inputs, shape ``(n_test, *input_shape)``.
@@ -64,6 +72,9 @@ class Dataset:
       x_range: ``(low, high)``, the valid range of an input (floats, or arrays broadcastable to
         ``input_shape``, e.g. per channel). Perturbed inputs are clipped to it. ``None`` takes the
         smallest and largest value over all three splits.
+      groups: ``None`` (every training example on its own) or int ``(n_train,)``, the group of
+        each training example, ids in ``[0, num_groups)``; see ``num_groups`` and
+        ``subset_groups``.
 
     Raises:
       ValueError: when a shape, dtype, label or range is invalid; the message names the field.
@@ -85,6 +96,7 @@ class Dataset:
     y_test: np.ndarray
     num_classes: int | None = None
     x_range: tuple | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self):
         ys = {s: _check_targets(getattr(self, f"y_{s}"), f"y_{s}") for s in _SPLITS}
@@ -122,6 +134,16 @@ class Dataset:
                 "Dataset: x_train is empty; the training pool needs at least one example"
             )
         object.__setattr__(self, "x_range", self._checked_range(input_shape))
+        if self.groups is not None:
+            groups = np.asarray(self.groups)
+            if groups.shape != (self.num_train,) or not np.issubdtype(groups.dtype, np.integer):
+                raise ValueError(
+                    f"Dataset: groups must be one integer group id per training example, shape "
+                    f"({self.num_train},), got {groups.shape} {groups.dtype}"
+                )
+            if groups.min() < 0:
+                raise ValueError(f"Dataset: groups must be >= 0, got {groups.min()}")
+            object.__setattr__(self, "groups", _frozen(groups.astype(np.int32)))
 
     def _checked_range(self, input_shape) -> tuple[np.ndarray, np.ndarray]:
         if self.x_range is None:
@@ -157,6 +179,11 @@ class Dataset:
         """Number of examples in the training pool."""
         return int(self.x_train.shape[0])
 
+    @property
+    def num_groups(self) -> int:
+        """Number of data weights: the largest group id plus one; ``num_train`` without groups."""
+        return self.num_train if self.groups is None else int(self.groups.max()) + 1
+
     def split(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Returns ``(x, y)`` of the split ``name``: ``"train"``, ``"val"`` or ``"test"``."""
         if name not in _SPLITS:
@@ -173,7 +200,35 @@ class Dataset:
           A new ``Dataset`` whose training pool is ``x_train[indices], y_train[indices]``.
         """
         idx = _check_indices(indices, self.num_train, "indices")
-        return self.replace(x_train=self.x_train[idx], y_train=self.y_train[idx])
+        groups = None if self.groups is None else self.groups[idx]
+        return self.replace(x_train=self.x_train[idx], y_train=self.y_train[idx], groups=groups)
+
+    def subset_groups(self, group_indices) -> Dataset:
+        """Restricts the training pool to the examples of the given groups (all of each).
+
+        Without groups an example is its own group, so this is ``subset`` (repeats allowed
+        there). Group ids keep
+        their numbering (``num_groups`` may shrink to the largest one kept plus one).
+
+        Args:
+          group_indices: int array ``(k,)`` of group ids in ``[0, num_groups)``, distinct when
+            the data have groups.
+
+        Returns:
+          A new ``Dataset`` whose training pool holds the examples of those groups, in pool order.
+
+        Raises:
+          ValueError: ids out of range, repeated, or selecting no example.
+        """
+        idx = _check_indices(group_indices, self.num_groups, "group_indices")
+        if self.groups is None:
+            return self.subset(idx)
+        if np.unique(idx).size != idx.size:
+            raise ValueError("group_indices must be distinct; a group is selected once")
+        keep = np.flatnonzero(np.isin(self.groups, idx))
+        if not keep.size:
+            raise ValueError("group_indices select no training example; pick non-empty groups")
+        return self.subset(keep)
 
     def replace(self, **fields) -> Dataset:
         """Returns a copy with ``fields`` replaced, validated again."""
@@ -181,11 +236,16 @@ class Dataset:
 
 
 def _check_inputs(x, name: str) -> np.ndarray:
+    # Integer inputs are token ids (a model embeds them), kept exact as int32.
     x = np.asarray(x)
     if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
         raise ValueError(f"{name} must hold numbers, got dtype {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"{name} must have shape (n, *input_shape), got shape {x.shape}")
+    if np.issubdtype(x.dtype, np.integer):
+        if x.size and (x.min() < 0 or x.max() > np.iinfo(np.int32).max):
+            raise ValueError(f"{name} holds integer token ids outside [0, 2**31); renumber them")
+        return x.astype(np.int32, copy=False)
     x = x.astype(np.float32, copy=False)
     if not np.all(np.isfinite(x)):
         raise ValueError(f"{name} contains NaN or infinite values; clean or drop those examples")
@@ -196,8 +256,10 @@ def _check_targets(y, name: str) -> np.ndarray:
     # Integer labels become int32, float targets float32 (the dtype of the inputs).
     y = np.asarray(y)
     if np.issubdtype(y.dtype, np.integer):
-        if y.ndim != 1:
-            raise ValueError(f"{name} must be a 1-D array of class labels, got shape {y.shape}")
+        if y.ndim not in (1, 2):
+            raise ValueError(
+                f"{name} must be class labels (n,) or token sequences (n, L), got shape {y.shape}"
+            )
         if y.size and y.max() > np.iinfo(np.int32).max:
             raise ValueError(f"{name} has label {y.max()}, beyond int32; number the classes 0..")
         return y.astype(np.int32, copy=False)
@@ -219,7 +281,7 @@ def _check_targets(y, name: str) -> np.ndarray:
 def _check_same_kind(ys: dict[str, np.ndarray]) -> None:
     def kind(y):
         if np.issubdtype(y.dtype, np.integer):
-            return "integer class labels"
+            return "integer class labels" if y.ndim == 1 else f"token sequences (n, {y.shape[1]})"
         return "float targets of shape " + ("(n,)" if y.ndim == 1 else f"(n, {y.shape[1]})")
 
     train = kind(ys["train"])
@@ -242,7 +304,8 @@ def _checked_num_classes(num_classes, ys: dict[str, np.ndarray]) -> int:
         return int(num_classes)
     for split, y in ys.items():
         _check_label_range(y, f"y_{split}", None)
-    present = np.unique(np.concatenate(list(ys.values())))
+    present = np.unique(np.concatenate([y.reshape(-1) for y in ys.values()]))
+    present = present[present >= 0]  # -1 pads token sequences.
     if not present.size:
         raise ValueError("Dataset: no split holds a label; pass num_classes= or some examples")
     top = int(present[-1])
@@ -273,10 +336,12 @@ def _check_label_range(y: np.ndarray, name: str, num_classes: int | None) -> Non
     # num_classes=None checks only the lower end (the upper one is then inferred).
     if not y.size:
         return
-    if y.min() < 0 or (num_classes is not None and y.max() >= num_classes):
+    low = -1 if y.ndim == 2 else 0  # Token sequences mark padding with -1.
+    if y.min() < low or (num_classes is not None and y.max() >= num_classes):
         bound = "[0, ...)" if num_classes is None else f"[0, {num_classes})"
+        pad = " (or -1 for padding)" if low else ""
         raise ValueError(
-            f"{name} has labels in [{y.min()}, {y.max()}] outside {bound}; "
+            f"{name} has labels in [{y.min()}, {y.max()}] outside {bound}{pad}; "
             "labels must be 0..num_classes-1"
         )
 

@@ -15,7 +15,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["softmax_cross_entropy", "squared_error", "accuracy", "absolute_error"]
+__all__ = [
+    "softmax_cross_entropy",
+    "next_token_loss",
+    "squared_error",
+    "accuracy",
+    "absolute_error",
+]
 
 
 def _check_labels(fn: str, outputs: jax.Array, targets: jax.Array) -> None:
@@ -67,6 +73,37 @@ def softmax_cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
     """
     _check_labels("softmax_cross_entropy", outputs, targets)
     return optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+
+
+def next_token_loss(outputs: jax.Array, targets: jax.Array) -> jax.Array:
+    """Next-token cross-entropy of a language model, per sequence, padding masked.
+
+    Each sequence's value is the sum of the cross-entropies at its real (non-padded) positions
+    divided by the number of positions ``L``, so a batch's mean is the mean per token slot and
+    every real token of the batch weighs the same, whatever the length of its window (a window
+    cut from the end of a short document holds few real tokens). ``TrainingSetup.evaluate``
+    turns the split's mean into bits per real token (``"bits_per_byte"`` for byte tokens).
+
+    Args:
+      outputs: float logits, shape ``(b, L, num_classes)``.
+      targets: int token ids, shape ``(b, L)``: in ``[0, num_classes)``, or ``-1`` on padding.
+
+    Returns:
+      Float losses, shape ``(b,)``, in nats per token slot.
+
+    Raises:
+      ValueError: at trace time, for float targets or shapes other than the above.
+    """
+    if not jnp.issubdtype(targets.dtype, jnp.integer):
+        raise ValueError(f"next_token_loss needs integer token ids, got {targets.dtype} targets")
+    if outputs.ndim != 3 or targets.shape != outputs.shape[:2]:
+        raise ValueError(
+            f"next_token_loss needs logits of shape (b, L, vocab) and tokens of shape (b, L), "
+            f"got {outputs.shape} and {targets.shape}"
+        )
+    real = targets >= 0
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs, jnp.where(real, targets, 0))
+    return jnp.sum(jnp.where(real, ce, 0), axis=1) / targets.shape[1]
 
 
 def squared_error(outputs: jax.Array, targets: jax.Array) -> jax.Array:

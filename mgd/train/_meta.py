@@ -18,7 +18,9 @@ class MetaSpec:
     ``TrainingSetup.init_meta()`` returns a dict with one entry per enabled metaparameter, at the
     value that reproduces plain training:
 
-    - ``data_weights=True`` -> ``meta["data_weights"]``, float ``(num_train,)``, default ones. The
+    - ``data_weights=True`` -> ``meta["data_weights"]``, float ``(num_train,)``, default ones;
+      ``(num_groups,)`` when the data have groups (``Dataset.groups``, e.g. the windows of a
+      document), every example then weighted by its group's entry. The
       loss of batch t is ``sum_i w_i * loss_i / n_t`` over the batch's examples, with ``n_t`` the
       number of real examples in it (``batch_size``, fewer in an epoch's last partial batch). A
       weight of 0 removes an example, 2 counts it twice (the paper's counts); negative weights

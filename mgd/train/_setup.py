@@ -16,7 +16,7 @@ import optax
 from mgd import engine
 from mgd.train._augment import Augment
 from mgd.train._data import Dataset
-from mgd.train._losses import accuracy, softmax_cross_entropy
+from mgd.train._losses import accuracy, next_token_loss, softmax_cross_entropy
 from mgd.train._meta import MetaSpec
 from mgd.train._model_fns import ModelFns, model_fns
 from mgd.train._sharding import check_mesh, constrain_state, put_state, replicate, shard_batch
@@ -59,6 +59,7 @@ class _Arrays(NamedTuple):
     x_val: jax.Array
     y_val: jax.Array
     slot: jax.Array
+    group: jax.Array  # (n_train,) int32: the data weight of each example (its group's).
     x_low: jax.Array
     x_high: jax.Array
 
@@ -196,6 +197,11 @@ class TrainingSetup:
                 f"TrainingSetup: meta_spec must be an mgd.MetaSpec, got {self.meta_spec}"
             )
         self.meta_spec.check(num_steps=self.num_steps, num_train=n)
+        if self.meta_spec.perturb_indices is not None and self._integer_inputs:
+            raise ValueError(
+                "TrainingSetup: perturb_indices perturbs float inputs, but data holds integer "
+                "token ids; leave MetaSpec.perturb_indices unset"
+            )
         if not callable(self.objective) and self.objective not in _OBJECTIVES:
             raise ValueError(
                 f"TrainingSetup: objective must be one of {_OBJECTIVES} or a callable "
@@ -238,6 +244,18 @@ class TrainingSetup:
                 "TrainingSetup: metric needs a name other than 'loss' to report it under: define "
                 f"it with def, got {getattr(self.metric, '__name__', self.metric)!r}"
             )
+        sequences = self.data.num_classes is not None and self.data.y_train.ndim == 2
+        if sequences and self.loss is softmax_cross_entropy:
+            raise ValueError(
+                "TrainingSetup: data holds token sequences (n, L) but loss is "
+                "softmax_cross_entropy, for one class label per example; pass "
+                "loss=mgd.train.next_token_loss"
+            )
+        if sequences and self.objective == "val_margin":
+            raise ValueError(
+                "TrainingSetup: objective='val_margin' needs one class label per example; for "
+                "token sequences use objective='val_loss'"
+            )
         if self.data.num_classes is None:
             if self.loss is softmax_cross_entropy:
                 raise ValueError(
@@ -250,6 +268,14 @@ class TrainingSetup:
                     "TrainingSetup: objective='val_margin' needs integer class labels, but data "
                     "holds float regression targets; use objective='val_loss'"
                 )
+
+    @property
+    def _integer_inputs(self) -> bool:
+        return bool(np.issubdtype(self.data.x_train.dtype, np.integer))
+
+    def _inputs(self, x: np.ndarray) -> jax.Array:
+        # Token ids stay int32 (a model embeds them); other inputs take the setup's dtype.
+        return jnp.asarray(x, None if np.issubdtype(x.dtype, np.integer) else self.dtype)
 
     @property
     def _metric(self) -> Callable | None:
@@ -303,12 +329,14 @@ class TrainingSetup:
                 len(self.meta_spec.perturb_indices)
             )
         low, high = d.x_range
+        group = np.arange(d.num_train) if d.groups is None else d.groups
         arrays = _Arrays(
-            jnp.asarray(d.x_train, dt),
+            self._inputs(d.x_train),
             self._targets(d.y_train),
-            jnp.asarray(d.x_val, dt),
+            self._inputs(d.x_val),
             self._targets(d.y_val),
             jnp.asarray(slot),
+            jnp.asarray(group, jnp.int32),
             jnp.asarray(low, dt),
             jnp.asarray(high, dt),
         )
@@ -398,7 +426,7 @@ class TrainingSetup:
         y = arrays.y_train[index]
         weight = batches.mask[t]
         if spec.data_weights:
-            weight = weight * meta["data_weights"][index]
+            weight = weight * meta["data_weights"][arrays.group[index]]
         x, y, weight = shard_batch((x, y, weight), self.mesh, self.data_axis)
         outputs, model_state = self._model.apply(params, state.model_state, x, True)
         losses = self._per_example("loss", outputs, y)
@@ -463,7 +491,7 @@ class TrainingSetup:
         """
         return self.meta_spec.init(
             num_steps=self.num_steps,
-            num_train=self.data.num_train,
+            num_train=self.data.num_groups,
             input_shape=self.data.input_shape,
             dtype=self.dtype,
         )
@@ -599,14 +627,24 @@ class TrainingSetup:
         Returns:
           ``{"loss": mean loss}`` and, with a metric, its mean under the metric's name, as Python
           floats: ``{"loss": mean cross-entropy, "accuracy": fraction correct}`` by default.
+          With ``loss=mgd.train.next_token_loss`` also ``"bits_per_byte"``: the cross-entropy
+          in bits per real (unpadded) target token of the split, one token per byte for
+          byte-level tokens.
         """
         x, y = self.data.split(split)
         if y.size == 0:
             raise ValueError(f"split {split!r} is empty; nothing to evaluate")
-        x, y = replicate((jnp.asarray(x, self.dtype), self._targets(y)), self.mesh)
-        means = self._jitted["evaluate"](state.params, state.model_state, x, y)
+        xs, ys = replicate((self._inputs(x), self._targets(y)), self.mesh)
+        means = self._jitted["evaluate"](state.params, state.model_state, xs, ys)
         names = ["loss"] if self._metric is None else ["loss", self._metric.__name__]
-        return {name: float(m) for name, m in zip(names, means, strict=True)}
+        out = {name: float(m) for name, m in zip(names, means, strict=True)}
+        if self.loss is next_token_loss:
+            # next_token_loss sums over real tokens and divides by the slots L, so the split's
+            # mean times (windows * L / real tokens) is the mean per real token.
+            out["bits_per_byte"] = (
+                out["loss"] * float(y.size) / np.count_nonzero(y >= 0) / math.log(2)
+            )
+        return out
 
     def learning_rates(self, meta: dict | None = None) -> np.ndarray:
         """The factor ``lr(t)`` on the optimizer's update for every step, shape ``(num_steps,)``."""

@@ -1,7 +1,10 @@
-"""Models: an MLP, a small CNN and ResNet-9 (standard and metasmooth), flax linen modules.
+"""Models: an MLP, a small CNN, ResNet-9 (standard and metasmooth) and a small decoder-only
+transformer, flax linen modules.
 
-Every model maps a batch of inputs ``(b, *input_shape)`` to logits ``(b, num_classes)`` and takes
-``train: bool`` (batch norm uses batch statistics when ``True``, running averages otherwise).
+Every image model maps a batch of inputs ``(b, *input_shape)`` to logits ``(b, num_classes)``;
+the transformer maps token ids ``(b, L)`` to next-token logits ``(b, L, num_classes)``. Each
+takes ``train: bool`` (batch norm uses batch statistics when ``True``, running averages
+otherwise).
 Each is built from a frozen config dataclass; ``make_model`` builds one from a config dict such as
 the ``model:`` section of ``mgd/configs/models/*.yaml``.
 """
@@ -26,6 +29,8 @@ __all__ = [
     "SmallCNNConfig",
     "ResNet9",
     "ResNet9Config",
+    "Transformer",
+    "TransformerConfig",
     "ModelConfig",
     "model_config",
     "make_model",
@@ -287,13 +292,137 @@ class ResNet9(nn.Module):
         return nn.Dense(cfg.num_classes, use_bias=False)(x) * cfg.output_scale
 
 
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """Configuration of ``Transformer``, a small decoder-only (GPT-style) language model.
+
+    Attributes:
+      num_classes: output vocabulary (logits per position); 256 for byte-level tokens.
+      vocab_size: input vocabulary, at least ``num_classes``; 257 for bytes and the
+        beginning-of-document token of ``mgd.train.token_windows``.
+      context: longest input sequence (positions of the learned position embedding).
+      d_model: width of the residual stream.
+      num_layers: transformer blocks.
+      num_heads: attention heads; must divide ``d_model``.
+      mlp_ratio: hidden width of each block's MLP as a multiple of ``d_model``.
+      positions: ``"learned"`` (an embedding per position) or ``"rotary"`` (RoPE on queries
+        and keys; no position parameters).
+    """
+
+    config_name: ClassVar[str] = "transformer"
+    num_classes: int = 256
+    vocab_size: int = 257
+    context: int = 64
+    d_model: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    positions: str = "learned"
+
+    def __post_init__(self):
+        _check_common("TransformerConfig", self.num_classes, 1.0)
+        for name in ("vocab_size", "context", "d_model", "num_layers", "num_heads", "mlp_ratio"):
+            if getattr(self, name) < 1:
+                raise ValueError(
+                    f"TransformerConfig: {name} must be >= 1, got {getattr(self, name)}"
+                )
+        if self.vocab_size < self.num_classes:
+            raise ValueError(
+                f"TransformerConfig: vocab_size ({self.vocab_size}) must be >= num_classes "
+                f"({self.num_classes}): every predicted token is also an input"
+            )
+        if self.d_model % self.num_heads:
+            raise ValueError(
+                f"TransformerConfig: num_heads ({self.num_heads}) must divide d_model "
+                f"({self.d_model})"
+            )
+        if self.positions == "rotary" and (self.d_model // self.num_heads) % 2:
+            raise ValueError("TransformerConfig: rotary positions need an even head width")
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(
+                "TransformerConfig: positions must be 'learned' or 'rotary', got "
+                f"{self.positions!r}"
+            )
+
+
+def _rotary(x: jax.Array) -> jax.Array:
+    # RoPE (Su et al. 2021) on (b, L, heads, head_dim): rotate pairs of channels by angles
+    # proportional to the position, so q.k depends on the relative position only.
+    length, dim = x.shape[1], x.shape[-1]
+    freq = 1.0 / (10_000 ** (jnp.arange(0, dim, 2, dtype=x.dtype) / dim))
+    angle = jnp.arange(length, dtype=x.dtype)[:, None] * freq[None, :]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    even, odd = x[..., 0::2], x[..., 1::2]
+    return jnp.stack([even * cos - odd * sin, even * sin + odd * cos], axis=-1).reshape(x.shape)
+
+
+class _Block(nn.Module):
+    # Pre-norm block: x + attn(LN(x)), then x + MLP(LN(x)).
+    config: TransformerConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        b, length, d = x.shape
+        head = d // c.num_heads
+        qkv = nn.Dense(3 * d, use_bias=False)(nn.LayerNorm()(x))
+        q, k, v = jnp.split(qkv.reshape(b, length, 3 * c.num_heads, head), 3, axis=2)
+        if c.positions == "rotary":
+            q, k = _rotary(q), _rotary(k)
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / jnp.sqrt(jnp.asarray(head, x.dtype))
+        causal = jnp.tril(jnp.ones((length, length), bool))
+        # A large finite negative, not -inf: a masked entry then has an exact zero weight and
+        # no NaN can reach the metagradient.
+        scores = jnp.where(causal, scores, jnp.asarray(-1e9, scores.dtype))
+        attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), v)
+        x = x + nn.Dense(d, use_bias=False)(attn.reshape(b, length, d))
+        h = nn.Dense(c.mlp_ratio * d)(nn.LayerNorm()(x))
+        return x + nn.Dense(d)(nn.gelu(h))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer: token ids ``(b, L)`` -> next-token logits ``(b, L, num_classes)``.
+
+    Token embedding (plus a learned position embedding, or rotary positions in attention),
+    ``num_layers`` pre-norm blocks of causal multi-head self-attention and a GELU MLP, a final
+    layer norm and a linear head. Position ``j``'s logits see tokens ``0..j`` only. Token ids
+    arrive as integers (``mgd.Dataset`` keeps integer inputs as ``int32``); ``L`` is at most
+    ``context``.
+
+    Example:
+      >>> model = Transformer(TransformerConfig(context=64, d_model=64, num_layers=2))
+      >>> params = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 64), jnp.int32))
+    """
+
+    config: TransformerConfig = TransformerConfig()
+
+    @nn.compact
+    def __call__(self, tokens: jax.Array, train: bool = False) -> jax.Array:
+        del train  # No batch norm or dropout.
+        c = self.config
+        if tokens.ndim != 2 or tokens.shape[1] > c.context:
+            raise ValueError(
+                f"Transformer: tokens must have shape (b, L) with L <= context={c.context}, "
+                f"got {tokens.shape}"
+            )
+        tokens = tokens.astype(jnp.int32)
+        x = nn.Embed(c.vocab_size, c.d_model, embedding_init=nn.initializers.normal(0.02))(tokens)
+        if c.positions == "learned":
+            pos = self.param("positions", nn.initializers.normal(0.02), (c.context, c.d_model))
+            x = x + pos[: tokens.shape[1]].astype(x.dtype)
+        for _ in range(c.num_layers):
+            x = _Block(c)(x)
+        return nn.Dense(c.num_classes)(nn.LayerNorm()(x))
+
+
 _MODELS = {
     "mlp": (MLP, MLPConfig),
     "small_cnn": (SmallCNN, SmallCNNConfig),
     "resnet9": (ResNet9, ResNet9Config),
+    "transformer": (Transformer, TransformerConfig),
 }
 
-ModelConfig = MLPConfig | SmallCNNConfig | ResNet9Config
+ModelConfig = MLPConfig | SmallCNNConfig | ResNet9Config | TransformerConfig
 """The config of any model: a union tagged by each class's ``config_name``."""
 
 
@@ -303,18 +432,19 @@ def model_config(
     """The typed config of a model from a config dict, e.g. a YAML file's ``model:`` section.
 
     Args:
-      config: ``{"name": "mlp" | "small_cnn" | "resnet9", **fields}``, the fields of the model's
-        config dataclass (``{"name": "resnet9", "preset": "metasmooth", ...}`` starts from
-        ``ResNet9Config.metasmooth()``), or a config dataclass, returned as it is.
+      config: ``{"name": "mlp" | "small_cnn" | "resnet9" | "transformer", **fields}``, the
+        fields of the model's config dataclass (``{"name": "resnet9", "preset": "metasmooth",
+        ...}`` starts from ``ResNet9Config.metasmooth()``), or a config dataclass, returned as
+        it is.
       num_classes: overrides the config's ``num_classes`` (e.g. from the dataset).
 
     Returns:
-      An ``MLPConfig``, ``SmallCNNConfig`` or ``ResNet9Config``.
+      An ``MLPConfig``, ``SmallCNNConfig``, ``ResNet9Config`` or ``TransformerConfig``.
 
     Raises:
       ValueError: for an unknown name, preset or field, or a field the config refuses.
     """
-    if isinstance(config, MLPConfig | SmallCNNConfig | ResNet9Config):
+    if isinstance(config, MLPConfig | SmallCNNConfig | ResNet9Config | TransformerConfig):
         if num_classes is None:
             return config
         return dataclasses.replace(config, num_classes=num_classes)
@@ -352,8 +482,8 @@ def make_model(
     """Builds a model from its config: a config dict (see :func:`model_config`) or dataclass.
 
     Args:
-      config: ``{"name": "mlp" | "small_cnn" | "resnet9", **fields}`` or an ``MLPConfig``,
-        ``SmallCNNConfig`` or ``ResNet9Config``.
+      config: ``{"name": "mlp" | "small_cnn" | "resnet9" | "transformer", **fields}`` or an
+        ``MLPConfig``, ``SmallCNNConfig``, ``ResNet9Config`` or ``TransformerConfig``.
       num_classes: overrides the config's ``num_classes`` (e.g. from the dataset).
 
     Returns:

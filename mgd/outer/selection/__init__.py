@@ -2,7 +2,9 @@
 
 Update rules (optax-shaped ``(init, update)`` pairs), the search :func:`select_data` on the
 shared meta-descent loop, the baselines against noisy labels (:func:`small_loss_selection`,
-:func:`el2n_selection`) and the honest evaluation :func:`evaluate_selection`.
+:func:`el2n_selection`), the baselines for a target domain of documents
+(:func:`dsir_selection`, :func:`domain_oracle_selection`) and the honest evaluation
+:func:`evaluate_selection`.
 """
 
 from mgd.outer.selection._baselines import BaselineSelection as BaselineSelection
@@ -13,6 +15,9 @@ from mgd.outer.selection._evaluate import SubsetAccuracy as SubsetAccuracy
 from mgd.outer.selection._evaluate import evaluate_selection as evaluate_selection
 from mgd.outer.selection._search import SelectionResult as SelectionResult
 from mgd.outer.selection._search import select_data as select_data
+from mgd.outer.selection._text_baselines import domain_oracle_selection as domain_oracle_selection
+from mgd.outer.selection._text_baselines import dsir_selection as dsir_selection
+from mgd.outer.selection._text_baselines import hashed_ngram_features as hashed_ngram_features
 from mgd.outer.selection._update import BudgetExchangeState as BudgetExchangeState
 from mgd.outer.selection._update import CountDescentState as CountDescentState
 from mgd.outer.selection._update import SelectionOptimizer as SelectionOptimizer

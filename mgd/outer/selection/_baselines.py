@@ -25,13 +25,13 @@ __all__ = ["BaselineSelection", "small_loss_selection", "el2n_selection"]
 
 @dataclasses.dataclass(frozen=True)
 class BaselineSelection:
-    """A subset of the pool chosen by a per-example score.
+    """A subset of the pool chosen by a per-candidate score.
 
     Attributes:
-      name: ``"small_loss"`` or ``"el2n"``.
-      indices: int64 ``(size,)``, sorted: the ``size`` candidates with the smallest scores
-        (ties broken by index).
-      scores: float64 ``(num_train,)``, one score per candidate of the pool.
+      name: ``"small_loss"``, ``"el2n"``, ``"dsir"`` or ``"domain_oracle"``.
+      indices: int64 ``(size,)``, sorted: the chosen candidates (``small_loss``, ``el2n``: the
+        ``size`` smallest scores, ties broken by index; see each function for the others).
+      scores: float64 ``(n,)``, one score per candidate of the pool.
     """
 
     name: str

@@ -20,34 +20,40 @@ __all__ = ["SubsetAccuracy", "SelectionReport", "evaluate_selection"]
 
 @dataclasses.dataclass(frozen=True)
 class SubsetAccuracy:
-    """Test accuracy of models trained on one training set.
+    """Test accuracy (or another metric) of models trained on one training set.
 
     Attributes:
       name: ``"selected"``, ``"random"``, ``"full"`` or a baseline's name.
-      size: examples in the training set.
-      accuracies: float64 ``(r,)``: one accuracy per model (``random``: per random subset).
+      size: candidates in the training set (examples, or groups such as documents).
+      accuracies: float64 ``(r,)``: one value of the metric per model (``random``: per random
+        subset).
+      metric: the metric's name (a key of ``TrainingSetup.evaluate``), e.g. ``"accuracy"`` or
+        ``"bits_per_byte"``.
     """
 
     name: str
     size: int
     accuracies: np.ndarray
+    metric: str = "accuracy"
 
     @property
     def mean(self) -> float:
-        """Mean test accuracy."""
+        """Mean of the metric over the models."""
         return float(np.mean(self.accuracies))
 
     @property
     def std(self) -> float:
-        """Standard deviation of the test accuracy (``ddof=0``)."""
+        """Standard deviation of the metric over the models (``ddof=0``)."""
         return float(np.std(self.accuracies))
 
     def to_dict(self) -> dict[str, Any]:
-        """``{"accuracy", "accuracy_std", "accuracies"}`` (JSON-able)."""
+        """``{"accuracy", "accuracy_std", "accuracies"}`` (JSON-able); for another metric
+        ``{metric, metric + "_std", "values"}``."""
+        values = "accuracies" if self.metric == "accuracy" else "values"
         return {
-            "accuracy": self.mean,
-            "accuracy_std": self.std,
-            "accuracies": self.accuracies.tolist(),
+            self.metric: self.mean,
+            f"{self.metric}_std": self.std,
+            values: self.accuracies.tolist(),
         }
 
 
@@ -93,7 +99,8 @@ class SelectionReport:
             *((b.name, b) for b in self.baselines),
             ("full pool", self.full),
         ]
-        lines = [f"{'training set':<14}{'size':>6}  test accuracy (retrained, fresh seeds)"]
+        metric = self.selected.metric.replace("_", " ")
+        lines = [f"{'training set':<14}{'size':>6}  test {metric} (retrained, fresh seeds)"]
         for name, r in rows:
             lines.append(f"{name:<14}{r.size:>6}  {r.mean:.4f} +- {r.std:.4f}")
         return "\n".join(lines)
@@ -107,12 +114,16 @@ def evaluate_selection(
     num_random: int = 5,
     random_seed: int = 0,
     baselines: Mapping[str, Sequence[int] | np.ndarray] | None = None,
+    metric: str = "accuracy",
     progress: bool = True,
 ) -> SelectionReport:
     """Test accuracy of models retrained from scratch on the selection, random subsets, the pool.
 
     Every model is trained with the setup's recipe (model, optimizer, batch size, steps) and no
-    metaparameters, from the seeds in ``seeds`` (seeds the selection never trained with).
+    metaparameters, from the seeds in ``seeds`` (seeds the selection never trained with). When
+    the pool has groups (``Dataset.groups``, e.g. a document's windows), indices are group ids
+    and a model trains on all examples of its groups (``Dataset.subset_groups``); random
+    subsets are random groups.
 
     Args:
       setup: the training recipe used for selection (its ``meta_spec`` is ignored).
@@ -123,6 +134,8 @@ def evaluate_selection(
       random_seed: seed of the random subsets.
       baselines: other selections to evaluate alike, ``{name: indices}`` (e.g. the indices of
         :func:`small_loss_selection`); each is trained with every seed in ``seeds``.
+      metric: the key of ``TrainingSetup.evaluate`` reported: ``"accuracy"``, or e.g.
+        ``"bits_per_byte"`` for a language model (``loss=mgd.train.next_token_loss``).
       progress: show a tqdm progress bar over the retrained models.
 
     Returns:
@@ -140,7 +153,7 @@ def evaluate_selection(
     if num_random < 1:
         raise ValueError(f"evaluate_selection: num_random must be >= 1, got {num_random}")
     plain = setup.replace(meta_spec=MetaSpec())
-    data, n, k = setup.data, setup.data.num_train, len(indices)
+    data, n, k = setup.data, setup.data.num_groups, len(indices)
     rng = np.random.default_rng(random_seed)
     random_subsets = [np.sort(rng.permutation(n)[:k]) for _ in range(num_random)]
     baselines = dict(baselines or {})
@@ -148,8 +161,14 @@ def evaluate_selection(
     with tqdm(total=total, desc="retraining", disable=not progress) as bar:
 
         def run(subset: np.ndarray | None, run_seeds: list[int]) -> np.ndarray:
-            trained = plain if subset is None else plain.replace(data=data.subset(subset))
-            acc = retrain_and_evaluate(trained, seeds=run_seeds, split="test")["accuracy"]
+            trained = plain if subset is None else plain.replace(data=data.subset_groups(subset))
+            scores = retrain_and_evaluate(trained, seeds=run_seeds, split="test")
+            if metric not in scores:
+                raise ValueError(
+                    f"evaluate_selection: the setup's evaluate reports {sorted(scores)}, not "
+                    f"metric={metric!r}; pass one of those"
+                )
+            acc = scores[metric]
             bar.update(len(run_seeds))
             return np.asarray(acc, np.float64)
 
@@ -158,15 +177,15 @@ def evaluate_selection(
             [run(s, [seeds[j % len(seeds)]])[0] for j, s in enumerate(random_subsets)]
         )
         others = tuple(
-            SubsetAccuracy(name, len(idx), run(np.asarray(idx), seeds))
+            SubsetAccuracy(name, len(idx), run(np.asarray(idx), seeds), metric)
             for name, idx in baselines.items()
         )
         full = run(None, seeds)
 
     return SelectionReport(
-        selected=SubsetAccuracy("selected", k, selected),
-        random=SubsetAccuracy("random", k, random),
-        full=SubsetAccuracy("full", n, full),
+        selected=SubsetAccuracy("selected", k, selected, metric),
+        random=SubsetAccuracy("random", k, random, metric),
+        full=SubsetAccuracy("full", n, full, metric),
         seeds=tuple(seeds),
         baselines=others,
     )

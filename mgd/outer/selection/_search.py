@@ -56,6 +56,7 @@ def select_data(
     optimizer: SelectionOptimizer | None = None,
     fixed_budget: bool = True,
     seed: int = 0,
+    reseed: bool = False,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
     resume: bool = False,
@@ -78,7 +79,8 @@ def select_data(
     Args:
       setup: the training recipe, with ``MetaSpec(data_weights=True)``; its seed fixes the
         initialization and batch order used during selection.
-      size: number of candidates to select, in ``[1, n]``.
+      size: number of candidates to select, in ``[1, n]``; a candidate is a training example,
+        or a group of them (e.g. a document's windows) when ``setup.data`` has ``groups``.
       meta_steps: number of meta-steps (metagradients), an int >= 1.
       optimizer: a selection update rule; default
         ``budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)``
@@ -86,6 +88,11 @@ def select_data(
         ``fixed_budget=False``).
       fixed_budget: start from a subset indicator (for ``budget_exchange``) rather than counts.
       seed: seed of the initial subset.
+      reseed: train meta-step ``k`` with seed ``setup.seed + k`` (initialization and batch order)
+        instead of ``setup.seed`` throughout. With one seed, a candidate's metagradient always
+        comes from the same few steps it is drawn in (when the pool is seen about once per run);
+        new seeds draw it elsewhere, and the update rule's momentum averages over them. The
+        objectives of different meta-steps then belong to different seeds.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -114,7 +121,7 @@ def select_data(
             f"{where}: the setup's meta_spec has data_weights=False; build it with "
             "mgd.MetaSpec(data_weights=True)"
         )
-    n = setup.data.num_train
+    n = setup.data.num_groups  # The data weights: one per example, or per group (document).
     if not 1 <= size <= n:
         raise ValueError(f"{where}: size must be in [1, {n}] (the pool size), got {size}")
     if optimizer is None:
@@ -133,7 +140,9 @@ def select_data(
     base_meta = setup.init_meta()
 
     def metagradient(step: int, weights):
-        res = setup.metagradient({**base_meta, "data_weights": weights}, **replay.options())
+        # replace(seed=...) shares the setup's compiled programs: reseeding compiles nothing.
+        trained = setup.replace(seed=(setup.seed + step) % 2**32) if reseed else setup
+        res = trained.metagradient({**base_meta, "data_weights": weights}, **replay.options())
         return res.value, res.grad["data_weights"], res.stats
 
     def record(step, weights, value, grad, opt_state) -> dict[str, Any]:
@@ -153,6 +162,7 @@ def select_data(
             "setup": setup_fingerprint(setup),
             "size": size,
             "fixed_budget": fixed_budget,
+            "reseed": reseed,
             "replay": replay.describe(),
             "user": fingerprint,
         },

@@ -1,0 +1,399 @@
+"""Language-model data selection: documents, token windows, per-document weights, the
+transformer's exact metagradient, DSIR and the oracle, and the ``mgd select`` text run."""
+
+import json
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import mgd
+from mgd.outer.selection import (
+    domain_oracle_selection,
+    dsir_selection,
+    hashed_ngram_features,
+)
+from mgd.train import (
+    BOS,
+    Documents,
+    MetaSpec,
+    TrainingSetup,
+    load_documents,
+    load_fortunes,
+    next_token_loss,
+    text_dataset,
+    token_windows,
+)
+from mgd.train.models import Transformer, TransformerConfig
+
+SPANISH = [
+    "el gato come pescado en la casa",
+    "la casa es grande y el perro duerme",
+    "mañana vamos a la playa con el perro",
+    "el niño lee un libro en la biblioteca",
+    "la comida de la abuela es muy buena",
+    "el tren sale de la estación a las diez",
+]
+ENGLISH = [
+    "the cat eats fish in the house",
+    "the house is big and the dog sleeps",
+    "tomorrow we go to the beach with the dog",
+    "the child reads a book in the library",
+    "grandmother's food is very good",
+    "the train leaves the station at ten",
+    "a program is a list of instructions",
+    "the compiler turns source code into machine code",
+]
+
+
+def _write_fortunes(root, *, with_es=True):
+    # A fortunes-like tree: English files in the root, languages in subfolders, index files,
+    # symlinks and an off/ folder that the loader must skip.
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "animals").write_bytes(("\n%\n".join(ENGLISH[:6]) + "\n%\n").encode())
+    (root / "computers").write_bytes(("%\n" + "\n%\n".join(ENGLISH[6:]) + "\n%\n%\n").encode())
+    (root / "computers.dat").write_bytes(b"\x00\x01index")
+    (root / "computers.u8").symlink_to("computers")
+    (root / "off").mkdir()
+    (root / "off" / "rude").write_bytes(b"not read\n%\n")
+    if with_es:
+        (root / "es").mkdir()
+        (root / "es" / "vida.fortunes").write_bytes(("\n%\n".join(SPANISH) + "\n").encode())
+        # Not UTF-8 (Latin-1 bytes): read as bytes, not refused.
+        (root / "es" / "latin.fortunes").write_bytes(b"caf\xe9 con leche\n%\nla se\xf1ora\n")
+    return root
+
+
+def test_load_fortunes_reads_entries_and_skips_index_files(tmp_path):
+    root = _write_fortunes(tmp_path / "fortunes")
+    docs = load_fortunes(("en", "es"), root=root)
+    assert set(docs.domains) == {"en/animals", "en/computers", "es/vida", "es/latin"}
+    assert docs.in_domain("en").sum() == len(ENGLISH)  # empty entries and "off/" dropped
+    assert docs.in_domain("es").sum() == len(SPANISH) + 2
+    assert docs.texts[0] == ENGLISH[0].encode()
+    assert b"caf\xe9 con leche" in docs.texts
+    assert docs.in_domain("en/computers").sum() == 2
+    assert not docs.in_domain("en/comp").any()  # a prefix is a path prefix, not a string one
+
+
+def test_load_fortunes_missing_language_names_the_package(tmp_path):
+    root = _write_fortunes(tmp_path / "fortunes", with_es=False)
+    with pytest.raises(ValueError, match=r"apt-get install fortunes-es") as e:
+        load_fortunes(("en", "es"), root=root)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match="unknown language"):
+        load_fortunes(("xx",), root=root)
+
+
+def test_load_documents_one_per_file_and_recursive(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "one.txt").write_bytes(b"first % not a separator\n%\nstill first")
+    (tmp_path / "a" / "b" / "two.txt").write_bytes(b"second")
+    (tmp_path / "a" / "empty.txt").write_bytes(b"  \n")
+    docs = load_documents({"c": tmp_path / "a"}, separator=None, recursive=True)
+    assert docs.domains == ("c/b/two", "c/one")
+    assert docs.texts == (b"second", b"first % not a separator\n%\nstill first")
+    flat = load_documents({"c": tmp_path / "a"}, separator=None)
+    assert flat.domains == ("c/one",)
+    with pytest.raises(ValueError, match="no document"):
+        load_documents({"c": tmp_path / "a" / "empty.txt"})
+    with pytest.raises(ValueError, match="not found"):
+        load_documents({"c": tmp_path / "missing"})
+    with pytest.raises(ValueError, match="empty"):
+        Documents((b"x", b""), ("a", "a"))
+
+
+def test_token_windows_predict_every_byte_once():
+    texts = [b"abcdefg", b"xy", bytes([0, 255, 7])]
+    x, y, doc = token_windows(texts, 3)
+    np.testing.assert_array_equal(doc, [0, 0, 0, 1, 2])
+    # Each document's targets, padding dropped, are its bytes in order.
+    for i, text in enumerate(texts):
+        targets = y[doc == i].reshape(-1)
+        assert bytes(targets[targets >= 0].astype(np.uint8)) == text
+    # The input at a real position is BOS or the previous byte.
+    np.testing.assert_array_equal(x[0], [BOS, ord("a"), ord("b")])
+    np.testing.assert_array_equal(x[1], [ord("c"), ord("d"), ord("e")])
+    np.testing.assert_array_equal(y[3], [ord("x"), ord("y"), -1])
+    with pytest.raises(ValueError, match="empty"):
+        token_windows([b"a", b""], 3)
+    with pytest.raises(ValueError, match="context"):
+        token_windows([b"a"], 0)
+
+
+def _docs():
+    return Documents(
+        tuple(t.encode() for t in SPANISH + ENGLISH),
+        ("es/vida",) * len(SPANISH) + ("en/animals",) * 6 + ("en/computers",) * 2,
+    )
+
+
+def test_text_dataset_splits_and_groups():
+    td = text_dataset(
+        _docs(),
+        target_domain="es",
+        context=8,
+        pool_size=8,
+        target_in_pool=1,
+        num_target=2,
+        num_test=2,
+        max_bytes=20,
+    )
+    d = td.data
+    assert len(td.pool) == 8 and td.pool.in_domain("es").sum() == 1
+    assert d.num_groups == 8 and d.groups.shape == (d.num_train,)
+    # The held-out target documents are not in the pool; all are cut to max_bytes.
+    assert not set(td.pool.texts) & (set(td.target.texts) | set(td.test.texts))
+    assert max(td.pool.num_bytes) <= 20
+    assert d.x_train.dtype == np.int32 and d.y_train.shape == d.x_train.shape
+    # Selecting a document selects all its windows.
+    sub = d.subset_groups(np.array([0, 3]))
+    assert sub.num_train == np.isin(d.groups, [0, 3]).sum()
+    with pytest.raises(ValueError, match=r"target domain 'fr' has no documents; .*en, es"):
+        text_dataset(
+            _docs(),
+            target_domain="fr",
+            context=8,
+            pool_size=4,
+            target_in_pool=0,
+            num_target=1,
+            num_test=1,
+        )
+    with pytest.raises(ValueError, match="lower num_target"):
+        text_dataset(
+            _docs(),
+            target_domain="es",
+            context=8,
+            pool_size=4,
+            target_in_pool=4,
+            num_target=2,
+            num_test=2,
+        )
+
+
+def test_dataset_groups_are_checked():
+    d = mgd.make_synthetic(num_train=6, num_val=2, num_test=2)
+    with pytest.raises(ValueError, match="groups must be one integer group id"):
+        d.replace(groups=np.zeros(5, int))
+    grouped = d.replace(groups=np.array([0, 0, 1, 2, 2, 2]))
+    assert grouped.num_groups == 3
+    with pytest.raises(ValueError, match="distinct"):
+        grouped.subset_groups([1, 1])
+
+
+def _lm_setup(dtype=jnp.float32, num_steps=3, positions="learned"):
+    td = text_dataset(
+        _docs(),
+        target_domain="es",
+        context=6,
+        pool_size=6,
+        target_in_pool=2,
+        num_target=2,
+        num_test=2,
+        max_bytes=14,
+    )
+    model = Transformer(
+        TransformerConfig(
+            context=6, d_model=8, num_layers=1, num_heads=2, mlp_ratio=2, positions=positions
+        )
+    )
+    return td, TrainingSetup(
+        model,
+        optax.adam(0.01, eps_root=1e-8),
+        td.data,
+        batch_size=4,
+        num_steps=num_steps,
+        loss=next_token_loss,
+        meta_spec=MetaSpec(data_weights=True),
+        dtype=dtype,
+    )
+
+
+def test_next_token_loss_and_bits_per_byte():
+    rng = np.random.default_rng(0)
+    logits = jnp.asarray(rng.normal(size=(2, 3, 5)))
+    targets = jnp.asarray([[1, 4, -1], [0, -1, -1]])
+    logp = jax.nn.log_softmax(logits)
+    want = [-(logp[0, 0, 1] + logp[0, 1, 4]) / 3, -logp[1, 0, 0] / 3]
+    np.testing.assert_allclose(next_token_loss(logits, targets), want, rtol=1e-6)
+    td, setup = _lm_setup()
+    state = setup.train()
+    report = setup.evaluate(state, "test")
+    outputs = setup.model.apply({"params": state.params}, jnp.asarray(td.data.x_test))
+    y = td.data.y_test
+    logp = np.asarray(jax.nn.log_softmax(outputs))
+    real = y >= 0
+    nats = -np.take_along_axis(logp, np.where(real, y, 0)[..., None], axis=-1)[..., 0][real]
+    np.testing.assert_allclose(report["bits_per_byte"], nats.mean() / math.log(2), rtol=1e-5)
+    with pytest.raises(ValueError, match="next_token_loss"):
+        setup.replace(loss=mgd.train.softmax_cross_entropy)
+
+
+@pytest.mark.parametrize("positions", ["learned", "rotary"])
+def test_transformer_is_causal(positions):
+    model = Transformer(TransformerConfig(context=5, d_model=8, num_heads=2, positions=positions))
+    tokens = jnp.asarray([[BOS, 1, 2, 3, 4]])
+    params = model.init(jax.random.PRNGKey(0), tokens)
+    out = model.apply(params, tokens)
+    changed = model.apply(params, tokens.at[0, 3].set(200))
+    assert out.shape == (1, 5, 256)
+    np.testing.assert_array_equal(out[:, :3], changed[:, :3])
+    assert not np.allclose(out[:, 3:], changed[:, 3:])
+    with pytest.raises(ValueError, match="must divide"):
+        TransformerConfig(d_model=10, num_heads=4)
+    with pytest.raises(ValueError, match="context=5"):
+        model.apply(params, jnp.zeros((1, 6), jnp.int32))
+
+
+def test_transformer_metagradient_matches_unrolled_grad(x64):
+    # Per-document weights: the metagradient of each document's weight through a few steps of
+    # the transformer's training equals jax.grad of the unrolled loop, in float64. (Rotary
+    # positions change only the forward function, checked by test_transformer_is_causal.)
+    td, setup = _lm_setup(jnp.float64, num_steps=3)
+    rng = np.random.default_rng(1)
+    meta = {"data_weights": jnp.asarray(1 + 0.5 * rng.uniform(size=td.data.num_groups))}
+
+    def unrolled(meta):
+        state = jax.lax.fori_loop(
+            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
+        )
+        return setup.objective_fn(state, meta)
+
+    value, grad = jax.value_and_grad(jax.jit(unrolled))(meta)
+    res = setup.metagradient(meta, checkpoint=mgd.KAryTree(2))
+    assert res.grad["data_weights"].shape == (len(td.pool),)
+    assert np.count_nonzero(grad["data_weights"]) >= 2
+    np.testing.assert_allclose(res.value, value, rtol=1e-12)
+    np.testing.assert_allclose(
+        res.grad["data_weights"], grad["data_weights"], rtol=1e-10, atol=1e-14
+    )
+
+
+def test_hashed_features_and_dsir_prefer_the_target():
+    feats = hashed_ngram_features([b"la casa la", b"\xff\xfe"], num_buckets=50)
+    assert feats.shape == (2, 50) and feats[0].sum() == 5  # 3 words + 2 bigrams
+    # A target large enough that its n-gram counts dominate the smoothing: the Spanish
+    # candidates' log importance weights lie far above the Gumbel noise's scale.
+    pool = [t.encode() for t in ENGLISH + SPANISH[:3]]
+    target = [t.encode() for t in SPANISH] * 20
+    spanish = set(range(len(ENGLISH), len(pool)))
+    for seed in range(3):
+        assert set(dsir_selection(pool, target, 3, seed=seed).indices) == spanish
+    sel = dsir_selection(pool, target, 3, seed=0)
+    assert sel.scores[len(ENGLISH) :].min() > sel.scores[: len(ENGLISH)].max()
+    # A byte budget: the ranking's first documents until their bytes fill it.
+    by_bytes = dsir_selection(pool, target, budget_bytes=40, seed=0)
+    sizes = np.array([len(t) for t in pool])
+    assert sizes[by_bytes.indices].sum() >= 40
+    assert sizes[by_bytes.indices].sum() - sizes[by_bytes.indices].min() < 40
+    with pytest.raises(ValueError, match="size"):
+        dsir_selection(pool, target, 0)
+    with pytest.raises(ValueError, match="exactly one"):
+        dsir_selection(pool, target, 2, budget_bytes=10)
+    with pytest.raises(ValueError, match="target is empty"):
+        dsir_selection(pool, [], 2)
+
+
+def test_domain_oracle_takes_the_domain_first():
+    inside = np.array([False, True, False, True, False])
+    assert set(domain_oracle_selection(inside, 2).indices) == {1, 3}
+    three = domain_oracle_selection(inside, 3, seed=4).indices
+    assert {1, 3} <= set(three) and len(three) == 3
+    with pytest.raises(ValueError, match="size"):
+        domain_oracle_selection(inside, 6)
+    nbytes = np.array([5, 7, 5, 9, 5])
+    assert set(domain_oracle_selection(inside, budget_bytes=10, num_bytes=nbytes).indices) == {
+        1,
+        3,
+    }
+    with pytest.raises(ValueError, match="budget_bytes"):
+        domain_oracle_selection(inside, budget_bytes=100, num_bytes=nbytes)
+
+
+def _text_config(tmp_path, **text):
+    from mgd.config import config_from_dict
+    from mgd.experiments.select import SelectConfig
+
+    root = _write_fortunes(tmp_path / "fortunes")
+    raw = {
+        "fraction": 0.5,
+        "data": {
+            "name": "fortunes",
+            "path": str(root),
+            "text": {
+                "languages": ["en", "es"],
+                "target_domain": "es",
+                "context": 8,
+                "pool_size": 8,
+                "target_in_pool": 2,
+                "num_target": 2,
+                "num_test": 2,
+                # One window per document: every selection of k documents has k windows, so
+                # all evaluation models share one compiled training function.
+                "max_bytes": 8,
+                **text,
+            },
+        },
+        "train": {
+            "model": {"name": "transformer", "context": 8, "d_model": 8, "num_layers": 1},
+            "optimizer": {"name": "adam", "learning_rate": 0.01, "eps_root": 1e-8},
+            "batch_size": 2,
+            "num_steps": 3,
+            "loss": "next_token_loss",
+        },
+        "outer": {"meta_steps": 1},
+        "eval": {"num_seeds": 1, "num_random": 1},
+        "baselines": ["dsir", "domain_oracle"],
+    }
+    return config_from_dict(raw, SelectConfig)
+
+
+def test_select_text_run_writes_bits_per_byte(tmp_path):
+    from mgd.experiments.select import run
+
+    out = tmp_path / "out"
+    done = run(_text_config(tmp_path), out, progress=False)
+    metrics = json.loads((out / "metrics.json").read_text())
+    for name in ("selected", "random", "full"):
+        assert metrics[name]["bits_per_byte"] > 0
+    assert set(metrics["baselines"]) == {"dsir", "domain_oracle"}
+    # The baselines fill the selection's bytes: with 8-byte documents, 4 documents, 2 Spanish.
+    assert metrics["domain"]["bytes"]["dsir"] == metrics["domain"]["bytes"]["selected"] == 32
+    assert metrics["domain"]["in_domain_fraction"]["domain_oracle"] == 0.5
+    selection = json.loads((out / "selection.json").read_text())
+    assert selection["size"] == 4 and len(selection["indices"]) == 4
+    assert "bits per byte" in done.table()
+    assert (out / "objective.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "text, fraction, message",
+    [
+        ({"target_domain": "fr"}, 0.5, "target domain 'fr' has no documents"),
+        ({}, 0.1, "smaller than one batch"),
+        ({"context": 16}, 0.5, "shorter than the windows"),
+    ],
+)
+def test_select_text_bad_input_exits_2_without_clobbering(
+    tmp_path, capsys, text, fraction, message
+):
+    import yaml
+
+    from mgd.cli import main
+    from mgd.config import config_to_dict
+
+    cfg = config_to_dict(_text_config(tmp_path, **text))
+    cfg["fraction"] = fraction
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    assert main(["select", "--config", str(path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert os.listdir(out) == ["keep.txt"]
