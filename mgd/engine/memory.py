@@ -277,9 +277,8 @@ def resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, 
             state_bytes = tree_bytes(init_state)
             leaf = auto_leaf(fns, init_state, meta, policy.cost(num_steps), state_bytes)
         return policy, store, leaf, None
-    # Fastest first. Remat before mixed: on the CPU mixed mode measured slower, and its long
-    # blocks allocated beyond their compiled analysis (docs/benchmarks.md); it stays the
-    # leanest fallback.
+    # Fastest first. Remat before mixed: on the CPU mixed mode measured slower
+    # (docs/benchmarks.md); it stays the leanest fallback.
     modes = (
         ("fused", *dict.fromkeys(("remat", per_step_leaf(step_fn)))) if leaf == "auto" else (leaf,)
     )
