@@ -448,3 +448,24 @@ def test_grid_from_an_earlier_run_is_reused_and_checked(tmp_path):
     with pytest.raises(ValueError, match="no finished mgd lr run"):
         lr.run(config, tmp_path / "d", progress=False, grid_from=tmp_path / "missing")
     assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_search_config_cosine_step_decays_to_a_tenth():
+    # Under a constant metagradient Adam's bias-corrected step is the rate times its sign (to
+    # float32 rounding), so the updates read off the step size: 0.2, then 0.02 after meta_steps.
+    from mgd.experiments.lr import SearchConfig
+
+    opt = SearchConfig(learning_rate=0.2, learning_rate_decay="cosine", meta_steps=10)
+    opt = opt.outer_optimizer()
+    x = jnp.zeros(2)
+    state = opt.init(x)
+    steps = []
+    for _ in range(11):
+        u, state = opt.update(jnp.array([1.0, -1.0]), state, x, value=jnp.float32(1.0))
+        steps.append(np.asarray(u))
+    np.testing.assert_allclose(steps[0], [-0.2, 0.2], rtol=1e-4)
+    np.testing.assert_allclose(steps[5], [-0.11, 0.11], rtol=1e-4)  # halfway: (0.2 + 0.02) / 2
+    np.testing.assert_allclose(steps[10], [-0.02, 0.02], rtol=1e-4)
+    flat = SearchConfig(learning_rate=0.2).outer_optimizer()
+    u, _ = flat.update(jnp.array([1.0, -1.0]), flat.init(x), x, value=jnp.float32(1.0))
+    np.testing.assert_allclose(u, [-0.2, 0.2], rtol=1e-5)

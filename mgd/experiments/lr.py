@@ -11,9 +11,10 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import optax
 
 from mgd import distributed
 from mgd.config import config_to_dict
@@ -57,6 +58,9 @@ class SearchConfig:
         ``grid.enabled``); one search per start, ``init_lr`` first.
       meta_steps: metagradient steps per search.
       learning_rate: the outer Adam's step on the log rates (``log_lr_adam``).
+      learning_rate_decay: ``"constant"``, or ``"cosine"``: the step decays to a tenth of
+        ``learning_rate`` over ``meta_steps``, so a search whose metagradients are noisy
+        settles instead of wandering.
       max_step: the largest change of a log rate per meta-step.
       test_seeds: fresh seeds the found schedules (and the grid's best) are retrained with.
       reseed: meta-step ``k`` trains with seed ``seed + k``, so the outer Adam's momentum
@@ -67,9 +71,17 @@ class SearchConfig:
     start_factors: tuple[float, ...] = (0.1, 10.0)
     meta_steps: int = 50
     learning_rate: float = 0.1
+    learning_rate_decay: Literal["constant", "cosine"] = "constant"
     max_step: float = 0.5
     test_seeds: int = 3
     reseed: bool = False
+
+    def outer_optimizer(self) -> optax.GradientTransformationExtraArgs:
+        """The outer optimizer on the log rates: ``log_lr_adam`` with this step and bound."""
+        rate: float | optax.Schedule = self.learning_rate
+        if self.learning_rate_decay == "cosine":
+            rate = optax.cosine_decay_schedule(self.learning_rate, self.meta_steps, alpha=0.1)
+        return log_lr_adam(rate, max_step=self.max_step)
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -276,7 +288,7 @@ def run(
             setup,
             init_schedule=init,
             meta_steps=config.search.meta_steps,
-            optimizer=log_lr_adam(config.search.learning_rate, max_step=config.search.max_step),
+            optimizer=config.search.outer_optimizer(),
             replay=config.replay.build(),
             test_seeds=config.search.test_seeds,
             reseed=config.search.reseed,
