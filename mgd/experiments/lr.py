@@ -17,7 +17,7 @@ import numpy as np
 import optax
 
 from mgd import distributed
-from mgd.config import config_to_dict
+from mgd.config import config_from_dict, config_to_dict
 from mgd.experiments._common import (
     DataConfig,
     OptimizerConfig,
@@ -365,12 +365,15 @@ def _stored_grid(
             f"--grid-from {folder}: no finished mgd lr run with a grid there ({e}); pass the "
             "--out folder of such a run"
         ) from e
-    now = json.loads(json.dumps(config_to_dict(config)))
-    before = (earlier or {}).get("config") or {}
-    differ = [k for k in _GRID_KEYS if before.get(k) != now[k]]
-    if earlier.get("command") != "lr" or differ:
+    if not isinstance(earlier, dict) or earlier.get("command") != "lr":
+        raise ValueError(f"--grid-from {folder}: holds no mgd lr run; pass the --out of one")
+    # Read back as a config, so keys added since with their defaults compare equal.
+    plain = lambda c: json.loads(json.dumps(config_to_dict(c)))
+    now, before = plain(config), plain(config_from_dict(earlier.get("config"), LRConfig))
+    differ = [k for k in _GRID_KEYS if before[k] != now[k]]
+    if differ:
         raise ValueError(
-            f"--grid-from {folder}: its run differs in {', '.join(differ) or 'command'}; reuse "
+            f"--grid-from {folder}: its run differs in {', '.join(differ)}; reuse "
             "a grid trained with the same seed, data, train, num_knots and grid"
         )
     best = [g for g in schedules if g.label() == section["best"]]
