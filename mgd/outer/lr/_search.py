@@ -295,8 +295,8 @@ def search_lr_schedule(
     # The last update has not been evaluated yet: one training run, no gradient (with the next
     # seed when reseeding, as the next meta-step would have).
     final_meta = {**base, "log_lr": x}
-    final_seed = (setup.seed + meta_steps) % 2**32 if reseed else setup.seed
-    value = setup.objective_fn(setup.train(final_meta, seed=final_seed), final_meta)
+    final = setup.replace(seed=(setup.seed + meta_steps) % 2**32) if reseed else setup
+    value = setup.objective_fn(final.train(final_meta), final_meta)
     cost["train_runs"] = 1
     cost["seconds"] = time.perf_counter() - started
     history.append(
