@@ -11,6 +11,7 @@ Usage::
 
     python scripts/lr_search.py                           # the README's figures, CPU minutes
     python scripts/lr_search.py --meta-steps 20 --out runs/lr
+    python scripts/lr_search.py --config fashion_mnist --grid-from runs/lr_fm --out runs/lr_fm2
 
 Exits 0 when every check holds, 1 otherwise.
 """
@@ -33,6 +34,13 @@ def main(argv=None) -> int:
     p.add_argument("--meta-steps", type=int, default=None, help="metagradient steps per search")
     p.add_argument("--tolerance", type=float, default=0.03, help="allowed gap to the grid's best")
     p.add_argument("--out", type=Path, default=None, help="output folder (new or empty)")
+    p.add_argument(
+        "--grid-from",
+        type=Path,
+        default=None,
+        help="output folder of an earlier run of the same setting: reuse its grid's result "
+        "instead of training the grid again (its best is retrained on the test seeds)",
+    )
     args = p.parse_args(argv)
     config = read_config("lr", args.config, LRConfig)
     if args.meta_steps is not None:
@@ -41,7 +49,7 @@ def main(argv=None) -> int:
         )
     if not config.grid.enabled:
         p.error("the checks compare with the grid; use a config with grid.enabled: true")
-    done = run(config, args.out)
+    done = run(config, args.out, grid_from=args.grid_from)
     print(done.table())
 
     # Compute is counted in training runs: a metagradient costs as much as `mg_runs` of them
@@ -59,7 +67,11 @@ def main(argv=None) -> int:
     # wall time in units of one run is printed too (timed earlier in the run: under shifting
     # load from other processes this ratio is rougher than the interleaved one above).
     grid_s = done.metrics["grid"]["seconds"]
-    print(f"grid: {grid_runs} runs, {grid_s:.0f} s wall = {grid_s / unit:.0f} runs of wall time")
+    reused = done.metrics["grid"].get("reused_from")
+    print(
+        f"grid: {grid_runs} runs, {grid_s:.0f} s wall = {grid_s / unit:.0f} runs of wall time"
+        + (f" (timed in {reused}, under that run's load)" if reused else "")
+    )
     ok = True
     for name, m in done.metrics["searches"].items():
         equiv = m["cost"]["metagradients"] * mg_runs + m["cost"]["train_runs"]

@@ -235,7 +235,12 @@ def test_select_experiment_reports_the_baselines(tmp_path):
 
 @pytest.mark.parametrize(
     "command, config",
-    [("select", "fashion_mnist_noisy"), ("lr", "fashion_mnist"), ("poison", "fashion_mnist")],
+    [
+        ("select", "fashion_mnist_noisy"),
+        ("select", "fashion_mnist_noisy_user_eval"),
+        ("lr", "fashion_mnist"),
+        ("poison", "fashion_mnist"),
+    ],
 )
 def test_shipped_configs_without_the_files_exit_2_naming_the_install(
     tmp_path, monkeypatch, capsys, command, config

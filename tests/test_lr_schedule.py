@@ -120,6 +120,26 @@ def test_adam_minimizes_quadratic_with_bounded_steps():
     assert int(state.rejections) == 0
 
 
+def test_adam_step_size_schedule_is_read_at_the_accepted_step_count():
+    # A schedule's step k equals the constant-rate optimizer's with rate schedule(k): the
+    # moments do not depend on the rate, so both see the same m_hat / sqrt(v_hat).
+    schedule = lambda count: 0.2 / (1.0 + count)
+    opt = log_lr_adam(schedule, max_step=1.0)
+    x = jnp.array([0.5, -1.0, 2.0])
+    grads = [jnp.array([1.0, -2.0, 0.5]), jnp.array([-0.3, -1.0, 2.0])]
+    state = opt.init(x)
+    for k, g in enumerate(grads):
+        u, state = opt.update(g, state, x, value=jnp.float32(1.0))
+        fixed = log_lr_adam(schedule(k), max_step=1.0)
+        f_state = fixed.init(x)
+        for h in grads[:k]:
+            _, f_state = fixed.update(h, f_state, x, value=jnp.float32(1.0))
+        want, _ = fixed.update(g, f_state, x, value=jnp.float32(1.0))
+        np.testing.assert_allclose(u, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="learning_rate"):
+        log_lr_adam(0.0)
+
+
 def test_non_finite_rejects_and_shrinks():
     opt = log_lr_adam(0.1, shrink=0.5)
     x0 = jnp.zeros(2)

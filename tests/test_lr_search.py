@@ -269,6 +269,42 @@ def test_result_schedule_history_and_test_report(tiny):
     assert len(res.test["accuracy"]) == 2 and all(0 <= a <= 1 for a in res.test["accuracy"])
 
 
+def test_reseeded_search_takes_meta_step_k_on_seed_k(tiny):
+    # Meta-step k's objective and update are those of the metagradient of the run with seed
+    # setup.seed + k (SGD on log rates makes the update readable: -0.1 * grad); the final
+    # schedule is scored with the next seed.
+    import optax
+
+    res = search_lr_schedule(
+        tiny,
+        init_schedule=0.1,
+        meta_steps=2,
+        optimizer=optax.sgd(0.1),
+        replay=Replay(StoreAll()),
+        reseed=True,
+        test_seeds=0,
+        progress=False,
+    )
+    base = tiny.init_meta()
+    for k in range(2):
+        log_lr = jnp.log(jnp.asarray(res.history[k].info["lr"], jnp.float32))
+        want = tiny.replace(seed=tiny.seed + k).metagradient({**base, "log_lr": log_lr})
+        assert res.history[k].objective == pytest.approx(float(want.value), rel=1e-5)
+        np.testing.assert_allclose(
+            np.log(res.history[k + 1].info["lr"]),
+            log_lr - 0.1 * want.grad["log_lr"],
+            rtol=1e-5,
+            atol=1e-6,
+        )
+    final = {**base, "log_lr": jnp.log(jnp.asarray(res.history[2].info["lr"], jnp.float32))}
+    trained = tiny.train(final, seed=tiny.seed + 2)
+    assert res.history[2].objective == pytest.approx(float(tiny.objective_fn(trained, final)))
+    with pytest.raises(ValueError, match="reseeded search trains"):
+        search_lr_schedule(
+            tiny, init_schedule=0.1, meta_steps=3, reseed=True, test_seeds=[tiny.seed + 3]
+        )
+
+
 def test_per_step_setup_and_callable_start(tiny):
     """A knot at every step (``per_step_lr``) and a start given as any callable step -> lr."""
     per_step = tiny.replace(meta_spec=MetaSpec(per_step_lr=True))
@@ -373,3 +409,63 @@ def test_compiled_meta_step_rejects_a_diverged_run_like_the_engine_error(tiny, m
         np.testing.assert_allclose(a.info["lr"], b.info["lr"], rtol=1e-5)
     with pytest.raises(ValueError, match="initial schedule diverges"):
         search_lr_schedule(tiny, init_schedule=1e10, meta_steps=2, test_seeds=0, progress=False)
+
+
+def test_grid_from_an_earlier_run_is_reused_and_checked(tmp_path):
+    """`grid_from` takes an earlier run's grid result (same setting) instead of training the
+    grid: the same starts, gaps and grid's best (retrained on the test seeds) as that run; a
+    run of another setting is refused."""
+    from mgd.config import config_from_dict
+    from mgd.experiments import lr
+
+    raw = {
+        "train": {
+            "model": {"name": "mlp", "hidden": [8], "activation": "tanh", "normalize": True},
+            "num_steps": 12,
+            "batch_size": 32,
+        },
+        "num_knots": 3,
+        "search": {"start_factors": [0.5], "meta_steps": 1, "test_seeds": 1},
+        "grid": {"num_peaks": 1},
+    }
+    config = config_from_dict(raw, lr.LRConfig)
+    first = lr.run(config, tmp_path / "a", progress=False)
+    # Another search setting (more meta-steps) may reuse the grid: it does not change it.
+    more = dataclasses.replace(config, search=dataclasses.replace(config.search, meta_steps=2))
+    again = lr.run(more, tmp_path / "b", progress=False, grid_from=tmp_path / "a")
+    g1, g2 = first.metrics["grid"], again.metrics["grid"]
+    for key in ("best", "val_loss", "best_constant_lr", "runs", "seconds"):
+        assert g2[key] == g1[key]
+    assert g2["reused_from"] == str(tmp_path / "a")
+    np.testing.assert_allclose(g2["test_accuracy"], g1["test_accuracy"], rtol=1e-6)
+    (name,) = again.metrics["searches"]
+    m1, m2 = first.metrics["searches"][name], again.metrics["searches"][name]
+    assert m2["init_lr"] == m1["init_lr"]
+    assert m2["gap_to_grid"] == pytest.approx(m2["found_val_loss"] / g1["val_loss"] - 1)
+    other = dataclasses.replace(config, num_knots=4)
+    with pytest.raises(ValueError, match="differs in num_knots"):
+        lr.run(other, tmp_path / "c", progress=False, grid_from=tmp_path / "a")
+    with pytest.raises(ValueError, match="no finished mgd lr run"):
+        lr.run(config, tmp_path / "d", progress=False, grid_from=tmp_path / "missing")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+
+
+def test_search_config_cosine_step_decays_to_a_tenth():
+    # Under a constant metagradient Adam's bias-corrected step is the rate times its sign (to
+    # float32 rounding), so the updates read off the step size: 0.2, then 0.02 after meta_steps.
+    from mgd.experiments.lr import SearchConfig
+
+    opt = SearchConfig(learning_rate=0.2, learning_rate_decay="cosine", meta_steps=10)
+    opt = opt.outer_optimizer()
+    x = jnp.zeros(2)
+    state = opt.init(x)
+    steps = []
+    for _ in range(11):
+        u, state = opt.update(jnp.array([1.0, -1.0]), state, x, value=jnp.float32(1.0))
+        steps.append(np.asarray(u))
+    np.testing.assert_allclose(steps[0], [-0.2, 0.2], rtol=1e-4)
+    np.testing.assert_allclose(steps[5], [-0.11, 0.11], rtol=1e-4)  # halfway: (0.2 + 0.02) / 2
+    np.testing.assert_allclose(steps[10], [-0.02, 0.02], rtol=1e-4)
+    flat = SearchConfig(learning_rate=0.2).outer_optimizer()
+    u, _ = flat.update(jnp.array([1.0, -1.0]), flat.init(x), x, value=jnp.float32(1.0))
+    np.testing.assert_allclose(u, [-0.2, 0.2], rtol=1e-5)

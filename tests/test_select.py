@@ -237,3 +237,43 @@ def test_evaluation_models_decay_the_learning_rate_over_their_own_steps():
     )
     assert gap > 1e-3
     assert select.eval_setup(dataclasses.replace(config, eval=select.EvalConfig()), setup) is setup
+
+
+def test_evaluation_models_train_with_the_evaluation_optimizer():
+    # eval.optimizer replaces the selection's (smooth) recipe for the evaluation models only: a
+    # constant rate of 0.05 over the selection's own 20 steps, same data, seed and weights.
+    from mgd.experiments import select
+    from mgd.experiments._common import OptimizerConfig, TrainConfig, setup_from_config
+
+    data = mgd.make_synthetic(num_train=64, num_val=32, num_test=32, noise=1.5, seed=2)
+    train = TrainConfig(
+        model=MLPConfig(hidden=(8,)),
+        optimizer=OptimizerConfig(learning_rate=0.01, lr_decay="cosine"),
+        batch_size=16,
+        num_steps=20,
+    )
+    user = OptimizerConfig(learning_rate=0.05, momentum=0.5)
+    config = select.SelectConfig(train=train, eval=select.EvalConfig(optimizer=user))
+    setup = setup_from_config(train, data, seed=3, meta_spec=mgd.MetaSpec(data_weights=True))
+    got = select.eval_setup(config, setup)
+    assert got.num_steps == 20 and got.seed == 3 and got.meta_spec == setup.meta_spec
+    expected = mgd.TrainingSetup(
+        MLP(MLPConfig(num_classes=data.num_classes, hidden=(8,))),
+        optax.sgd(0.05, momentum=0.5),
+        data,
+        batch_size=16,
+        num_steps=20,
+        seed=3,
+    )
+    np.testing.assert_allclose(
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(got.train().params)]),
+        np.concatenate([np.ravel(x) for x in jax.tree.leaves(expected.train().params)]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    # Read from a config file's mapping, as `mgd select --config` does.
+    from mgd.config import config_from_dict
+
+    raw = {"eval": {"optimizer": {"learning_rate": 0.05, "lr_decay": "constant"}}}
+    parsed = config_from_dict(raw, select.SelectConfig)
+    assert parsed.eval.optimizer == OptimizerConfig(learning_rate=0.05)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import optax
 
 from mgd import distributed
-from mgd.config import config_to_dict
+from mgd.config import config_from_dict, config_to_dict
 from mgd.experiments._common import (
     DataConfig,
     OptimizerConfig,
@@ -57,16 +58,30 @@ class SearchConfig:
         ``grid.enabled``); one search per start, ``init_lr`` first.
       meta_steps: metagradient steps per search.
       learning_rate: the outer Adam's step on the log rates (``log_lr_adam``).
+      learning_rate_decay: ``"constant"``, or ``"cosine"``: the step decays to a tenth of
+        ``learning_rate`` over ``meta_steps``, so a search whose metagradients are noisy
+        settles instead of wandering.
       max_step: the largest change of a log rate per meta-step.
       test_seeds: fresh seeds the found schedules (and the grid's best) are retrained with.
+      reseed: meta-step ``k`` trains with seed ``seed + k``, so the outer Adam's momentum
+        averages the metagradient over seeds (see :func:`mgd.search_lr_schedule`).
     """
 
     init_lr: tuple[float, ...] = ()
     start_factors: tuple[float, ...] = (0.1, 10.0)
     meta_steps: int = 50
     learning_rate: float = 0.1
+    learning_rate_decay: Literal["constant", "cosine"] = "constant"
     max_step: float = 0.5
     test_seeds: int = 3
+    reseed: bool = False
+
+    def outer_optimizer(self) -> optax.GradientTransformationExtraArgs:
+        """The outer optimizer on the log rates: ``log_lr_adam`` with this step and bound."""
+        rate: float | optax.Schedule = self.learning_rate
+        if self.learning_rate_decay == "cosine":
+            rate = optax.cosine_decay_schedule(self.learning_rate, self.meta_steps, alpha=0.1)
+        return log_lr_adam(rate, max_step=self.max_step)
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -202,6 +217,7 @@ def run(
     *,
     resume: bool = False,
     progress: bool = True,
+    grid_from: str | Path | None = None,
 ) -> LRRun:
     """Runs the schedule search (and the grid comparison) and writes its outputs.
 
@@ -211,12 +227,17 @@ def run(
         ``None`` writes nothing.
       resume: continue the searches in ``out`` from their last meta-steps.
       progress: show progress bars.
+      grid_from: the folder of an earlier ``mgd lr`` run of the same data, recipe, seed, knots
+        and grid, whose grid result (``metrics.json``) is taken instead of training the grid
+        again; its best schedule is retrained on this run's test seeds. ``None``: train it.
 
     Returns:
-      An :class:`LRRun`.
+      An :class:`LRRun` (its ``grid`` is empty with ``grid_from``: the earlier run kept only
+      the grid's best).
 
     Raises:
-      InputError: (a ``ValueError``) bad input, before anything in ``out`` is written.
+      InputError: (a ``ValueError``) bad input, before anything in ``out`` is written; a
+        ``grid_from`` folder without that run's outputs or of another setting.
     """
     with checking_input():
         data, _ = load_data(config.data, model=config.train.model)
@@ -224,16 +245,22 @@ def run(
         num_steps = config.train.num_steps
         setup = search_setup(config, data)
         check_processes_agree("lr", config, setup)
+        schedules = lr_schedule_grid(
+            num_steps, lr_range=tuple(config.grid.lr_range), num_peaks=config.grid.num_peaks
+        )
+        stored = None if grid_from is None else _stored_grid(config, Path(grid_from), schedules)
         out = None if out is None else Path(out)
         if out is not None:
             prepare_out(out, "lr", config, resume=resume)
     metrics: dict[str, Any] = {}
     starts = {f"lr {r:.4g}": float(r) for r in config.search.init_lr}
     grid: tuple = ()
-    if config.grid.enabled:
-        schedules = lr_schedule_grid(
-            num_steps, lr_range=tuple(config.grid.lr_range), num_peaks=config.grid.num_peaks
-        )
+    grid_best = None
+    if stored is not None:
+        metrics["grid"], grid_best = stored
+        for f in config.search.start_factors:
+            starts[f"{f:g}x grid's best constant"] = metrics["grid"]["best_constant_lr"] * f
+    elif config.grid.enabled:
         started = time.perf_counter()
         losses = evaluate_schedules(
             setup, [g.schedule for g in schedules], batch_size=64, progress=progress
@@ -252,6 +279,7 @@ def run(
         for f in config.search.start_factors:
             starts[f"{f:g}x grid's best constant"] = best_constant * f
         grid = (schedules, losses)
+        grid_best = schedules[best]
 
     searches: dict[str, LRSearchResult] = {}
     metrics["searches"] = {}
@@ -260,9 +288,10 @@ def run(
             setup,
             init_schedule=init,
             meta_steps=config.search.meta_steps,
-            optimizer=log_lr_adam(config.search.learning_rate, max_step=config.search.max_step),
+            optimizer=config.search.outer_optimizer(),
             replay=config.replay.build(),
             test_seeds=config.search.test_seeds,
+            reseed=config.search.reseed,
             save_dir=None if out is None else out / "checkpoints" / f"start-{i}",
             resume=resume,
             fingerprint=config_to_dict(config),
@@ -284,19 +313,18 @@ def run(
             "test": res.test,
             "cost": res.cost,
         }
-        if grid:
+        if grid_best is not None:
             metrics["searches"][name]["gap_to_grid"] = (
                 float(found) / metrics["grid"]["val_loss"] - 1
             )
 
     seeds = next(iter(searches.values())).test.get("seeds", [])
-    if grid and seeds:
+    if grid_best is not None and seeds:
         # The grid's best, retrained on the same fresh seeds as the found schedules.
         per_step = per_step_setup(setup)
-        best_rates = grid[0][int(np.argmin(np.where(np.isfinite(grid[1]), grid[1], np.inf)))]
         meta = {
             **per_step.init_meta(),
-            "log_lr": np.log(best_rates.schedule.rates()).astype(np.float32),
+            "log_lr": np.log(grid_best.schedule.rates()).astype(np.float32),
         }
         acc = retrain_and_evaluate(per_step, seeds=seeds, meta=meta, split="test")["accuracy"]
         metrics["grid"]["test_accuracy"] = np.asarray(acc).tolist()
@@ -311,6 +339,51 @@ def run(
         write_json(out / "metrics.json", metrics)
         _plot(done).savefig(out / "lr_search.png", dpi=110)
     return done
+
+
+# What a reused grid result must share with this run: everything its losses depend on.
+_GRID_KEYS = ("seed", "data", "train", "num_knots", "grid")
+
+
+def _stored_grid(
+    config: LRConfig, folder: Path, schedules: list[GridSchedule]
+) -> tuple[dict[str, Any], GridSchedule]:
+    """The grid section of an earlier run's ``metrics.json`` (without its test accuracies,
+    which this run measures on its own seeds) and the grid's best schedule, checked to belong
+    to ``config``'s setting."""
+    import json
+
+    import yaml
+
+    if not config.grid.enabled:
+        raise ValueError("--grid-from needs grid.enabled: true (the grid to compare with)")
+    try:
+        earlier = yaml.safe_load((folder / "config.yaml").read_text())
+        section = json.loads((folder / "metrics.json").read_text())["grid"]
+    except (OSError, KeyError, TypeError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(
+            f"--grid-from {folder}: no finished mgd lr run with a grid there ({e}); pass the "
+            "--out folder of such a run"
+        ) from e
+    if not isinstance(earlier, dict) or earlier.get("command") != "lr":
+        raise ValueError(f"--grid-from {folder}: holds no mgd lr run; pass the --out of one")
+    # Read back as a config, so keys added since with their defaults compare equal.
+    plain = lambda c: json.loads(json.dumps(config_to_dict(c)))
+    now, before = plain(config), plain(config_from_dict(earlier.get("config"), LRConfig))
+    differ = [k for k in _GRID_KEYS if before[k] != now[k]]
+    if differ:
+        raise ValueError(
+            f"--grid-from {folder}: its run differs in {', '.join(differ)}; reuse "
+            "a grid trained with the same seed, data, train, num_knots and grid"
+        )
+    best = [g for g in schedules if g.label() == section["best"]]
+    if len(best) != 1 or section["runs"] != len(schedules):
+        raise ValueError(
+            f"--grid-from {folder}: its best schedule {section['best']!r} is not one of this "
+            f"grid's {len(schedules)}; reuse a grid built by the same code and config"
+        )
+    keep = ("best", "val_loss", "best_constant_lr", "runs", "seconds")
+    return {**{k: section[k] for k in keep}, "reused_from": str(folder)}, best[0]
 
 
 def _plot(done: LRRun) -> Any:
@@ -334,8 +407,8 @@ def _plot(done: LRRun) -> Any:
         ax.set(yscale="log", xlabel="training step", ylabel="learning rate", title=f"from {name}")
     for name, res in searches.items():
         axes[-1].plot(res.objectives, label=f"from {name}")
-    if done.grid:
-        axes[-1].axhline(np.nanmin(done.grid[1]), color="k", ls="--", label="grid's best")
+    if "grid" in done.metrics:
+        axes[-1].axhline(done.metrics["grid"]["val_loss"], color="k", ls="--", label="grid's best")
     axes[-1].set(yscale="log", xlabel="meta-step", ylabel="validation loss")
     axes[-1].legend()
     fig.tight_layout()

@@ -105,11 +105,15 @@ class EvalConfig:
       num_steps: training steps of the evaluation models (``None``: ``train.num_steps``); the
         selected subset, the random subsets and the full pool all get this recipe, its
         learning-rate decay spread over these steps.
+      optimizer: the evaluation models' optimizer (``None``: ``train.optimizer``): the recipe a
+        user trains the chosen subset with need not be the smooth one the selection
+        differentiates.
     """
 
     num_seeds: int = 3
     num_random: int = 5
     num_steps: int | None = None
+    optimizer: OptimizerConfig | None = None
 
     def __post_init__(self):
         if self.num_seeds < 1:
@@ -405,21 +409,27 @@ def run(
 
 
 def eval_setup(config: SelectConfig, setup: TrainingSetup) -> TrainingSetup:
-    """The recipe the evaluation models train with: ``setup`` for ``config.eval.num_steps`` steps.
+    """The recipe the evaluation models train with: ``config.eval``'s steps and optimizer.
 
     Args:
       config: the experiment.
       setup: the selection's setup (``config.train`` on the experiment's data).
 
     Returns:
-      ``setup`` itself when ``eval.num_steps`` is ``None``, else ``config.train`` rebuilt for
-      ``eval.num_steps`` steps on the same data, seed and metaparameters: the optimizer's
-      learning-rate decay spans the evaluation run (``setup.replace(num_steps=...)`` would keep
-      a cosine decay over the selection's steps and train the rest at its final rate).
+      ``setup`` itself when ``eval.num_steps`` and ``eval.optimizer`` are ``None``, else
+      ``config.train`` rebuilt with them on the same data, seed and metaparameters: the
+      optimizer's learning-rate decay spans the evaluation run (``setup.replace(num_steps=...)``
+      would keep a cosine decay over the selection's steps and train the rest at its final
+      rate).
     """
-    if config.eval.num_steps is None:
+    e = config.eval
+    if e.num_steps is None and e.optimizer is None:
         return setup
-    train = dataclasses.replace(config.train, num_steps=config.eval.num_steps)
+    train = dataclasses.replace(
+        config.train,
+        num_steps=config.train.num_steps if e.num_steps is None else e.num_steps,
+        optimizer=config.train.optimizer if e.optimizer is None else e.optimizer,
+    )
     return setup_from_config(train, setup.data, seed=setup.seed, meta_spec=setup.meta_spec)
 
 

@@ -131,6 +131,7 @@ def search_lr_schedule(
     optimizer: optax.GradientTransformation | None = None,
     replay: Replay | None = None,
     test_seeds: int | Sequence[int] = 3,
+    reseed: bool = False,
     save_dir: str | Path | None = None,
     resume: bool = False,
     fingerprint: Any = None,
@@ -159,6 +160,12 @@ def search_lr_schedule(
         budget); ``None`` is ``Replay()``.
       test_seeds: how many fresh seeds to retrain the found schedule with (int), or the seeds
         themselves; 0 skips the test report.
+      reseed: train meta-step ``k`` with seed ``setup.seed + k`` (initialization and batch
+        order) instead of ``setup.seed`` throughout, so the outer optimizer's momentum averages
+        the metagradient over seeds: through a run at rates high enough to be chaotic, one
+        seed's exact metagradient is mostly that seed's noise. The objectives of different
+        meta-steps then belong to different seeds (the found schedule is the one with the
+        lowest). Test seeds must avoid ``setup.seed + k`` for ``k <= meta_steps``.
       save_dir: directory for an orbax checkpoint written after every meta-step (state of the
         outer loop and its history), or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -192,6 +199,13 @@ def search_lr_schedule(
     meta_steps = check_meta_steps(meta_steps, where=_WHERE)
     x0 = _initial_log_lr(init_schedule, knots, setup.num_steps)
     seeds = _check_test_seeds(test_seeds, setup.seed)
+    if reseed:
+        used = sorted({(setup.seed + k) % 2**32 for k in range(meta_steps + 1)} & set(seeds))
+        if used:
+            raise ValueError(
+                f"{_WHERE}: test_seeds {used} are among the seeds the reseeded search trains "
+                f"with (setup.seed + 0..{meta_steps}); choose test seeds beyond those"
+            )
     if resume and save_dir is None:
         raise ValueError(f"{_WHERE}: resume=True needs save_dir, the directory to resume from")
     optimizer = log_lr_adam() if optimizer is None else optimizer
@@ -213,8 +227,10 @@ def search_lr_schedule(
 
     def metagradient(step: int, log_lr):
         meta = _with_log_lr(base, log_lr)
+        # replace(seed=...) shares the setup's compiled programs: reseeding compiles nothing.
+        trained = setup.replace(seed=(setup.seed + step) % 2**32) if reseed else setup
         try:
-            res = setup.metagradient(meta, **replay.options())
+            res = trained.metagradient(meta, **replay.options())
         except NonFiniteCotangentError:
             # The engine stops the reverse sweep at the first non-finite cotangent: a diverged run.
             value, grad, stats = jnp.float32(jnp.nan), jnp.full_like(log_lr, jnp.nan), None
@@ -226,9 +242,10 @@ def search_lr_schedule(
     # Stored states on the device: each meta-step is one compiled program, the metagradient
     # (the same sweep as `setup.metagradient`'s) and the update, with no per-call validation
     # or host round trip between them (docs/benchmarks.md, "One jitted meta-step").
-    # A duck-typed setup that only provides `metagradient` keeps it.
+    # A duck-typed setup that only provides `metagradient` keeps it, and so does a reseeded
+    # search: the compiled program holds one seed's initial state.
     compiled = None
-    if isinstance(setup, TrainingSetup):
+    if isinstance(setup, TrainingSetup) and not reseed:
         compiled = outer_update(
             setup.step_fn, setup.objective_fn, setup.init_state(), base, x, setup.num_steps,
             embed=_with_log_lr, **replay.options(),
@@ -261,6 +278,7 @@ def search_lr_schedule(
             "setup": setup_fingerprint(setup),
             "knots": list(knots),
             "replay": replay.describe(),
+            "reseed": reseed,
             "user": fingerprint,
         },
         save_dir=save_dir,
@@ -274,9 +292,11 @@ def search_lr_schedule(
     history = list(loop.history)
     x = loop.params
 
-    # The last update has not been evaluated yet: one training run, no gradient.
+    # The last update has not been evaluated yet: one training run, no gradient (with the next
+    # seed when reseeding, as the next meta-step would have).
     final_meta = {**base, "log_lr": x}
-    value = setup.objective_fn(setup.train(final_meta), final_meta)
+    final = setup.replace(seed=(setup.seed + meta_steps) % 2**32) if reseed else setup
+    value = setup.objective_fn(final.train(final_meta), final_meta)
     cost["train_runs"] = 1
     cost["seconds"] = time.perf_counter() - started
     history.append(

@@ -54,7 +54,7 @@ def _any(tree) -> jax.Array:
 
 
 def log_lr_adam(
-    learning_rate: float = 0.1,
+    learning_rate: float | optax.Schedule = 0.1,
     *,
     b1: float = 0.9,
     b2: float = 0.999,
@@ -72,7 +72,10 @@ def log_lr_adam(
     ``docs/outer.md`` (learning-rate search).
 
     Args:
-      learning_rate: Adam's step size, in log-rate units per meta-step (0.1: about 10% change).
+      learning_rate: Adam's step size, in log-rate units per meta-step (0.1: about 10% change);
+        a float, or an optax schedule ``accepted steps so far -> step size`` (e.g.
+        ``optax.cosine_decay_schedule(0.1, meta_steps)``: a decaying step settles a search whose
+        metagradients are noisy instead of letting it wander).
       b1: decay of the first moment.
       b2: decay of the second moment.
       eps: added to the root of the second moment.
@@ -88,7 +91,7 @@ def log_lr_adam(
       Pure and jittable.
 
     Raises:
-      ValueError: a non-positive ``learning_rate``, ``max_step``, ``eps`` or
+      ValueError: a non-positive ``learning_rate`` (a float), ``max_step``, ``eps`` or
         ``unstable_ratio``, ``b1``/``b2`` outside ``[0, 1)``, or ``shrink`` outside ``(0, 1)``.
 
     Example:
@@ -102,7 +105,9 @@ def log_lr_adam(
     References:
       Kingma & Ba, "Adam: A Method for Stochastic Optimization", 2015.
     """
-    positive = [("learning_rate", learning_rate), ("max_step", max_step), ("eps", eps)]
+    positive = [("max_step", max_step), ("eps", eps)]
+    if not callable(learning_rate):
+        positive.append(("learning_rate", learning_rate))
     if unstable_ratio is not None:
         positive.append(("unstable_ratio", unstable_ratio))
     for name, value in positive:
@@ -158,11 +163,13 @@ def log_lr_adam(
             lambda v, g, u: jnp.where(u, v, b2 * v + (1 - b2) * g * g), state.nu, safe, unstable
         )
         bound = max_step * state.step_scale
+        # A schedule sees the accepted steps before this one, as optax's schedules see `count`.
+        rate = learning_rate(state.count) if callable(learning_rate) else learning_rate
 
         def adam_step(m, v, u):
             m_hat = m / (1 - b1**count)
             v_hat = v / (1 - b2**count)
-            step = state.step_scale * learning_rate * m_hat / (jnp.sqrt(v_hat) + eps)
+            step = state.step_scale * rate * m_hat / (jnp.sqrt(v_hat) + eps)
             return jnp.where(u, -bound, -jnp.clip(step, -bound, bound))
 
         accepted = jax.tree.map(adam_step, mu, nu, unstable)
