@@ -14,8 +14,9 @@ Configurations (each in its own process):
 - the metasmooth ResNet-9 of ``scripts/bench_resnet9.py`` at ``--width-multiplier`` (default
   1/16), batch 16, T = 32, with the default options (remat leaves) and in the other leaf
   modes, plus ``StoreAll`` and the default choice under a budget of 15% of what ``StoreAll``
-  adds (the budget given to the engine is that plus the inputs, which it counts too), with
-  its time against training's in the same process.
+  with fused leaves (reverse mode through the unrolled loop) adds (the budget given to the
+  engine is that plus the inputs, which it counts too), with its time against training's in
+  the same process.
 
 The ``estimate call`` column is the peak of the `mgd.estimate_memory` call itself, which chooses
 (under a budget) and compiles the sweep that the measured calls then reuse: reported, not
@@ -23,7 +24,7 @@ compared, since compiling is host work, which on a CPU is the same process memor
 
 Usage:
   python scripts/check_memory_estimate.py            # all
-  python scripts/check_memory_estimate.py --only mlp
+  python scripts/check_memory_estimate.py --only mlp     # or resnet, or budget (that row)
 """
 
 from __future__ import annotations
@@ -66,10 +67,13 @@ def _child(model, steps, width, options, budget_fraction, queue) -> None:
     meta, state = setup.init_meta(), setup.init_state()
     inputs = None
     if budget_fraction is not None:
-        # The budget: a fraction of what StoreAll adds to the inputs, plus the inputs.
+        # The budget: a fraction of what StoreAll adds to the inputs, plus the inputs. StoreAll
+        # with fused leaves: reverse mode through the unrolled loop, every residual kept (with
+        # leaf="auto" it would now rematerialize here).
         full = mgd.estimate_memory(
-            setup.step_fn, setup.objective_fn, state, meta, steps, checkpoint=mgd.StoreAll()
-        )
+            setup.step_fn, setup.objective_fn, state, meta, steps, checkpoint=mgd.StoreAll(),
+            leaf="fused",
+        )  # fmt: skip
         inputs = _inputs(full)
         options = {"memory_budget": inputs + int(budget_fraction * (full.peak_bytes - inputs))}
     trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
@@ -115,7 +119,8 @@ def _inputs(estimate) -> int:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", choices=["mlp", "resnet"], default=None)
+    parser.add_argument("--only", choices=["mlp", "resnet", "budget"], default=None,
+                        help="budget: the ResNet-9 budget row alone")  # fmt: skip
     parser.add_argument("--mlp-steps", type=int, default=1000)
     parser.add_argument("--resnet-steps", type=int, default=32)
     parser.add_argument("--width-multiplier", type=float, default=1 / 16)
@@ -132,6 +137,7 @@ def main(argv=None) -> None:
         other = ("fused", "mixed")
         configs += [("resnet", args.resnet_steps, {"leaf": leaf}, None) for leaf in other]
         configs += [("resnet", args.resnet_steps, {"checkpoint": mgd.StoreAll()}, None)]
+    if args.only in (None, "resnet", "budget"):
         configs += [("resnet", args.resnet_steps, {}, 0.15)]
     print("| model | T | options | ran | estimated (MiB) | measured (MiB) | measured / estimated "
           "| budget (MiB) | x train | estimate call (MiB) |")  # fmt: skip
