@@ -170,7 +170,7 @@ def test_auto_leaf_fuses_what_fits_the_device(x64, monkeypatch):
 
 def _wide_problem():
     # A 3-vector trained through a 200-unit hidden layer: one step's residuals (the layer's
-    # activations) are ~100 states, where rematerializing measured faster than fusing.
+    # activations) are ~330 states, where rematerializing measured faster than fusing.
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(200, 3)))
 

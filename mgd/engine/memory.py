@@ -102,11 +102,13 @@ def residual_bytes_per_step(fns, state, meta) -> int:
 # `leaf="auto"` fuses a block only if one step's residuals are at most this many training
 # states. Measured (docs/benchmarks.md, "Engine at the paper's scale"): residuals over state,
 # then the metagradient's time over training's, fused against remat, in one process each:
-# the digits MLP 1.3 (fused 2.39x, remat 2.92x), the linear regression of
-# `scripts/profile_reverse.py` 17 (T = 100,000: fused 11.2x, remat 10.7x), ResNet-9 at width
-# 1/16, batch 16, 29 (fused 11.7-13.2x, remat 4.43x). A fused block writes every step's
-# residuals and reads them back; remat instead runs each step forward once more and keeps
-# only its input state, which wins once the residuals are several states' worth.
+# the digits MLP 1.3 (fused 2.39x and 3.33x, remat 2.92x and 2.95x in two runs: neither
+# clearly faster), the linear regression of `scripts/profile_reverse.py` 17 (T = 100,000:
+# fused 11.2x and 15.95x, remat 10.7x and 11.74x), ResNet-9 at width 1/16, batch 16, 29
+# (remat 4.4-5.2x in every run, fused 4.6-13.2x swinging with the machine's load: faster
+# only in the quietest run, by 9%; `scripts/leaf_speed.py`). A fused block writes every
+# step's residuals and reads them back; remat instead runs each step forward once more and
+# keeps only its input state, which wins once the residuals are several states' worth.
 FUSE_MAX_RESIDUAL_STATES = 4
 
 
