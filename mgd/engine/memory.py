@@ -311,9 +311,15 @@ _MAX_REMEMBERED = 64
 
 
 def _signature(tree: PyTree) -> tuple:
+    # Shardings too: the programs, hence their memory, are per device.
     leaves, treedef = jax.tree.flatten(tree)
     return treedef, tuple(
-        (tuple(x.shape), jnp.dtype(x.dtype).name, bool(getattr(x, "weak_type", False)))
+        (
+            tuple(x.shape),
+            jnp.dtype(x.dtype).name,
+            bool(getattr(x, "weak_type", False)),
+            getattr(x, "sharding", None),
+        )
         for x in leaves
     )
 
@@ -330,8 +336,9 @@ def _remembered(key: tuple, compute):
 
 
 def _problem_key(fns, init_state, meta, num_steps) -> tuple:
-    # The functions (the same objects: `_split_fns`'s static half), the shapes and dtypes of
-    # everything passed to them, T, and the dtype mode, which changes what tracing makes.
+    # The functions (the same objects: `_split_fns`'s static half), the shapes, dtypes and
+    # shardings of everything passed to them, T, and the dtype mode, which changes what
+    # tracing makes.
     return (
         fns[0], _signature(fns[1]), _signature(init_state), _signature(meta), num_steps,
         jax.config.jax_enable_x64,
@@ -379,10 +386,10 @@ def resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, 
     ``None``. The options are checked by `check_options`, the inputs by `check_inputs`.
 
     The choice is remembered for the process (with `checked_inputs`, the 64 most recent),
-    keyed by the functions, the shapes and dtypes of the inputs and of the functions' arrays,
-    ``num_steps`` and the options: a repeated call traces and compiles nothing to choose, and
-    sees the free memory of the first (`forget_choices` drops them). A custom store object is
-    not remembered.
+    keyed by the functions, the shapes, dtypes and shardings of the inputs and of the
+    functions' arrays, ``num_steps`` and the options: a repeated call traces and compiles
+    nothing to choose, and sees the free memory of the first (`forget_choices` drops them). A
+    custom store object is not remembered.
     """
     args = (fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf)
     if store is not None and not isinstance(store, str):

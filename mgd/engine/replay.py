@@ -318,8 +318,8 @@ def metagradient(
         residuals fit in half the device's free memory, else ``"mixed"`` for a
         `mgd.engine.GradientStep` and ``"remat"`` otherwise (`mgd.engine.memory.auto_leaf`).
         All are exact. The resolved policy, store and leaf mode are remembered for the
-        process per problem (functions, input shapes and dtypes, ``num_steps``, options;
-        `mgd.engine.memory.resolve`): a repeated call neither checks its inputs nor
+        process per problem (functions, input shapes, dtypes and shardings, ``num_steps``,
+        options; `mgd.engine.memory.resolve`): a repeated call neither checks its inputs nor
         chooses again.
 
     Returns:
