@@ -56,3 +56,14 @@ def count_compilations():
         yield count
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
+
+
+@pytest.fixture(autouse=True)
+def _engine_measures_afresh():
+    """Each test starts with no remembered engine choice (`mgd.engine.memory.resolve`), so a
+    test that fakes the free memory does not hand its choice to the next."""
+    from mgd.engine import memory
+
+    memory.forget_choices()
+    yield
+    memory.forget_choices()

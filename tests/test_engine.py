@@ -15,6 +15,7 @@ import pytest
 from conftest import count_compilations
 
 import mgd
+from mgd.engine import memory
 
 N, DIM, HIDDEN, CLASSES, BATCH = 16, 5, 8, 3, 4
 PERTURBED = np.array([1, 4, 9], dtype=np.int32)
@@ -226,7 +227,7 @@ def test_integer_and_meta_independent_state_leaves(x64):
     assert max_relative_error(res.grad, expected) <= 1e-10
 
 
-def test_compiles_once_per_problem():
+def test_compiles_once_per_problem(monkeypatch):
     traces = {"step": 0}
     step_fn, objective_fn, state, meta = make_problem("sgd", 200, jnp.float32)
 
@@ -246,7 +247,10 @@ def test_compiles_once_per_problem():
     meta2 = jax.tree.map(lambda m: m * 1.01, meta)
     run(counting_step, objective_fn, state, meta2, 200)
     assert traces["step"] == first  # Nothing is traced again, not even the validation.
-    # leaf="auto" traces a one- and a two-step block once to size their residuals.
+    # leaf="auto" traces a one- and a two-step block once to size their residuals. (Its time
+    # rule would rematerialize this step, whose residuals are large: made to fuse, so that it
+    # reuses the program compiled above.)
+    monkeypatch.setattr(memory, "FUSE_MAX_RESIDUAL_STATES", 10**6)
     auto = functools.partial(mgd.metagradient, checkpoint=policy)
     assert auto(counting_step, objective_fn, state, meta, 200).stats.leaf == "fused"
     second = traces["step"]

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations
 
 import mgd
 from mgd.engine import leaf as leaf_lib
@@ -161,9 +162,76 @@ def test_auto_leaf_fuses_what_fits_the_device(x64, monkeypatch):
         (fused_peak - 1, "mixed", "remat"),
     ]:
         monkeypatch.setattr(memory, "device_room", lambda room=room: room)
+        memory.forget_choices()  # The choice is remembered per problem: measure again.
         run = functools.partial(mgd.metagradient, checkpoint=policy)
         assert run(step, objective, state, meta, T).stats.leaf == leaf
         assert run(plain, objective, state, meta, T).stats.leaf == plain_leaf
+
+
+def _wide_problem():
+    # A 3-vector trained through a 200-unit hidden layer: one step's residuals (the layer's
+    # activations) are ~330 states, where rematerializing measured faster than fusing.
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(200, 3)))
+
+    def step(w, lr, t):
+        grad = jax.grad(lambda w: jnp.mean(jnp.tanh(x @ w + 0.1 * t) ** 2))(w)
+        return w - lr * grad
+
+    return step, lambda w, lr: jnp.sum(w**2), jnp.asarray([0.5, -1.0, 2.0]), jnp.asarray(0.3)
+
+
+def test_auto_leaf_rematerializes_steps_with_large_residuals(x64, monkeypatch):
+    from mgd.engine import memory, replay
+
+    monkeypatch.setattr(memory, "device_room", lambda: 2**40)  # Everything fits: time decides.
+    policy, steps = mgd.KAryTree(3), 7
+    wide = _wide_problem()
+    small = make_problem(steps)
+    for (step, objective, state, meta), expected in [(wide, "remat"), (small, "fused")]:
+        fns = replay._split_fns(step, objective)
+        ratio = memory.residual_bytes_per_step(fns, state, meta) / memory.tree_bytes(state)
+        # The problems lie on either side of the rule's threshold.
+        assert (ratio > memory.FUSE_MAX_RESIDUAL_STATES) == (expected == "remat"), ratio
+        res = mgd.metagradient(step, objective, state, meta, steps, checkpoint=policy)
+        assert res.stats.leaf == expected
+
+        def unrolled(m, step=step, objective=objective, state=state):
+            s = state
+            for t in range(steps):
+                s = step(s, m, jnp.int32(t))
+            return objective(s, m)
+
+        value, grad = jax.value_and_grad(unrolled)(meta)
+        assert abs(float(res.value - value)) <= 1e-12 * abs(float(value))
+        assert max_relative_error(res.grad, grad) <= 1e-10
+    # Under a budget, auto tries the faster mode first: remat fits an ample budget first.
+    step, objective, state, meta = wide
+    res = mgd.metagradient(step, objective, state, meta, steps, memory_budget=2**30)
+    assert (res.stats.policy, res.stats.leaf) == ("StoreAll()", "remat")
+
+
+def test_a_repeated_call_does_not_measure_to_choose(x64, monkeypatch):
+    from mgd.engine import memory
+
+    step, objective, state, meta = make_problem(T)
+    options = {"memory_budget": 2**30}
+    first = mgd.metagradient(step, objective, state, meta, T, **options)
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("the choice was made already")
+
+    monkeypatch.setattr(memory, "measure_sizes", no_measuring)
+    with count_compilations() as compilations:
+        again = mgd.metagradient(step, objective, state, meta, T, **options)
+        estimate = mgd.estimate_memory(step, objective, state, meta, T, **options)
+    assert compilations == 0
+    assert again.stats == first.stats
+    assert (repr(estimate.policy), estimate.leaf) == (first.stats.policy, first.stats.leaf)
+    np.testing.assert_array_equal(again.grad["log_lr"], first.grad["log_lr"])
+    memory.forget_choices()
+    with pytest.raises(AssertionError, match="the choice was made already"):
+        mgd.metagradient(step, objective, state, meta, T, **options)
 
 
 def test_bad_leaf_options_are_one_line_errors():

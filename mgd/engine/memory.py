@@ -13,6 +13,7 @@ the compiled sweep's own analysis then confirms the pick.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any
@@ -78,6 +79,17 @@ def _fused_pullback(fns, fn_arrays, state, meta, *, length: int):
     return leaf_lib.block_vjp(step_fn, state, meta, jnp.int32(0), length=length, mode="fused")[1]
 
 
+@functools.partial(jax.jit, static_argnames=("fns",))
+def _objective_vjp(fns, fn_arrays, state, meta):
+    # Only compiled, for its memory analysis. Jitted here, not per call, so that a problem
+    # compiles it once (a fresh closure per call compiled it again on every call, in
+    # process memory, which on a CPU is the device's: 127-135 MiB on top of a 176 MiB budget
+    # for ResNet-9 at width 1/16, docs/benchmarks.md).
+    objective_fn = _join((fns, fn_arrays))[1]
+    d, r = leaf_lib.partition(state)
+    return jax.value_and_grad(lambda d, m: objective_fn(leaf_lib.combine(d, r), m), (0, 1))(d, meta)
+
+
 def residual_bytes_per_step(fns, state, meta) -> int:
     """Bytes one more step adds to a fused block's residuals (traced, nothing compiled).
 
@@ -87,19 +99,52 @@ def residual_bytes_per_step(fns, state, meta) -> int:
     return max(0, two - one)
 
 
+# `leaf="auto"` fuses a block only if one step's residuals are at most this many training
+# states. Measured (docs/benchmarks.md, "Engine at the paper's scale"): residuals over state,
+# then the metagradient's time over training's, fused against remat, in one process each:
+# the digits MLP 1.3 (fused 2.39x and 3.33x, remat 2.92x and 2.95x in two runs: neither
+# clearly faster), the linear regression of `scripts/profile_reverse.py` 17 (T = 100,000:
+# fused 11.2x and 15.95x, remat 10.7x and 11.74x), ResNet-9 at width 1/16, batch 16, 29
+# (remat 4.4-5.2x in every run, fused 4.6-13.2x swinging with the machine's load: faster
+# only in the quietest run, by 9%; `scripts/leaf_speed.py`). A fused block writes every
+# step's residuals and reads them back; remat instead runs each step forward once more and
+# keeps only its input state, which wins once the residuals are several states' worth.
+FUSE_MAX_RESIDUAL_STATES = 4
+
+
+def fuses_fast(per_step_residual_bytes: int, state_bytes: int) -> bool:
+    """Whether a fused block is expected faster than a rematerialized one: one step's residuals
+    (``per_step_residual_bytes``, `residual_bytes_per_step`) are at most
+    `FUSE_MAX_RESIDUAL_STATES` training states of ``state_bytes``."""
+    return per_step_residual_bytes <= FUSE_MAX_RESIDUAL_STATES * state_bytes
+
+
+def leaf_order(fns, state, meta) -> tuple[str, ...]:
+    """The leaf modes ``leaf="auto"`` tries under a ``memory_budget``, fastest first.
+
+    ``"fused"`` first if `fuses_fast`, else ``"remat"`` first; then the other of the two, then
+    ``"mixed"`` for a `mgd.engine.GradientStep`, the leanest (it measured slower than remat on
+    the CPU, docs/benchmarks.md).
+    """
+    per_step = residual_bytes_per_step(fns, state, meta)
+    order = ("fused", "remat") if fuses_fast(per_step, tree_bytes(state)) else ("remat", "fused")
+    return tuple(dict.fromkeys((*order, per_step_leaf(_join(fns)[0]))))
+
+
 def auto_leaf(fns, state, meta, plan_cost: policies.PlanCost, state_bytes: int) -> str:
     """The leaf mode ``leaf="auto"`` runs without a ``memory_budget``.
 
-    ``"fused"`` (the fastest) if the plan's ``peak_states`` states plus its longest block's
-    residuals (``n`` times one step's, by `jax.eval_shape`) fit in half the device's free
-    memory (`mgd.engine.storage.device_room`); else ``"mixed"`` for a
-    `mgd.engine.GradientStep`, ``"remat"`` otherwise: their blocks hold ``n`` states and one
-    step's residuals.
+    If the plan's ``peak_states`` states plus its longest block's residuals (``n`` times one
+    step's, by `jax.eval_shape`) fit in half the device's free memory
+    (`mgd.engine.storage.device_room`): ``"fused"`` if one step's residuals are small
+    (`fuses_fast`: at most `FUSE_MAX_RESIDUAL_STATES` states), else ``"remat"``, which is then
+    faster. Otherwise the leanest: ``"mixed"`` for a `mgd.engine.GradientStep`, ``"remat"``
+    otherwise (their blocks hold ``n`` states and one step's residuals).
     """
     longest = max(plan_cost.block_lengths)
     per_step = residual_bytes_per_step(fns, state, meta)
     if plan_cost.peak_states * state_bytes + longest * per_step <= device_room():
-        return "fused"
+        return "fused" if fuses_fast(per_step, state_bytes) else "remat"
     return per_step_leaf(_join(fns)[0])
 
 
@@ -192,20 +237,12 @@ def measure_sizes(fns, init_state, meta, modes, lengths=None) -> policies.Memory
     from mgd.engine import replay  # The programs live with the sweep that runs them.
 
     lengths = lengths or {}
-    step_fn, objective_fn = replay._join_fns(*fns)
     state_bytes = tree_bytes(init_state)
     diff_bytes = tree_bytes(leaf_lib.partition(init_state)[0])
     meta_bytes = tree_bytes(meta)
     t0 = np.int32(0)
     step_bytes = step_program_bytes(fns, init_state, meta)
-
-    def objective(s, m):
-        d, r = leaf_lib.partition(s)
-        return jax.value_and_grad(lambda d, m: objective_fn(leaf_lib.combine(d, r), m), (0, 1))(
-            d, m
-        )
-
-    objective_vjp = _analysis(jax.jit(objective).lower(init_state, meta).compile())[0]
+    objective_vjp = _analysis(_objective_vjp.lower(*fns, init_state, meta).compile())[0]
     ct = jax.tree.map(jnp.zeros_like, leaf_lib.partition(init_state)[0])
     grad = jax.tree.map(jnp.zeros_like, meta)
     per_fused = residual_bytes_per_step(fns, init_state, meta)
@@ -263,25 +300,112 @@ def check_options(step_fn, checkpoint, memory_budget, leaf) -> None:
         )
 
 
+# What was checked and chosen for recent problems, most recent last (`checked_inputs`,
+# `resolve`). Choosing under a budget traces and compiles candidates' programs, and on a CPU
+# that is process memory; a repeated call reuses the choice, so it neither measures again nor
+# exceeds the budget by choosing, and a problem keeps its plan (and so its compiled sweep)
+# even as free memory varies. Validation traces ``step_fn`` and ``objective_fn`` (a second
+# or more for a ResNet-9 step), which a repeated call skips too.
+_REMEMBERED: collections.OrderedDict = collections.OrderedDict()
+_MAX_REMEMBERED = 64
+
+
+def _signature(tree: PyTree) -> tuple:
+    # Shardings too: the programs, hence their memory, are per device.
+    leaves, treedef = jax.tree.flatten(tree)
+    return treedef, tuple(
+        (
+            tuple(x.shape),
+            jnp.dtype(x.dtype).name,
+            bool(getattr(x, "weak_type", False)),
+            getattr(x, "sharding", None),
+        )
+        for x in leaves
+    )
+
+
+def _remembered(key: tuple, compute):
+    if key in _REMEMBERED:
+        _REMEMBERED.move_to_end(key)
+        return _REMEMBERED[key]
+    value = compute()  # Not remembered if it raises.
+    _REMEMBERED[key] = value
+    if len(_REMEMBERED) > _MAX_REMEMBERED:
+        _REMEMBERED.popitem(last=False)
+    return value
+
+
+def _problem_key(fns, init_state, meta, num_steps) -> tuple:
+    # The functions (the same objects: `_split_fns`'s static half), the shapes, dtypes and
+    # shardings of everything passed to them, T, and the dtype mode, which changes what
+    # tracing makes.
+    return (
+        fns[0], _signature(fns[1]), _signature(init_state), _signature(meta), num_steps,
+        jax.config.jax_enable_x64,
+    )  # fmt: skip
+
+
+def forget_choices() -> None:
+    """Drops what `checked_inputs` and `resolve` remember, so the next call checks and
+    measures again (e.g. after the free memory changed)."""
+    _REMEMBERED.clear()
+
+
+def checked_inputs(fns, init_state, meta, num_steps, policy):
+    """`mgd.engine.validation.check_inputs` of ``fns`` (`mgd.engine.replay`'s split pair),
+    remembered as `resolve` remembers its choice: a repeated call converts the inputs to
+    arrays and traces nothing.
+
+    Returns:
+      ``(init_state, meta)`` as arrays.
+
+    Raises:
+      ValueError, TypeError: as `check_inputs`.
+    """
+    from mgd.engine import replay
+
+    joined = replay._join_fns(*fns)
+    if not isinstance(policy, policies.AbstractCheckpointPolicy):
+        return check_inputs(*joined, init_state, meta, num_steps, policy)  # Raises.
+    arrays = jax.tree.map(jnp.asarray, (init_state, meta))
+    key = ("inputs", *_problem_key(fns, *arrays, num_steps), policy)
+
+    def check():
+        check_inputs(*joined, *arrays, num_steps, policy)
+        return True  # Only that it passed is remembered: the arrays are this call's.
+
+    _remembered(key, check)
+    return arrays
+
+
 def resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf):
     """What a `mgd.metagradient` call runs: ``(policy, store, leaf_mode, peak)``.
 
     Under a ``memory_budget``, ``peak`` is the chosen plan's `mgd.engine.policies.SweepPeak`
     (for the compiled sweep, its program's, which is then compiled and cached); else
     ``None``. The options are checked by `check_options`, the inputs by `check_inputs`.
+
+    The choice is remembered for the process (with `checked_inputs`, the 64 most recent),
+    keyed by the functions, the shapes, dtypes and shardings of the inputs and of the
+    functions' arrays, ``num_steps`` and the options: a repeated call traces and compiles
+    nothing to choose, and sees the free memory of the first (`forget_choices` drops them). A
+    custom store object is not remembered.
     """
-    step_fn, _ = _join(fns)
+    args = (fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf)
+    if store is not None and not isinstance(store, str):
+        return _resolve(*args)
+    key = ("choice", *_problem_key(fns, init_state, meta, num_steps))
+    return _remembered((*key, checkpoint, store, memory_budget, leaf), lambda: _resolve(*args))
+
+
+def _resolve(fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf):
     if memory_budget is None:
         policy = policies.default_policy(num_steps) if checkpoint is None else checkpoint
         if leaf == "auto":
             state_bytes = tree_bytes(init_state)
             leaf = auto_leaf(fns, init_state, meta, policy.cost(num_steps), state_bytes)
         return policy, store, leaf, None
-    # Fastest first. Remat before mixed: on the CPU mixed mode measured slower
-    # (docs/benchmarks.md); it stays the leanest fallback.
-    modes = (
-        ("fused", *dict.fromkeys(("remat", per_step_leaf(step_fn)))) if leaf == "auto" else (leaf,)
-    )
+    modes = leaf_order(fns, init_state, meta) if leaf == "auto" else (leaf,)
     sizes = measure_sizes(fns, init_state, meta, modes)
 
     def measure(policy, candidate_store, mode):
@@ -352,8 +476,8 @@ def estimate_memory(
     check_num_steps(num_steps)
     check_options(step_fn, checkpoint, memory_budget, leaf)
     fns = replay._split_fns(step_fn, objective_fn)
-    init_state, meta = check_inputs(
-        *replay._join_fns(*fns), init_state, meta, num_steps, checkpoint or policies.StoreAll()
+    init_state, meta = checked_inputs(
+        fns, init_state, meta, num_steps, checkpoint or policies.StoreAll()
     )
     policy, store, mode, peak = resolve(
         fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf

@@ -32,7 +32,7 @@ from mgd.engine import leaf, memory, policies
 from mgd.engine.leaf import combine as _combine
 from mgd.engine.leaf import partition as _partition
 from mgd.engine.storage import AbstractStateStore, make_store
-from mgd.engine.validation import check_inputs, check_num_steps
+from mgd.engine.validation import check_num_steps
 
 PyTree = Any
 StepFn = Callable[[PyTree, PyTree, jax.Array], PyTree]
@@ -295,9 +295,10 @@ def metagradient(
         `mgd.choose_for_budget` with every byte counted): ``StoreAll()`` if ``T + 1`` states
         fit, else ``KAryTree(max(2, ceil(sqrt(T))))`` if its peak fits, else that tree with
         its stored states in host memory, then on disk, else ``Binomial(budget // state_bytes
-        - 1)`` in spirit: the ``Binomial`` with the most slots that fit; each candidate first
-        with fused leaves, then rematerialized ones, then (for a `mgd.engine.GradientStep`)
-        mixed-mode ones. A candidate on the device fits if the
+        - 1)`` in spirit: the ``Binomial`` with the most slots that fit; each candidate in
+        the leaf modes fastest first (with ``leaf="auto"``: fused then rematerialized, or
+        rematerialized then fused for a step with large residuals, then, for a
+        `mgd.engine.GradientStep`, mixed-mode, the leanest). A candidate on the device fits if the
         memory analysis of its compiled sweep (compiled, then cached for the run) does, not
         only the model of its parts. Off-device stores are offered half the
         available host memory (none on a CPU backend, whose host memory is the device's) and
@@ -310,11 +311,16 @@ def metagradient(
         ``"remat"`` (the block's states kept, each step's VJP rematerialized: memory ``n``
         states plus one step's residuals), ``"mixed"`` (as ``"remat"`` with mixed-mode
         per-step VJPs, forward-over-reverse; needs a `mgd.engine.GradientStep`, such as
-        ``TrainingSetup.step_fn``), or ``"auto"``: with a ``memory_budget``, the fastest that
-        fits; without one, ``"fused"`` if the plan's states and its longest block's residuals
-        fit in half the device's free memory, else ``"mixed"`` for a
+        ``TrainingSetup.step_fn``), or ``"auto"``: the one expected fastest, ``"fused"`` if
+        one step's residuals are at most 4 training states (`mgd.engine.memory.fuses_fast`,
+        a rule from measurements), else ``"remat"``; with a ``memory_budget``, the fastest
+        that fits; without one, that mode if the plan's states and its longest fused block's
+        residuals fit in half the device's free memory, else ``"mixed"`` for a
         `mgd.engine.GradientStep` and ``"remat"`` otherwise (`mgd.engine.memory.auto_leaf`).
-        All are exact.
+        All are exact. The resolved policy, store and leaf mode are remembered for the
+        process per problem (functions, input shapes, dtypes and shardings, ``num_steps``,
+        options; `mgd.engine.memory.resolve`): a repeated call neither checks its inputs nor
+        chooses again.
 
     Returns:
       A `MetagradientResult` with ``value`` (scalar), ``grad`` (structure of ``meta``) and
@@ -342,8 +348,8 @@ def metagradient(
     check_num_steps(num_steps)
     memory.check_options(step_fn, checkpoint, memory_budget, leaf)
     fns = _split_fns(step_fn, objective_fn)
-    init_state, meta = check_inputs(
-        *_join_fns(*fns), init_state, meta, num_steps, checkpoint or policies.StoreAll()
+    init_state, meta = memory.checked_inputs(
+        fns, init_state, meta, num_steps, checkpoint or policies.StoreAll()
     )
     policy, store, mode, _ = memory.resolve(
         fns, init_state, meta, num_steps, checkpoint, store, memory_budget, leaf
