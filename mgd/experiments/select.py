@@ -48,6 +48,7 @@ from mgd.outer.selection import (
     select_data,
     small_loss_selection,
 )
+from mgd.outer.selection._search import check_step_window
 from mgd.train import MetaSpec, TextData, TrainingSetup
 from mgd.train.models import MLPConfig
 
@@ -80,6 +81,10 @@ class OuterConfig:
       reseed: meta-step ``k`` trains with seed ``seed + k`` (new initialization and batch
         order), so momentum averages each candidate's metagradient over several batch orders
         (see :func:`mgd.select_data`); ``false``: one seed throughout.
+      step_window: rank candidates by the step-normalized metagradient, each drawn example's
+        metagradient divided by its RMS over the examples drawn within this many steps (see
+        :func:`mgd.select_data`; for runs that draw each example at most once); ``null``: the
+        raw metagradient.
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -89,6 +94,7 @@ class OuterConfig:
     momentum: float = 0.5
     step_size: float = 1.0
     reseed: bool = False
+    step_window: int | None = None
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -300,6 +306,8 @@ def run(
                 f"than one batch ({config.train.batch_size}); raise --fraction or lower "
                 "train.batch_size"
             )
+        if config.outer.step_window is not None:
+            check_step_window(setup, config.outer.step_window, "outer.step_window")
         optimizer = _optimizer(config, size)
         echo = config_to_dict(config)
         check_processes_agree("select", config, setup)
@@ -320,6 +328,7 @@ def run(
         fixed_budget=config.outer.method == "exchange",
         seed=config.seed,
         reseed=config.outer.reseed,
+        step_window=config.outer.step_window,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
