@@ -240,3 +240,26 @@ def test_select_data_step_window_refused(num_steps, window, match):
 
     with pytest.raises(ValueError, match=match):
         mgd.select_data(_mlp_setup(num_steps), size=20, meta_steps=1, step_window=window)
+
+
+def test_select_data_starts_at_the_given_subset():
+    import mgd
+
+    start = np.arange(0, 40, 2)
+    res = mgd.select_data(_mlp_setup(), size=20, meta_steps=1, start=start[::-1], progress=False)
+    assert res.history[0].info["indices"] == start.tolist()
+
+
+@pytest.mark.parametrize("start", [np.arange(19), np.zeros(20, int), np.arange(21, 41)])
+def test_select_data_bad_start_refused(start):
+    import mgd
+
+    with pytest.raises(ValueError, match="start must be 20"):
+        mgd.select_data(_mlp_setup(), size=20, meta_steps=1, start=start)
+
+
+def test_dsir_start_needs_text_and_the_exchange():
+    from mgd.experiments.select import OuterConfig, SelectConfig
+
+    with pytest.raises(ValueError, match="dsir needs text data"):
+        SelectConfig(outer=OuterConfig(start="dsir"))

@@ -414,3 +414,18 @@ def test_per_window_metagradient_sums_to_the_documents_and_batch_indices_are_the
     drawn = np.zeros(td.data.num_train, bool)
     drawn[order[order >= 0]] = True
     assert np.all(np.asarray(g)[~drawn] == 0) and np.all(np.asarray(g)[drawn] != 0)
+
+
+def test_select_text_dsir_start_is_dsirs_selection(tmp_path):
+    import dataclasses
+
+    from mgd.experiments.select import run
+
+    cfg = _text_config(tmp_path)
+    cfg = dataclasses.replace(cfg, outer=dataclasses.replace(cfg.outer, start="dsir"))
+    done = run(cfg, None, progress=False)
+    td = mgd.experiments._common.load_text_data(cfg.data)
+    dsir = dsir_selection(td.pool.texts, td.target.texts, 4, seed=cfg.seed)
+    assert done.result.history[0].info["indices"] == dsir.indices.tolist()
+    with pytest.raises(ValueError, match="needs outer.method: exchange"):
+        dataclasses.replace(cfg, outer=dataclasses.replace(cfg.outer, method="counts"))

@@ -85,6 +85,9 @@ class OuterConfig:
         metagradient divided by its RMS over the examples drawn within this many steps (see
         :func:`mgd.select_data`; for runs that draw each example at most once); ``null``: the
         raw metagradient.
+      start: the initial subset: ``random`` (drawn with ``seed``), or ``dsir`` (text only:
+        DSIR's selection of as many documents, :func:`mgd.outer.selection.dsir_selection`
+        with the experiment's seed, which the meta-steps then refine).
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -95,6 +98,7 @@ class OuterConfig:
     step_size: float = 1.0
     reseed: bool = False
     step_window: int | None = None
+    start: Literal["random", "dsir"] = "random"
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -196,6 +200,12 @@ class SelectConfig:
             )
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.outer.start == "dsir" and not self.data.is_text:
+            raise ValueError(
+                "outer.start: dsir needs text data (documents); use outer.start: random"
+            )
+        if self.outer.start == "dsir" and self.outer.method != "exchange":
+            raise ValueError("outer.start: dsir needs outer.method: exchange (a fixed budget)")
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}")
 
@@ -309,6 +319,15 @@ def run(
         if config.outer.step_window is not None:
             check_step_window(setup, config.outer.step_window, "outer.step_window")
         optimizer = _optimizer(config, size)
+        start = None
+        if config.outer.start == "dsir":
+            start = dsir_selection(
+                text.pool.texts,
+                text.target.texts,
+                size,
+                num_buckets=config.scores.dsir_buckets,
+                seed=config.seed,
+            ).indices
         echo = config_to_dict(config)
         check_processes_agree("select", config, setup)
         out = None if out is None else Path(out)
@@ -329,6 +348,7 @@ def run(
         seed=config.seed,
         reseed=config.outer.reseed,
         step_window=config.outer.step_window,
+        start=start,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

@@ -58,6 +58,7 @@ def select_data(
     seed: int = 0,
     reseed: bool = False,
     step_window: int | None = None,
+    start: Any = None,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
     resume: bool = False,
@@ -67,8 +68,9 @@ def select_data(
 ) -> SelectionResult:
     """Chooses ``size`` candidates of the training pool that minimize the target objective.
 
-    The weights start at a random subset of ``size`` candidates scaled to keep the training
-    budget (``subset_weights``) when ``fixed_budget``, else at the paper's counts of 1. Each
+    The weights start at a random subset of ``size`` candidates (or ``start``) scaled to keep
+    the training budget (``subset_weights``) when ``fixed_budget``, else at the paper's counts
+    of 1. Each
     meta-step computes the metagradient of the target loss with respect to the weights and
     applies ``optimizer``. The subset of a count vector is its ``size`` largest counts
     (``top_k_subset``). The returned subset is the logged one with the lowest target objective
@@ -102,6 +104,9 @@ def select_data(
         by orders of magnitude over the run, so the exchange would favour whatever the first
         steps drew. Needs a run that draws every example at most once (``num_steps *
         batch_size <= data.num_train``). ``None``: the raw metagradient.
+      start: the initial subset, ``size`` distinct candidate indices (e.g. a cheap baseline's
+        selection, which the meta-steps then refine), ``fixed_budget`` only; ``None``: a random
+        subset drawn with ``seed``.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -116,8 +121,8 @@ def select_data(
 
     Raises:
       ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range,
-        ``step_window`` negative or given for a run that draws an example twice, or a resume
-        refused (see :func:`mgd.outer.meta_descent`).
+        ``step_window`` negative or given for a run that draws an example twice, ``start`` not
+        ``size`` distinct candidates, or a resume refused (see :func:`mgd.outer.meta_descent`).
 
     Example:
       >>> setup = mgd.TrainingSetup(model, optax.sgd(0.01, momentum=0.9), data, batch_size=64,
@@ -142,8 +147,22 @@ def select_data(
     # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
     optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
 
+    if start is not None:
+        start = np.sort(np.asarray(start, np.int64))
+        if (
+            not fixed_budget
+            or start.shape != (size,)
+            or np.unique(start).size != size
+            or not (0 <= start[0] and start[-1] < n)
+        ):
+            raise ValueError(
+                f"{where}: start must be {size} (size) distinct candidate indices in [0, {n}) "
+                f"with fixed_budget, got shape {start.shape}; or None for a random start"
+            )
+    given_start = None if start is None else start.tolist()
     if fixed_budget:
-        start = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+        if start is None:
+            start = np.sort(np.random.default_rng(seed).permutation(n)[:size])
         weights = subset_weights(jnp.asarray(start), n)
     else:
         weights = jnp.ones(n, jnp.float32)
@@ -189,6 +208,7 @@ def select_data(
             "fixed_budget": fixed_budget,
             "reseed": reseed,
             "step_window": step_window,
+            "start": given_start,
             "replay": replay.describe(),
             "user": fingerprint,
         },
