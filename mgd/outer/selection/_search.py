@@ -70,9 +70,8 @@ def select_data(
 
     The weights start at a random subset of ``size`` candidates (or ``start``) scaled to keep
     the training budget (``subset_weights``) when ``fixed_budget``, else at the paper's counts
-    of 1. Each
-    meta-step computes the metagradient of the target loss with respect to the weights and
-    applies ``optimizer``. The subset of a count vector is its ``size`` largest counts
+    of 1. Each meta-step computes the metagradient of the target loss with respect to the
+    weights and applies ``optimizer``. The subset of a count vector is its ``size`` largest counts
     (``top_k_subset``). The returned subset is the logged one with the lowest target objective
     (the test split is never looked at).
 
@@ -229,7 +228,16 @@ def select_data(
 
 
 def check_step_window(setup: TrainingSetup, step_window: int, where: str) -> None:
-    """Raises ``ValueError`` unless ``select_data(setup, step_window=...)`` can normalize."""
+    """Checks ``select_data(setup, step_window=...)`` before a run starts (the experiments do).
+
+    Args:
+      setup: the selection's training setup.
+      step_window: the requested half-width in steps.
+      where: the name the error message starts with.
+
+    Raises:
+      ValueError: ``step_window`` is not an integer >= 0, or the run draws an example twice.
+    """
     if isinstance(step_window, bool) or int(step_window) != step_window or step_window < 0:
         raise ValueError(f"{where}: step_window must be an integer >= 0 or None, got {step_window}")
     drawn = setup.num_steps * setup.batch_size
