@@ -150,3 +150,116 @@ def test_select_data_reseed_trains_meta_step_k_with_seed_plus_k():
     # The seeds differ: the same subset would give another objective under seed 3.
     first = subset_weights(jnp.asarray(res.history[1].info["indices"]), data.num_train)
     assert float(setup.metagradient({"data_weights": first}).value) != values[1]
+
+
+def _brute_step_normalized(grad, order, groups, n, window):
+    steps = {int(j): t for t, row in enumerate(order) for j in row if j >= 0}
+    scores, counts = np.zeros(n), np.zeros(n)
+    for j, t in steps.items():
+        near = [k for k, s in steps.items() if abs(s - t) <= window]
+        rms = np.sqrt(np.mean(grad[near] ** 2))
+        scores[groups[j]] += grad[j] / rms
+        counts[groups[j]] += 1
+    return scores / np.maximum(counts, 1)
+
+
+@pytest.mark.parametrize("window", [0, 1, 3])
+def test_step_normalized_divides_by_the_rms_of_nearby_steps(window):
+    from mgd.outer.selection._search import _step_normalized
+
+    rng = np.random.default_rng(window)
+    # 26 examples in 13 candidates; 6 steps of 4 draw 22 of them (slot -1: a fill slot).
+    order = rng.permutation(26)[:24].reshape(6, 4)
+    order[5, 3] = -1
+    groups = np.repeat(np.arange(13), 2)
+    grad = rng.normal(size=26)
+    got = _step_normalized(grad, order, groups, 13, window)
+    np.testing.assert_allclose(got, _brute_step_normalized(grad, order, groups, 13, window))
+    undrawn = np.setdiff1d(np.arange(13), groups[order[order >= 0]])
+    np.testing.assert_array_equal(got[undrawn], 0.0)
+
+
+def test_step_normalized_ignores_each_steps_scale():
+    from mgd.outer.selection._search import _step_normalized
+
+    rng = np.random.default_rng(0)
+    order = rng.permutation(40).reshape(8, 5)
+    grad = rng.normal(size=40)
+    scale = np.zeros(40)
+    scale[order] = 10.0 ** rng.uniform(-5, 2, size=(8, 1))  # one factor per step
+    groups = np.arange(40)
+    np.testing.assert_allclose(
+        _step_normalized(grad * scale, order, groups, 40, 0),
+        _step_normalized(grad, order, groups, 40, 0),
+    )
+
+
+def _mlp_setup(num_steps=5):
+    import optax
+
+    import mgd
+    from mgd.train import models
+
+    data = mgd.make_synthetic(num_train=40, num_val=10, num_test=10)
+    return mgd.TrainingSetup(
+        models.MLP(models.MLPConfig(num_classes=3, hidden=(8,))),
+        optax.sgd(0.1),
+        data,
+        batch_size=8,
+        num_steps=num_steps,
+        seed=3,
+        meta_spec=mgd.MetaSpec(data_weights=True),
+    )
+
+
+def test_select_data_step_window_exchanges_on_the_normalized_metagradient():
+    import mgd
+    from mgd.outer.selection._search import _step_normalized
+
+    setup = _mlp_setup()
+    res = mgd.select_data(setup, size=20, meta_steps=2, step_window=1, progress=False)
+    start = jnp.asarray(res.history[0].info["indices"])
+    weights = subset_weights(start, 40)
+    grad = np.asarray(setup.metagradient({"data_weights": weights}).grad["data_weights"])
+    score = _step_normalized(grad, setup.batch_indices(), np.arange(40), 40, 1)
+    np.testing.assert_allclose(
+        res.history[0].objective, setup.metagradient({"data_weights": weights}).value, rtol=1e-6
+    )
+    opt = budget_exchange(num_exchange=2, momentum=0.5, seed=0)
+    new, _ = _step(opt, jnp.asarray(score, jnp.float32), weights)
+    np.testing.assert_array_equal(res.history[1].info["indices"], np.flatnonzero(new > 0))
+    assert res.history[1].info["indices"] != res.history[0].info["indices"]
+
+
+@pytest.mark.parametrize(
+    "num_steps, window, match",
+    [(6, 1, "draws each example at most once"), (5, -1, "integer >= 0")],
+)
+def test_select_data_step_window_refused(num_steps, window, match):
+    import mgd
+
+    with pytest.raises(ValueError, match=match):
+        mgd.select_data(_mlp_setup(num_steps), size=20, meta_steps=1, step_window=window)
+
+
+def test_select_data_starts_at_the_given_subset():
+    import mgd
+
+    start = np.arange(0, 40, 2)
+    res = mgd.select_data(_mlp_setup(), size=20, meta_steps=1, start=start[::-1], progress=False)
+    assert res.history[0].info["indices"] == start.tolist()
+
+
+@pytest.mark.parametrize("start", [np.arange(19), np.zeros(20, int), np.arange(21, 41)])
+def test_select_data_bad_start_refused(start):
+    import mgd
+
+    with pytest.raises(ValueError, match="start must be 20"):
+        mgd.select_data(_mlp_setup(), size=20, meta_steps=1, start=start)
+
+
+def test_dsir_start_needs_text_and_the_exchange():
+    from mgd.experiments.select import OuterConfig, SelectConfig
+
+    with pytest.raises(ValueError, match="dsir needs text data"):
+        SelectConfig(outer=OuterConfig(start="dsir"))

@@ -397,3 +397,35 @@ def test_select_text_bad_input_exits_2_without_clobbering(
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert os.listdir(out) == ["keep.txt"]
+
+
+def test_per_window_metagradient_sums_to_the_documents_and_batch_indices_are_the_draws(x64):
+    # select_data(step_window=...) differentiates per window (groups=None, each window taking
+    # its document's weight): by the chain rule the windows' metagradients sum to the document's.
+    td, setup = _lm_setup(jnp.float64, num_steps=2)
+    weights = jnp.linspace(0.5, 1.5, td.data.num_groups)
+    per_doc = setup.metagradient({"data_weights": weights}).grad["data_weights"]
+    per_window = setup.replace(data=td.data.replace(groups=None))
+    groups = np.asarray(td.data.groups)
+    g = per_window.metagradient({"data_weights": weights[groups]}).grad["data_weights"]
+    np.testing.assert_allclose(np.bincount(groups, g), per_doc, rtol=1e-10, atol=1e-14)
+    order = setup.batch_indices()
+    assert order.shape == (2, 4)
+    drawn = np.zeros(td.data.num_train, bool)
+    drawn[order[order >= 0]] = True
+    assert np.all(np.asarray(g)[~drawn] == 0) and np.all(np.asarray(g)[drawn] != 0)
+
+
+def test_select_text_dsir_start_is_dsirs_selection(tmp_path):
+    import dataclasses
+
+    from mgd.experiments.select import run
+
+    cfg = _text_config(tmp_path)
+    cfg = dataclasses.replace(cfg, outer=dataclasses.replace(cfg.outer, start="dsir"))
+    done = run(cfg, None, progress=False)
+    td = mgd.experiments._common.load_text_data(cfg.data)
+    dsir = dsir_selection(td.pool.texts, td.target.texts, 4, seed=cfg.seed)
+    assert done.result.history[0].info["indices"] == dsir.indices.tolist()
+    with pytest.raises(ValueError, match="needs outer.method: exchange"):
+        dataclasses.replace(cfg, outer=dataclasses.replace(cfg.outer, method="counts"))

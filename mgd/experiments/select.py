@@ -48,6 +48,7 @@ from mgd.outer.selection import (
     select_data,
     small_loss_selection,
 )
+from mgd.outer.selection._search import check_step_window
 from mgd.train import MetaSpec, TextData, TrainingSetup
 from mgd.train.models import MLPConfig
 
@@ -80,6 +81,13 @@ class OuterConfig:
       reseed: meta-step ``k`` trains with seed ``seed + k`` (new initialization and batch
         order), so momentum averages each candidate's metagradient over several batch orders
         (see :func:`mgd.select_data`); ``false``: one seed throughout.
+      step_window: rank candidates by the step-normalized metagradient, each drawn example's
+        metagradient divided by its RMS over the examples drawn within this many steps (see
+        :func:`mgd.select_data`; for runs that draw each example at most once); ``null``: the
+        raw metagradient.
+      start: the initial subset: ``random`` (drawn with ``seed``), or ``dsir`` (text only:
+        DSIR's selection of as many documents, :func:`mgd.outer.selection.dsir_selection`
+        with the experiment's seed, which the meta-steps then refine).
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -89,6 +97,8 @@ class OuterConfig:
     momentum: float = 0.5
     step_size: float = 1.0
     reseed: bool = False
+    step_window: int | None = None
+    start: Literal["random", "dsir"] = "random"
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -194,6 +204,12 @@ class SelectConfig:
             )
         if not 0 < self.fraction <= 1:
             raise ValueError(f"--fraction must be in (0, 1], got {self.fraction}")
+        if self.outer.start == "dsir" and not self.data.is_text:
+            raise ValueError(
+                "outer.start: dsir needs text data (documents); use outer.start: random"
+            )
+        if self.outer.start == "dsir" and self.outer.method != "exchange":
+            raise ValueError("outer.start: dsir needs outer.method: exchange (a fixed budget)")
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}")
 
@@ -304,7 +320,18 @@ def run(
                 f"than one batch ({config.train.batch_size}); raise --fraction or lower "
                 "train.batch_size"
             )
+        if config.outer.step_window is not None:
+            check_step_window(setup, config.outer.step_window, "outer.step_window")
         optimizer = _optimizer(config, size)
+        start = None
+        if config.outer.start == "dsir":
+            start = dsir_selection(
+                text.pool.texts,
+                text.target.texts,
+                size,
+                num_buckets=config.scores.dsir_buckets,
+                seed=config.seed,
+            ).indices
         echo = config_to_dict(config)
         check_processes_agree("select", config, setup)
         out = None if out is None else Path(out)
@@ -324,6 +351,8 @@ def run(
         fixed_budget=config.outer.method == "exchange",
         seed=config.seed,
         reseed=config.outer.reseed,
+        step_window=config.outer.step_window,
+        start=start,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

@@ -646,6 +646,16 @@ class TrainingSetup:
             )
         return out
 
+    def batch_indices(self) -> np.ndarray:
+        """The training pool's examples each step trains on, in the setup's seed's batch order.
+
+        Returns:
+          int array ``(num_steps, batch_size)`` of indices into the training pool; ``-1`` in the
+          slots that fill an epoch's last partial batch (they carry no loss).
+        """
+        b = self._batches
+        return np.where(np.asarray(b.mask) > 0, np.asarray(b.index), -1)
+
     def learning_rates(self, meta: dict | None = None) -> np.ndarray:
         """The factor ``lr(t)`` on the optimizer's update for every step, shape ``(num_steps,)``."""
         meta = self._checked_meta(meta)

@@ -57,6 +57,8 @@ def select_data(
     fixed_budget: bool = True,
     seed: int = 0,
     reseed: bool = False,
+    step_window: int | None = None,
+    start: Any = None,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
     resume: bool = False,
@@ -66,10 +68,10 @@ def select_data(
 ) -> SelectionResult:
     """Chooses ``size`` candidates of the training pool that minimize the target objective.
 
-    The weights start at a random subset of ``size`` candidates scaled to keep the training
-    budget (``subset_weights``) when ``fixed_budget``, else at the paper's counts of 1. Each
-    meta-step computes the metagradient of the target loss with respect to the weights and
-    applies ``optimizer``. The subset of a count vector is its ``size`` largest counts
+    The weights start at a random subset of ``size`` candidates (or ``start``) scaled to keep
+    the training budget (``subset_weights``) when ``fixed_budget``, else at the paper's counts
+    of 1. Each meta-step computes the metagradient of the target loss with respect to the
+    weights and applies ``optimizer``. The subset of a count vector is its ``size`` largest counts
     (``top_k_subset``). The returned subset is the logged one with the lowest target objective
     (the test split is never looked at).
 
@@ -93,6 +95,17 @@ def select_data(
         comes from the same few steps it is drawn in (when the pool is seen about once per run);
         new seeds draw it elsewhere, and the update rule's momentum averages over them. The
         objectives of different meta-steps then belong to different seeds.
+      step_window: rank candidates by their *step-normalized* metagradient instead of the raw
+        one: each example's metagradient divided by the RMS metagradient of the examples drawn
+        within ``step_window`` steps of it (a candidate with groups: the mean over its drawn
+        examples; one never drawn scores 0). In a run that sees each candidate about once, the
+        raw metagradient of a candidate mostly says *when* it was drawn: with Adam it shrinks
+        by orders of magnitude over the run, so the exchange would favour whatever the first
+        steps drew. Needs a run that draws every example at most once (``num_steps *
+        batch_size <= data.num_train``). ``None``: the raw metagradient.
+      start: the initial subset, ``size`` distinct candidate indices (e.g. a cheap baseline's
+        selection, which the meta-steps then refine), ``fixed_budget`` only; ``None``: a random
+        subset drawn with ``seed``.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -106,8 +119,9 @@ def select_data(
       A :class:`SelectionResult`.
 
     Raises:
-      ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range, or a
-        resume refused (see :func:`mgd.outer.meta_descent`).
+      ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range,
+        ``step_window`` negative or given for a run that draws an example twice, ``start`` not
+        ``size`` distinct candidates, or a resume refused (see :func:`mgd.outer.meta_descent`).
 
     Example:
       >>> setup = mgd.TrainingSetup(model, optax.sgd(0.01, momentum=0.9), data, batch_size=64,
@@ -132,18 +146,47 @@ def select_data(
     # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
     optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
 
+    if start is not None:
+        start = np.sort(np.asarray(start, np.int64))
+        if (
+            not fixed_budget
+            or start.shape != (size,)
+            or np.unique(start).size != size
+            or not (0 <= start[0] and start[-1] < n)
+        ):
+            raise ValueError(
+                f"{where}: start must be {size} (size) distinct candidate indices in [0, {n}) "
+                f"with fixed_budget, got shape {start.shape}; or None for a random start"
+            )
+    given_start = None if start is None else start.tolist()
     if fixed_budget:
-        start = np.sort(np.random.default_rng(seed).permutation(n)[:size])
+        if start is None:
+            start = np.sort(np.random.default_rng(seed).permutation(n)[:size])
         weights = subset_weights(jnp.asarray(start), n)
     else:
         weights = jnp.ones(n, jnp.float32)
     base_meta = setup.init_meta()
+    if step_window is not None:
+        check_step_window(setup, step_window, where)
+        # Per-example weights (each example takes its candidate's weight) give a metagradient
+        # per drawn example, hence per step; a new `data` shares the compiled programs.
+        groups = np.arange(setup.data.num_train) if setup.data.groups is None else setup.data.groups
+        per_example = setup.replace(data=setup.data.replace(groups=None))
 
     def metagradient(step: int, weights):
         # replace(seed=...) shares the setup's compiled programs: reseeding compiles nothing.
-        trained = setup.replace(seed=(setup.seed + step) % 2**32) if reseed else setup
-        res = trained.metagradient({**base_meta, "data_weights": weights}, **replay.options())
-        return res.value, res.grad["data_weights"], res.stats
+        seed_k = (setup.seed + step) % 2**32
+        if step_window is None:
+            trained = setup.replace(seed=seed_k) if reseed else setup
+            res = trained.metagradient({**base_meta, "data_weights": weights}, **replay.options())
+            return res.value, res.grad["data_weights"], res.stats
+        trained = per_example.replace(seed=seed_k) if reseed else per_example
+        meta = {**base_meta, "data_weights": jnp.asarray(weights)[jnp.asarray(groups)]}
+        res = trained.metagradient(meta, **replay.options())
+        score = _step_normalized(
+            np.asarray(res.grad["data_weights"]), trained.batch_indices(), groups, n, step_window
+        )
+        return res.value, jnp.asarray(score, weights.dtype), res.stats
 
     def record(step, weights, value, grad, opt_state) -> dict[str, Any]:
         if fixed_budget:
@@ -163,6 +206,8 @@ def select_data(
             "size": size,
             "fixed_budget": fixed_budget,
             "reseed": reseed,
+            "step_window": step_window,
+            "start": given_start,
             "replay": replay.describe(),
             "user": fingerprint,
         },
@@ -180,3 +225,58 @@ def select_data(
         weights=np.asarray(loop.params),
         history=loop.history,
     )
+
+
+def check_step_window(setup: TrainingSetup, step_window: int, where: str) -> None:
+    """Checks ``select_data(setup, step_window=...)`` before a run starts (the experiments do).
+
+    Args:
+      setup: the selection's training setup.
+      step_window: the requested half-width in steps.
+      where: the name the error message starts with.
+
+    Raises:
+      ValueError: ``step_window`` is not an integer >= 0, or the run draws an example twice.
+    """
+    if isinstance(step_window, bool) or int(step_window) != step_window or step_window < 0:
+        raise ValueError(f"{where}: step_window must be an integer >= 0 or None, got {step_window}")
+    drawn = setup.num_steps * setup.batch_size
+    if drawn > setup.data.num_train:
+        raise ValueError(
+            f"{where}: step_window needs a run that draws each example at most once, but "
+            f"{setup.num_steps} steps x batch {setup.batch_size} = {drawn} draws > "
+            f"{setup.data.num_train} examples; shorten the run or use step_window=None"
+        )
+
+
+def _step_normalized(
+    grad: np.ndarray, order: np.ndarray, groups: np.ndarray, n: int, window: int
+) -> np.ndarray:
+    """Candidates' metagradients with the scale of the training step they were drawn at removed.
+
+    Args:
+      grad: float ``(num_train,)``, the metagradient per training example.
+      order: int ``(num_steps, batch_size)``, the examples of each step (``-1``: none).
+      groups: int ``(num_train,)``, each example's candidate.
+      n: number of candidates.
+      window: half-width, in steps, of the neighbourhood whose RMS scales a step.
+
+    Returns:
+      float64 ``(n,)``: per candidate, the mean over its drawn examples of ``grad`` divided by
+      the RMS of ``grad`` over the examples drawn within ``window`` steps; 0 if none was drawn.
+    """
+    steps = np.repeat(np.arange(order.shape[0]), order.shape[1])
+    example = order.ravel()
+    steps, example = steps[example >= 0], example[example >= 0]
+    g = grad[example].astype(np.float64)
+    num_steps = order.shape[0]
+    # Sums over [t - window, t + window] from cumulative sums of per-step sums.
+    sq = np.concatenate([[0.0], np.cumsum(np.bincount(steps, g**2, minlength=num_steps))])
+    count = np.concatenate([[0], np.cumsum(np.bincount(steps, minlength=num_steps))])
+    t = np.arange(num_steps)
+    lo, hi = np.clip(t - window, 0, num_steps), np.clip(t + window + 1, 0, num_steps)
+    rms = np.sqrt((sq[hi] - sq[lo]) / np.maximum(count[hi] - count[lo], 1))
+    z = np.where(rms[steps] > 0, g / np.where(rms[steps] > 0, rms[steps], 1.0), 0.0)
+    candidate = groups[example]
+    drawn = np.bincount(candidate, minlength=n)
+    return np.bincount(candidate, z, minlength=n) / np.maximum(drawn, 1)
