@@ -253,6 +253,17 @@ def test_objectives():
     assert np.isfinite(b.objective_fn(b.train(b.init_meta()), b.init_meta()))
 
 
+def test_val_error_is_expected_softmax_error():
+    setup = _setup(objective="val_error", meta_spec=MetaSpec())
+    state = setup.train()
+    logits, _ = setup._model.apply(state.params, state.model_state, setup.data.x_val, False)
+    probs = jax.nn.softmax(logits)
+    expected = 1 - np.mean(np.take_along_axis(np.asarray(probs), setup.data.y_val[:, None], 1))
+    np.testing.assert_allclose(setup.objective_fn(state, {}), expected, rtol=1e-5)
+    chunked = setup.replace(eval_batch_size=5).objective_fn(state, {})
+    np.testing.assert_allclose(chunked, expected, rtol=1e-5)
+
+
 def test_objective_chunks_equal_whole():
     setup = _setup(meta_spec=MetaSpec())
     state = setup.train()
