@@ -302,6 +302,19 @@ def test_cifar_config_loads():
     assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"
 
 
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "configs" / "poison" / "fashion_mnist_ablation").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+def test_fashion_mnist_ablation_configs_load_and_name_themselves(path):
+    # Each file's own command (its comment) runs it; all poison the same 1,250 pool images.
+    cfg = read_config("poison", str(path), PoisonConfig)
+    assert cfg.data.name == "fashion_mnist" and cfg.attack.fraction == 0.025
+    assert cfg.attack.subset_seed == 0
+    assert f"--config configs/poison/fashion_mnist_ablation/{path.name} " in path.read_text()
+
+
 @pytest.mark.slow
 def test_digits_result_at_reduced_size():
     # A statistical claim (one set of seeds), so `slow`: the fast tests above check the attack
