@@ -314,11 +314,16 @@ class TrainingSetup:
         A copy that changes only ``data`` and ``seed`` shares this setup's compiled ``train``,
         ``init_state``, ``evaluate`` and engine programs (``metagradient``): they take the data
         and the seed as arguments, so retraining or differentiating on other data of the same
-        shapes (e.g. subsets of one size) compiles nothing.
+        shapes (e.g. subsets of one size) compiles nothing. A copy that changes only ``seed``
+        also shares the data's device arrays.
         """
         copy = dataclasses.replace(self, **changes)
         if set(changes) <= {"data", "seed"}:
             copy.__dict__["_jitted"] = self._jitted  # The cached_property's slot.
+        if set(changes) <= {"seed"}:
+            # Same data: share its device arrays, or every seed's copy (an outer loop crafting
+            # with a fresh seed per meta-step) would hold the whole data set again.
+            copy.__dict__["_arrays"] = self._arrays
         return copy
 
     # --- derived, built once per setup -------------------------------------------------------
