@@ -204,6 +204,7 @@ class _Unhashable:
     [
         (dict(loss=mgd.train.softmax_cross_entropy), ValueError, "loss=mgd.train.squared_error"),
         (dict(objective="val_margin"), ValueError, "val_margin.*integer class labels"),
+        (dict(objective="val_error"), ValueError, "val_error.*integer class labels"),
         (dict(loss="mse"), TypeError, "loss must be a function"),
         (dict(loss=_Unhashable()), TypeError, "loss must be hashable"),
         (dict(metric=lambda o, t: o), ValueError, "metric needs a name"),

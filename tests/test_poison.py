@@ -75,6 +75,25 @@ def test_attack_raises_the_crafting_objective_and_stays_feasible(setup, data):
     )
 
 
+def test_attack_on_val_and_clean_maximizes_the_loss_on_the_unpoisoned_pool_too(setup, data):
+    kwargs = dict(fraction=0.25, meta_steps=2, step_size=0.05, craft_seeds=(0,), progress=False)
+    res = poison_attack(setup, target="val_and_clean", **kwargs)
+    clean = np.setdiff1d(np.arange(data.num_train), res.indices)
+    both = data.replace(
+        x_val=np.concatenate([data.x_val, data.x_train[clean]]),
+        y_val=np.concatenate([data.y_val, data.y_train[clean]]),
+    )
+    # The first meta-step's objective is before any update: plain training, on the larger split.
+    victim = setup.replace(data=both)
+    expected = victim.objective_fn(victim.train(seed=0), {})
+    np.testing.assert_allclose(res.history[0].objective, expected, rtol=1e-5)
+    assert res.history[1].objective > res.history[0].objective
+    # The poisoned pool keeps the clean data's held-out splits.
+    np.testing.assert_array_equal(res.data.x_val, data.x_val)
+    with pytest.raises(ValueError, match="target must be 'val' or 'val_and_clean'"):
+        poison_attack(setup, target="test", **kwargs)
+
+
 class _Killed(Exception):
     pass
 
@@ -99,7 +118,14 @@ def test_attack_resumes_where_it_stopped(setup, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "change", [dict(seed=1), dict(craft_seeds=(1, 0)), dict(bound=0.1), dict(step_size=0.1)]
+    "change",
+    [
+        dict(seed=1),
+        dict(craft_seeds=(1, 0)),
+        dict(bound=0.1),
+        dict(step_size=0.1),
+        dict(target="val_and_clean"),
+    ],
 )
 def test_attack_resumed_with_changed_arguments_is_refused(setup, tmp_path, change):
     # Same fraction, so perturbations of the right shape would restore onto other examples.
@@ -274,6 +300,19 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
 def test_cifar_config_loads():
     cifar = read_config("poison", "cifar10", PoisonConfig)
     assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "configs" / "poison" / "fashion_mnist_ablation").glob("*.yaml")),
+    ids=lambda p: p.stem,
+)
+def test_fashion_mnist_ablation_configs_load_and_name_themselves(path):
+    # Each file's own command (its comment) runs it; all poison the same 1,250 pool images.
+    cfg = read_config("poison", str(path), PoisonConfig)
+    assert cfg.data.name == "fashion_mnist" and cfg.attack.fraction == 0.025
+    assert cfg.attack.subset_seed == 0
+    assert f"--config configs/poison/fashion_mnist_ablation/{path.name} " in path.read_text()
 
 
 @pytest.mark.slow

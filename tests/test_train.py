@@ -152,6 +152,16 @@ def test_replace_data_or_seed_shares_compiled_functions_and_matches_a_fresh_setu
     assert setup.replace(num_steps=5)._jitted is not setup._jitted  # Other fields: afresh.
 
 
+def test_replace_seed_shares_the_data_arrays_and_trains_like_a_fresh_setup():
+    # One copy per crafting seed must not hold its own copy of the data set.
+    setup = _setup(meta_spec=MetaSpec())
+    reseeded = setup.replace(seed=4)
+    assert reseeded._arrays is setup._arrays
+    assert setup.replace(data=setup.data.subset(np.arange(20)))._arrays is not setup._arrays
+    fresh = _setup(meta_spec=MetaSpec(), seed=4)
+    jax.tree.map(np.testing.assert_array_equal, reseeded.train(), fresh.train())
+
+
 def test_batch_order_is_epochwise_permutation_with_masked_fill():
     setup = _setup(num_steps=9)
     index = np.asarray(setup._batches.index)
@@ -251,6 +261,17 @@ def test_objectives():
     state = a.train()
     assert np.isfinite(a.objective_fn(state, {}))
     assert np.isfinite(b.objective_fn(b.train(b.init_meta()), b.init_meta()))
+
+
+def test_val_error_is_expected_softmax_error():
+    setup = _setup(objective="val_error", meta_spec=MetaSpec())
+    state = setup.train()
+    logits, _ = setup._model.apply(state.params, state.model_state, setup.data.x_val, False)
+    probs = jax.nn.softmax(logits)
+    expected = 1 - np.mean(np.take_along_axis(np.asarray(probs), setup.data.y_val[:, None], 1))
+    np.testing.assert_allclose(setup.objective_fn(state, {}), expected, rtol=1e-5)
+    chunked = setup.replace(eval_batch_size=5).objective_fn(state, {})
+    np.testing.assert_allclose(chunked, expected, rtol=1e-5)
 
 
 def test_objective_chunks_equal_whole():

@@ -254,7 +254,7 @@ class TrainConfig:
       num_steps: training steps (the metagradient goes through all of them).
       augment: random crops and flips (images).
       objective: what the outer loop evaluates on the target/validation split:
-        ``"val_loss"`` or ``"val_margin"``.
+        ``"val_loss"``, ``"val_margin"`` or ``"val_error"`` (see ``mgd.TrainingSetup``).
       loss: the per-example training loss (``mgd.train``'s function of that name):
         ``"softmax_cross_entropy"`` for integer class labels, ``"squared_error"`` for float
         regression targets (the model then has one output per target dimension),
@@ -274,7 +274,7 @@ class TrainConfig:
     batch_size: int = 64
     num_steps: int = 1000
     augment: bool = False
-    objective: Literal["val_loss", "val_margin"] = "val_loss"
+    objective: Literal["val_loss", "val_margin", "val_error"] = "val_loss"
     loss: Literal["softmax_cross_entropy", "squared_error", "next_token_loss"] = (
         "softmax_cross_entropy"
     )

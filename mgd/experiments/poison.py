@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import optax
@@ -70,7 +70,10 @@ class PoisonAttackConfig:
       step_size: initial ascent step as a fraction of the valid range.
       final_step_size: the step after cosine decay over the meta-steps.
       rule: ``"sign"`` or ``"normalized"``.
-      craft_seeds: training seeds cycled over meta-steps (kept apart from ``victim_seeds``).
+      craft_seeds: training seeds cycled over meta-steps (kept apart from ``victim_seeds``);
+        as many as ``meta_steps`` crafts against a fresh seed every meta-step.
+      target: ``"val"`` or ``"val_and_clean"`` (the validation split with the unpoisoned
+        training examples): where the attack maximizes the objective.
       subset_seed: seed of the poisoned subset (shared by all attacks).
     """
 
@@ -81,6 +84,7 @@ class PoisonAttackConfig:
     final_step_size: float = 0.005
     rule: str = "sign"
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    target: Literal["val", "val_and_clean"] = "val"
     subset_seed: int = 0
 
     def __post_init__(self):
@@ -230,6 +234,7 @@ def run(
         bound=att.bound,
         rule=att.rule,
         craft_seeds=att.craft_seeds,
+        target=att.target,
         seed=att.subset_seed,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",

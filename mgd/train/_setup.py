@@ -76,7 +76,17 @@ def _margin(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return jax.nn.logsumexp(wrong, axis=1) - right
 
 
-_OBJECTIVES = ("val_loss", "val_margin")
+def _expected_error(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    # Smooth 0-1 error per example: 1 - softmax probability of the right class, i.e.
+    # sigmoid(_margin). Its gradient vanishes on confidently classified examples and peaks at
+    # the decision boundary, where the accuracy can change.
+    right = jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=1)[:, 0]
+    return -jnp.expm1(right)
+
+
+_OBJECTIVES = ("val_loss", "val_margin", "val_error")
+# The objectives defined on one class label per example.
+_CLASS_OBJECTIVES = ("val_margin", "val_error")
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -114,7 +124,9 @@ class TrainingSetup:
       meta_spec: which metaparameters are on (``MetaSpec()``: none).
       objective: ``"val_loss"`` (mean ``loss`` on the validation split), ``"val_margin"``
         (classification only; a smooth accuracy surrogate: mean of logsumexp of the wrong
-        logits minus the right logit), or a callable ``(outputs, targets) -> scalar`` on the
+        logits minus the right logit), ``"val_error"`` (classification only; the expected 0-1
+        error under the model's softmax, mean of ``1 - p_y``: what an accuracy-degrading attack
+        maximizes), or a callable ``(outputs, targets) -> scalar`` on the
         whole validation split, to minimize.
       loss: per-example training loss ``(outputs, targets) -> (b,)``: outputs of the model for a
         batch, ``(b, ...)``, and its labels or targets, ``(b, *data.target_shape)``. Built in:
@@ -251,10 +263,10 @@ class TrainingSetup:
                 "softmax_cross_entropy, for one class label per example; pass "
                 "loss=mgd.train.next_token_loss"
             )
-        if sequences and self.objective == "val_margin":
+        if sequences and self.objective in _CLASS_OBJECTIVES:
             raise ValueError(
-                "TrainingSetup: objective='val_margin' needs one class label per example; for "
-                "token sequences use objective='val_loss'"
+                f"TrainingSetup: objective={self.objective!r} needs one class label per example; "
+                "for token sequences use objective='val_loss'"
             )
         if self.data.num_classes is None:
             if self.loss is softmax_cross_entropy:
@@ -263,10 +275,10 @@ class TrainingSetup:
                     "softmax_cross_entropy, for class labels; pass loss=mgd.train.squared_error "
                     "or another regression loss"
                 )
-            if self.objective == "val_margin":
+            if self.objective in _CLASS_OBJECTIVES:
                 raise ValueError(
-                    "TrainingSetup: objective='val_margin' needs integer class labels, but data "
-                    "holds float regression targets; use objective='val_loss'"
+                    f"TrainingSetup: objective={self.objective!r} needs integer class labels, but "
+                    "data holds float regression targets; use objective='val_loss'"
                 )
 
     @property
@@ -302,11 +314,16 @@ class TrainingSetup:
         A copy that changes only ``data`` and ``seed`` shares this setup's compiled ``train``,
         ``init_state``, ``evaluate`` and engine programs (``metagradient``): they take the data
         and the seed as arguments, so retraining or differentiating on other data of the same
-        shapes (e.g. subsets of one size) compiles nothing.
+        shapes (e.g. subsets of one size) compiles nothing. A copy that changes only ``seed``
+        also shares the data's device arrays.
         """
         copy = dataclasses.replace(self, **changes)
         if set(changes) <= {"data", "seed"}:
             copy.__dict__["_jitted"] = self._jitted  # The cached_property's slot.
+        if set(changes) <= {"seed"}:
+            # Same data: share its device arrays, or every seed's copy (an outer loop crafting
+            # with a fresh seed per meta-step) would hold the whole data set again.
+            copy.__dict__["_arrays"] = self._arrays
         return copy
 
     # --- derived, built once per setup -------------------------------------------------------
@@ -475,6 +492,8 @@ class TrainingSetup:
         def summed(outputs, targets, valid):
             if self.objective == "val_margin":
                 values = _margin(outputs, targets)
+            elif self.objective == "val_error":
+                values = _expected_error(outputs, targets)
             else:
                 values = self._per_example("loss", outputs, targets)
             return jnp.sum(jnp.where(valid, values, 0))

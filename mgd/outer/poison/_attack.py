@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import jax.numpy as jnp
 import numpy as np
@@ -193,6 +193,7 @@ def poison_attack(
     bound: float | None = None,
     rule: AscentRule = "sign",
     craft_seeds: Sequence[int] | None = None,
+    target: Literal["val", "val_and_clean"] = "val",
     seed: int = 0,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
@@ -233,7 +234,13 @@ def poison_attack(
         threat model of Gradient Canceling.
       rule: ``"sign"`` or ``"normalized"`` ascent direction (see ``poison_ascent``).
       craft_seeds: training seeds cycled over meta-steps; default ``(setup.seed,)``. Keep them
-        disjoint from the victims' evaluation seeds.
+        disjoint from the victims' evaluation seeds. One seed per meta-step (e.g.
+        ``range(meta_steps)``) crafts against a fresh initialization and batch order every time.
+      target: the examples whose objective is maximized: ``"val"``, the validation split, or
+        ``"val_and_clean"``, the validation split together with the training examples the
+        attacker does not control (the victim trains on them; the attacker knows them in this
+        threat model). The larger target leaves the perturbations less room to fit the
+        validation examples themselves instead of the data's distribution.
       seed: seed of the random poisoned subset (with ``fraction``).
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
@@ -250,7 +257,8 @@ def poison_attack(
 
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
-        indices out of range or repeated, a negative or zero ``bound`` or ``step_size``,
+        indices out of range or repeated, a negative or zero ``bound`` or ``step_size``, an
+        unknown ``target``,
         ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
         resume refused (see :func:`mgd.outer.meta_descent`).
 
@@ -274,6 +282,16 @@ def poison_attack(
     if not seeds:
         raise ValueError(f"{where}: craft_seeds is empty; pass at least one training seed")
     replay = Replay() if replay is None else replay
+    if target == "val_and_clean":
+        clean = np.setdiff1d(np.arange(data.num_train), idx)
+        craft_data = data.replace(
+            x_val=np.concatenate([data.x_val, data.x_train[clean]]),
+            y_val=np.concatenate([data.y_val, data.y_train[clean]]),
+        )
+    elif target == "val":
+        craft_data = data
+    else:
+        raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
 
     low, high = data.x_range
     width = jnp.asarray(high - low)
@@ -300,7 +318,7 @@ def poison_attack(
     # shares compiled programs between copies that differ in seed, so every engine program
     # compiles once for all crafting seeds.
     spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
-    crafting0 = setup.replace(meta_spec=spec)
+    crafting0 = setup.replace(meta_spec=spec, data=craft_data)
     crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
     meta = crafting0.init_meta()
 
@@ -326,6 +344,7 @@ def poison_attack(
             "step_size": step_print,
             "bound": bound,
             "rule": rule,
+            "target": target,
             "replay": replay.describe(),
             "user": fingerprint,
         },
