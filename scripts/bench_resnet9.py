@@ -136,9 +136,10 @@ def _compile_only(args: argparse.Namespace) -> None:
           f"{(state_bytes + step_temps) / gib:.2f} GiB", flush=True)  # fmt: skip
     ct = jax.tree.map(jnp.zeros_like, leaf.partition(state)[0])
     grad = jax.tree.map(jnp.zeros_like, meta)
-    print("\n| leaf mode | n = " + " | n = ".join(map(str, args.block_lengths)) + " |")
-    print("|---|" + "---:|" * len(args.block_lengths))
-    for mode in ("fused", "remat", "mixed"):
+    if args.block_lengths:  # `--block-lengths` with no values: only the budget's choice.
+        print("\n| leaf mode | n = " + " | n = ".join(map(str, args.block_lengths)) + " |")
+        print("|---|" + "---:|" * len(args.block_lengths))
+    for mode in ("fused", "remat", "mixed") if args.block_lengths else ():
         cells = []
         for n in args.block_lengths:
             program = replay._reverse_block.lower(
