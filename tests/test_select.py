@@ -198,21 +198,32 @@ def test_cli_end_to_end_and_resume(tmp_path, capsys):
     assert json.loads((killed / "selection.json").read_text()) == selection
 
 
-def test_evaluation_models_decay_the_learning_rate_over_their_own_steps():
-    # A cosine decay built for the selection's 20 steps would train the last 40 of a 60-step
-    # evaluation run at its final rate; the evaluation recipe decays over all 60 steps.
-    from mgd.experiments import select
+def _selection_setup(learning_rate: float):
+    """A 20-step cosine-decayed SGD recipe on small synthetic data, with its `TrainConfig`."""
     from mgd.experiments._common import OptimizerConfig, TrainConfig, setup_from_config
 
     data = mgd.make_synthetic(num_train=64, num_val=32, num_test=32, noise=1.5, seed=2)
     train = TrainConfig(
         model=MLPConfig(hidden=(8,)),
-        optimizer=OptimizerConfig(learning_rate=0.1, lr_decay="cosine"),
+        optimizer=OptimizerConfig(learning_rate=learning_rate, lr_decay="cosine"),
         batch_size=16,
         num_steps=20,
     )
-    config = select.SelectConfig(train=train, eval=select.EvalConfig(num_steps=60))
     setup = setup_from_config(train, data, seed=3, meta_spec=mgd.MetaSpec(data_weights=True))
+    return data, train, setup
+
+
+def _flat_params(setup) -> np.ndarray:
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(setup.train().params)])
+
+
+def test_evaluation_models_decay_the_learning_rate_over_their_own_steps():
+    # A cosine decay built for the selection's 20 steps would train the last 40 of a 60-step
+    # evaluation run at its final rate; the evaluation recipe decays over all 60 steps.
+    from mgd.experiments import select
+
+    data, train, setup = _selection_setup(0.1)
+    config = select.SelectConfig(train=train, eval=select.EvalConfig(num_steps=60))
     got = select.eval_setup(config, setup)
     assert got.num_steps == 60 and got.seed == 3 and got.meta_spec == setup.meta_spec
     expected = mgd.TrainingSetup(
@@ -224,12 +235,7 @@ def test_evaluation_models_decay_the_learning_rate_over_their_own_steps():
         seed=3,
     )
     want = expected.train().params
-    np.testing.assert_allclose(
-        np.concatenate([np.ravel(x) for x in jax.tree.leaves(got.train().params)]),
-        np.concatenate([np.ravel(x) for x in jax.tree.leaves(want)]),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    np.testing.assert_allclose(_flat_params(got), _flat_params(expected), rtol=1e-5, atol=1e-6)
     stale = setup.replace(num_steps=60).train().params
     gap = max(
         float(np.max(np.abs(a - b)))
@@ -243,18 +249,11 @@ def test_evaluation_models_train_with_the_evaluation_optimizer():
     # eval.optimizer replaces the selection's (smooth) recipe for the evaluation models only: a
     # constant rate of 0.05 over the selection's own 20 steps, same data, seed and weights.
     from mgd.experiments import select
-    from mgd.experiments._common import OptimizerConfig, TrainConfig, setup_from_config
+    from mgd.experiments._common import OptimizerConfig
 
-    data = mgd.make_synthetic(num_train=64, num_val=32, num_test=32, noise=1.5, seed=2)
-    train = TrainConfig(
-        model=MLPConfig(hidden=(8,)),
-        optimizer=OptimizerConfig(learning_rate=0.01, lr_decay="cosine"),
-        batch_size=16,
-        num_steps=20,
-    )
+    data, train, setup = _selection_setup(0.01)
     user = OptimizerConfig(learning_rate=0.05, momentum=0.5)
     config = select.SelectConfig(train=train, eval=select.EvalConfig(optimizer=user))
-    setup = setup_from_config(train, data, seed=3, meta_spec=mgd.MetaSpec(data_weights=True))
     got = select.eval_setup(config, setup)
     assert got.num_steps == 20 and got.seed == 3 and got.meta_spec == setup.meta_spec
     expected = mgd.TrainingSetup(
@@ -265,12 +264,7 @@ def test_evaluation_models_train_with_the_evaluation_optimizer():
         num_steps=20,
         seed=3,
     )
-    np.testing.assert_allclose(
-        np.concatenate([np.ravel(x) for x in jax.tree.leaves(got.train().params)]),
-        np.concatenate([np.ravel(x) for x in jax.tree.leaves(expected.train().params)]),
-        rtol=1e-5,
-        atol=1e-6,
-    )
+    np.testing.assert_allclose(_flat_params(got), _flat_params(expected), rtol=1e-5, atol=1e-6)
     # Read from a config file's mapping, as `mgd select --config` does.
     from mgd.config import config_from_dict
 
