@@ -139,13 +139,16 @@ def _coerce(value: Any, tp: Any, where: str, key: str) -> Any:
         options = typing.get_args(tp)
         if value is None and type(None) in options:
             return None
+        errors = []
         for option in options:
             if option is type(None):
                 continue
             try:
                 return _coerce(value, option, where, key)
-            except ValueError:
-                continue
+            except ValueError as e:
+                errors.append(e)
+        if len(errors) == 1:  # `X | None`: X's own error says what to fix.
+            raise errors[0]
         raise _type_error(value, tp, where, key)
     if origin is tuple:
         if not isinstance(value, list | tuple):

@@ -23,7 +23,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from mgd.experiments import read_config
+from mgd.experiments import InputError, read_config
 from mgd.experiments.lr import LRConfig, run
 from mgd.outer.lr._evaluate import mean_seconds
 
@@ -42,6 +42,14 @@ def main(argv=None) -> int:
         "instead of training the grid again (its best is retrained on the test seeds)",
     )
     args = p.parse_args(argv)
+    try:
+        return _run_and_check(p, args)
+    except InputError as e:  # A bad config or --grid-from: one line, nothing written over.
+        print(f"lr_search: {e}", file=sys.stderr)
+        return 2
+
+
+def _run_and_check(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     config = read_config("lr", args.config, LRConfig)
     if args.meta_steps is not None:
         config = dataclasses.replace(

@@ -110,3 +110,40 @@ def test_bad_model_sections_give_one_line_errors(tmp_path, text, match):
     with pytest.raises(ValueError, match=match) as info:
         load_config(path, TrainConfig)
     assert "\n" not in str(info.value)
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    lr: float = 0.1
+
+    def __post_init__(self):
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+@dataclasses.dataclass(frozen=True)
+class WithOptional:
+    checked: Checked | None = None
+
+
+def test_an_optional_section_reports_its_own_error():
+    # `X | None` with a mapping that X refuses: X's message, not "must be X | None".
+    assert config_from_dict({"checked": {"lr": 2}}, WithOptional) == WithOptional(Checked(2.0))
+    with pytest.raises(ValueError, match=r"lr must be > 0, got -1\.0"):
+        config_from_dict({"checked": {"lr": -1}}, WithOptional)
+
+
+@pytest.mark.parametrize(
+    "fields, match",
+    [
+        ({"learning_rate": -0.1}, "learning_rate must be > 0 and finite"),
+        ({"learning_rate": float("nan")}, "learning_rate must be > 0 and finite"),
+        ({"learning_rate": float("inf")}, "learning_rate must be > 0 and finite"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\)"),
+    ],
+)
+def test_optimizer_config_refuses_out_of_range_values(fields, match):
+    from mgd.experiments._common import OptimizerConfig
+
+    with pytest.raises(ValueError, match=match):
+        OptimizerConfig(**fields)

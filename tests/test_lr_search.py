@@ -469,3 +469,19 @@ def test_search_config_cosine_step_decays_to_a_tenth():
     flat = SearchConfig(learning_rate=0.2).outer_optimizer()
     u, _ = flat.update(jnp.array([1.0, -1.0]), flat.init(x), x, value=jnp.float32(1.0))
     np.testing.assert_allclose(u, [-0.2, 0.2], rtol=1e-5)
+
+
+def test_lr_search_script_reports_a_missing_grid_in_one_line(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "lr_search.py"
+    spec = importlib.util.spec_from_file_location("lr_search_script", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    out = tmp_path / "out"
+    argv = ["--grid-from", str(tmp_path / "missing"), "--out", str(out)]
+    assert script.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "no finished mgd lr run with a grid there" in err
+    assert not out.exists() or not any(out.iterdir())

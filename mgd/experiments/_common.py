@@ -226,6 +226,15 @@ class OptimizerConfig:
     eps_root: float = 0.0
     lr_decay: Literal["constant", "cosine"] = "constant"
 
+    def __post_init__(self):
+        # `not x > 0` also refuses NaN; a negative rate would train uphill without an error.
+        if not self.learning_rate > 0 or self.learning_rate == float("inf"):
+            raise ValueError(
+                f"optimizer.learning_rate must be > 0 and finite, got {self.learning_rate}"
+            )
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise ValueError(f"optimizer.momentum must be in [0, 1) or null, got {self.momentum}")
+
     def build(self, num_steps: int) -> optax.GradientTransformation:
         """The optax optimizer for a run of ``num_steps`` steps."""
         rate: Any = self.learning_rate
