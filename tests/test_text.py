@@ -429,3 +429,100 @@ def test_select_text_dsir_start_is_dsirs_selection(tmp_path):
     assert done.result.history[0].info["indices"] == dsir.indices.tolist()
     with pytest.raises(ValueError, match="needs outer.method: exchange"):
         dataclasses.replace(cfg, outer=dataclasses.replace(cfg.outer, method="counts"))
+
+
+def _unrolled_objective(setup):
+    def objective(meta):
+        state = jax.lax.fori_loop(
+            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
+        )
+        return setup.objective_fn(state, meta)
+
+    return jax.jit(objective)
+
+
+def test_explicit_batch_order_trains_and_differentiates_exactly(x64):
+    # An explicit batch order (-1: an empty slot) is what train() and the engine both follow:
+    # the metagradient equals jax.grad of the unrolled loop in float64, examples never drawn or
+    # drawn only into empty slots get 0, and a new order of the same shape compiles nothing.
+    from conftest import count_compilations
+
+    td, setup = _lm_setup(jnp.float64, num_steps=3)
+    per_window = setup.replace(data=td.data.replace(groups=None))
+    order = np.array([[0, 1, 1, -1], [2, 2, 2, 2], [3, -1, -1, -1]])
+    ordered = per_window.replace(batch_order=order)
+    np.testing.assert_array_equal(ordered.batch_indices(), order)
+    meta = {"data_weights": jnp.linspace(0.5, 1.5, td.data.num_train)}
+    value, grad = jax.value_and_grad(_unrolled_objective(ordered))(meta)
+    res = ordered.metagradient(meta, checkpoint=mgd.KAryTree(2))
+    np.testing.assert_allclose(res.value, value, rtol=1e-12)
+    np.testing.assert_allclose(res.grad["data_weights"], grad["data_weights"], rtol=1e-10)
+    g = np.asarray(res.grad["data_weights"])
+    assert np.all(g[:4] != 0) and np.all(g[4:] == 0)
+    trained = ordered.train(meta)
+    unrolled = jax.lax.fori_loop(
+        0, 3, lambda t, s: ordered.step_fn(s, meta, t), ordered.init_state()
+    )
+    for a, b in zip(jax.tree.leaves(trained.params), jax.tree.leaves(unrolled.params), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10)
+    with count_compilations() as compiled:
+        ordered.replace(batch_order=order[::-1]).metagradient(meta, checkpoint=mgd.KAryTree(2))
+    assert compiled == 0
+    with pytest.raises(ValueError, match=r"batch_order must be int \(num_steps, batch_size\)"):
+        per_window.replace(batch_order=order[:2])
+    with pytest.raises(ValueError, match="batch_order"):
+        per_window.replace(batch_order=np.full((3, 4), td.data.num_train))
+
+
+def test_selection_inner_run_is_the_selection_plus_fresh_candidates(x64):
+    # select_data(inner_batches="selection"): each batch gives round(share * b) slots to the
+    # selection's windows (weight b / slots) and the rest to unselected candidates (weight 0,
+    # each drawn once while enough remain); a document's score is the exact derivative of the
+    # target loss with respect to its weight in that run (jax.grad of the unrolled loop).
+    from mgd.outer.selection._search import _SelectionRun
+
+    td, setup = _lm_setup(jnp.float64, num_steps=3)
+    groups = np.asarray(td.data.groups)
+    selected = np.isin(np.arange(td.data.num_groups), [0, 2])
+    run = _SelectionRun(setup, 0.5)
+    trained, weight, draw_group = run(selected, seed=setup.seed)
+    order = trained.batch_order
+    assert order.shape == (3, 4) and np.all(order >= 0)
+    slots = draw_group.reshape(3, 4)
+    assert np.all(selected[slots[:, :2]]) and not np.any(selected[slots[:, 2:]])
+    np.testing.assert_array_equal(np.asarray(weight), np.where(selected, 2.0, 0.0)[draw_group])
+    candidates = trained.data.x_train[order[:, 2:].ravel()]
+    assert len({c.tobytes() for c in candidates}) == 6  # 6 draws of distinct windows
+    assert (~selected[groups]).sum() >= 6
+
+    def objective(doc_weights):
+        return _unrolled_objective(trained)({"data_weights": doc_weights[draw_group]})
+
+    doc_weights = jnp.asarray(np.where(selected, 2.0, 0.0))
+    want = jax.grad(objective)(doc_weights)
+    res = trained.metagradient({"data_weights": weight}, checkpoint=mgd.KAryTree(2))
+    score = np.bincount(draw_group, np.asarray(res.grad["data_weights"]), td.data.num_groups)
+    np.testing.assert_allclose(score, want, rtol=1e-10, atol=1e-14)
+    assert np.count_nonzero(score[~selected]) >= 1
+    # select_data runs it: the first meta-step's objective is this run's target loss.
+    result = mgd.select_data(
+        setup,
+        size=2,
+        meta_steps=1,
+        start=[0, 2],
+        inner_batches="selection",
+        selection_share=0.5,
+        progress=False,
+    )
+    np.testing.assert_allclose(result.history[0].objective, res.value, rtol=1e-12)
+    with pytest.raises(ValueError, match="inner_batches='selection' needs fixed_budget"):
+        mgd.select_data(
+            setup,
+            size=2,
+            meta_steps=1,
+            fixed_budget=False,
+            inner_batches="selection",
+            optimizer=mgd.outer.selection.count_descent(),
+        )
+    with pytest.raises(ValueError, match="selection_share must be in"):
+        mgd.select_data(setup, size=2, meta_steps=1, inner_batches="selection", selection_share=0)

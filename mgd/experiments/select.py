@@ -88,6 +88,11 @@ class OuterConfig:
       start: the initial subset: ``random`` (drawn with ``seed``), or ``dsir`` (text only:
         DSIR's selection of as many documents, :func:`mgd.outer.selection.dsir_selection`
         with the experiment's seed, which the meta-steps then refine).
+      inner_batches: the training run differentiated: ``pool`` (batches of the whole pool,
+        unselected candidates at weight 0) or ``selection`` (``exchange`` only: a run on the
+        current selection like the evaluation's, with a share of every batch given to a fresh
+        sample of unselected candidates at weight 0; see :func:`mgd.select_data`).
+      selection_share: ``selection`` only: the selection's share of every batch, in (0, 1].
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -99,10 +104,18 @@ class OuterConfig:
     reseed: bool = False
     step_window: int | None = None
     start: Literal["random", "dsir"] = "random"
+    inner_batches: Literal["pool", "selection"] = "pool"
+    selection_share: float = 0.75
 
     def __post_init__(self):
         if self.meta_steps < 1:
             raise ValueError(f"--meta-steps must be >= 1, got {self.meta_steps}")
+        if self.inner_batches == "selection" and self.method != "exchange":
+            raise ValueError(
+                "outer.inner_batches: selection needs outer.method: exchange (a fixed budget)"
+            )
+        if not 0.0 < self.selection_share <= 1.0:
+            raise ValueError(f"outer.selection_share must be in (0, 1], got {self.selection_share}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -321,7 +334,12 @@ def run(
                 "train.batch_size"
             )
         if config.outer.step_window is not None:
-            check_step_window(setup, config.outer.step_window, "outer.step_window")
+            check_step_window(
+                setup,
+                config.outer.step_window,
+                "outer.step_window",
+                draws_once=config.outer.inner_batches == "pool",
+            )
         optimizer = _optimizer(config, size)
         start = None
         if config.outer.start == "dsir":
@@ -353,6 +371,8 @@ def run(
         reseed=config.outer.reseed,
         step_window=config.outer.step_window,
         start=start,
+        inner_batches=config.outer.inner_batches,
+        selection_share=config.outer.selection_share,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

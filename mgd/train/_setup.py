@@ -154,6 +154,11 @@ class TrainingSetup:
         ``data_axis``): each leaf of parameters, optimizer state and model state is split along
         its largest dimension that the axis size divides, and replicated if none does.
         ``None``: the state is replicated on every device.
+      batch_order: an explicit batch order instead of the seed's: int ``(num_steps,
+        batch_size)`` of training-pool indices, ``-1`` for an empty slot (no loss; a step's loss
+        divides by its real examples). ``None``: the seed's epochs of permutations. Setups made
+        by ``replace(batch_order=...)`` share the compiled programs (the order is an argument),
+        so an outer loop can train every meta-step on a new order without recompiling.
 
     Example:
       >>> data = mgd.load_digits()
@@ -182,6 +187,7 @@ class TrainingSetup:
     mesh: jax.sharding.Mesh | None = None
     data_axis: str = "data"
     param_axis: str | None = None
+    batch_order: np.ndarray | None = None
 
     def __post_init__(self):
         if not isinstance(self.data, Dataset):
@@ -209,6 +215,20 @@ class TrainingSetup:
                 f"TrainingSetup: meta_spec must be an mgd.MetaSpec, got {self.meta_spec}"
             )
         self.meta_spec.check(num_steps=self.num_steps, num_train=n)
+        if self.batch_order is not None:
+            order = np.asarray(self.batch_order)
+            if (
+                order.shape != (self.num_steps, self.batch_size)
+                or not np.issubdtype(order.dtype, np.integer)
+                or order.min() < -1
+                or order.max() >= n
+            ):
+                raise ValueError(
+                    f"TrainingSetup: batch_order must be int (num_steps, batch_size) = "
+                    f"({self.num_steps}, {self.batch_size}) of indices in [-1, {n}), got "
+                    f"{order.shape} {order.dtype}; or None for the seed's order"
+                )
+            object.__setattr__(self, "batch_order", order.astype(np.int32))
         if self.meta_spec.perturb_indices is not None and self._integer_inputs:
             raise ValueError(
                 "TrainingSetup: perturb_indices perturbs float inputs, but data holds integer "
@@ -311,16 +331,17 @@ class TrainingSetup:
     def replace(self, **changes: Any) -> TrainingSetup:
         """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed.
 
-        A copy that changes only ``data`` and ``seed`` shares this setup's compiled ``train``,
+        A copy that changes only ``data``, ``seed`` and ``batch_order`` shares this setup's
+        compiled ``train``,
         ``init_state``, ``evaluate`` and engine programs (``metagradient``): they take the data
         and the seed as arguments, so retraining or differentiating on other data of the same
         shapes (e.g. subsets of one size) compiles nothing. A copy that changes only ``seed``
         also shares the data's device arrays.
         """
         copy = dataclasses.replace(self, **changes)
-        if set(changes) <= {"data", "seed"}:
+        if set(changes) <= {"data", "seed", "batch_order"}:
             copy.__dict__["_jitted"] = self._jitted  # The cached_property's slot.
-        if set(changes) <= {"seed"}:
+        if set(changes) <= {"seed", "batch_order"}:
             # Same data: share its device arrays, or every seed's copy (an outer loop crafting
             # with a fresh seed per meta-step) would hold the whole data set again.
             copy.__dict__["_arrays"] = self._arrays
@@ -362,7 +383,16 @@ class TrainingSetup:
     @functools.cached_property
     @jax.ensure_compile_time_eval()
     def _batches(self) -> _Batches:
-        batches = self._jitted["batches"](jax.random.PRNGKey(self.seed), self.data.num_train)
+        if self.batch_order is None:
+            batches = self._jitted["batches"](jax.random.PRNGKey(self.seed), self.data.num_train)
+        else:
+            real = self.batch_order >= 0
+            batches = _Batches(
+                jnp.asarray(np.maximum(self.batch_order, 0)),
+                jnp.asarray(real, self.dtype),
+                # An all-empty step has no loss; max(., 1) keeps it 0 rather than 0 / 0.
+                jnp.asarray(np.maximum(real.sum(axis=1), 1), self.dtype),
+            )
         return replicate(batches, self.mesh)
 
     @functools.cached_property
@@ -570,8 +600,10 @@ class TrainingSetup:
         def objective(arrays, state, meta):
             return self._objective(arrays, state, meta)
 
-        def train(arrays, meta, key):
-            batches = self._make_batches(key, arrays.y_train.shape[0])
+        def train(arrays, meta, key, batches):
+            # batches: the explicit order's, or None for the key's (traced apart: no cost).
+            if batches is None:
+                batches = self._make_batches(key, arrays.y_train.shape[0])
             augment_key = jax.random.fold_in(key, _AUGMENT)
 
             def body(state, t):
@@ -619,8 +651,8 @@ class TrainingSetup:
 
         Args:
           meta: metaparameters as from ``init_meta()``; ``None`` is ``init_meta()``.
-          seed: overrides the setup's seed (parameter init, batch order, augmentation); new
-            seeds do not recompile.
+          seed: overrides the setup's seed (parameter init, batch order, augmentation; with a
+            ``batch_order``, that order stays); new seeds do not recompile.
 
         Returns:
           The ``TrainState`` after ``num_steps`` steps; with the setup's seed it equals running
@@ -634,7 +666,8 @@ class TrainingSetup:
         ):
             raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
         key = replicate(jax.random.PRNGKey(seed), self.mesh)
-        return self._jitted["train"](self._arrays, self._checked_meta(meta), key)
+        batches = None if self.batch_order is None else self._batches
+        return self._jitted["train"](self._arrays, self._checked_meta(meta), key, batches)
 
     def evaluate(self, state: TrainState, split: str = "test") -> dict[str, float]:
         """Mean loss and metric of a trained state on a split (batch norm in inference mode).
@@ -666,7 +699,7 @@ class TrainingSetup:
         return out
 
     def batch_indices(self) -> np.ndarray:
-        """The training pool's examples each step trains on, in the setup's seed's batch order.
+        """The training pool's examples each step trains on (the seed's or the explicit order).
 
         Returns:
           int array ``(num_steps, batch_size)`` of indices into the training pool; ``-1`` in the

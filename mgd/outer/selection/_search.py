@@ -59,6 +59,8 @@ def select_data(
     reseed: bool = False,
     step_window: int | None = None,
     start: Any = None,
+    inner_batches: str = "pool",
+    selection_share: float = 0.75,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
     resume: bool = False,
@@ -102,10 +104,25 @@ def select_data(
         raw metagradient of a candidate mostly says *when* it was drawn: with Adam it shrinks
         by orders of magnitude over the run, so the exchange would favour whatever the first
         steps drew. Needs a run that draws every example at most once (``num_steps *
-        batch_size <= data.num_train``). ``None``: the raw metagradient.
+        batch_size <= data.num_train``) unless ``inner_batches="selection"`` (whose every
+        draw has its own weight). ``None``: the raw metagradient.
       start: the initial subset, ``size`` distinct candidate indices (e.g. a cheap baseline's
         selection, which the meta-steps then refine), ``fixed_budget`` only; ``None``: a random
         subset drawn with ``seed``.
+      inner_batches: what the differentiated training run draws. ``"pool"``: the setup's
+        batches of the whole pool, unselected candidates at weight 0 and selected ones at the
+        subset's weight. ``"selection"`` (``fixed_budget`` only): the run a selection is judged
+        by, training on the current selection: ``round(selection_share * batch_size)`` slots
+        of every batch cycle through the selection's examples (weight ``1 / share``, so the
+        loss is their mean), the other slots hold a fresh random sample of unselected
+        candidates at weight 0, each drawn at most once while enough remain. Every meta-step
+        draws a new order (from ``setup.seed + k`` with ``reseed``, else ``setup.seed``), and
+        every draw gets its own weight, so a candidate's metagradient is the sum over its
+        draws (with ``step_window``: their mean step-normalized one); a candidate not drawn
+        scores 0. Use it when the selection is evaluated by training on it alone, many passes
+        over few examples, unlike one pass over the pool.
+      selection_share: ``inner_batches="selection"`` only: the share of each batch given to
+        the selection, in (0, 1] (at least one slot; 1 leaves no room for candidates).
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -121,7 +138,9 @@ def select_data(
     Raises:
       ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range,
         ``step_window`` negative or given for a run that draws an example twice, ``start`` not
-        ``size`` distinct candidates, or a resume refused (see :func:`mgd.outer.meta_descent`).
+        ``size`` distinct candidates, ``inner_batches`` unknown or ``"selection"`` without
+        ``fixed_budget``, ``selection_share`` outside (0, 1], or a resume refused (see
+        :func:`mgd.outer.meta_descent`).
 
     Example:
       >>> setup = mgd.TrainingSetup(model, optax.sgd(0.01, momentum=0.9), data, batch_size=64,
@@ -142,6 +161,14 @@ def select_data(
         if not fixed_budget:
             raise ValueError(f"{where}: without fixed_budget pass optimizer=count_descent(...)")
         optimizer = budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)
+    if inner_batches not in ("pool", "selection"):
+        raise ValueError(
+            f"{where}: inner_batches must be 'pool' or 'selection', got {inner_batches!r}"
+        )
+    if inner_batches == "selection" and not fixed_budget:
+        raise ValueError(f"{where}: inner_batches='selection' needs fixed_budget=True")
+    if not 0.0 < selection_share <= 1.0:
+        raise ValueError(f"{where}: selection_share must be in (0, 1], got {selection_share}")
     replay = Replay() if replay is None else replay
     # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
     optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
@@ -166,7 +193,11 @@ def select_data(
     else:
         weights = jnp.ones(n, jnp.float32)
     base_meta = setup.init_meta()
-    if step_window is not None:
+    if inner_batches == "selection":
+        if step_window is not None:
+            check_step_window(setup, step_window, where, draws_once=False)
+        run_on_selection = _SelectionRun(setup, selection_share)
+    elif step_window is not None:
         check_step_window(setup, step_window, where)
         # Per-example weights (each example takes its candidate's weight) give a metagradient
         # per drawn example, hence per step; a new `data` shares the compiled programs.
@@ -176,6 +207,18 @@ def select_data(
     def metagradient(step: int, weights):
         # replace(seed=...) shares the setup's compiled programs: reseeding compiles nothing.
         seed_k = (setup.seed + step) % 2**32
+        if inner_batches == "selection":
+            trained, meta, draw_group = run_on_selection(
+                np.asarray(weights) > 0, seed_k if reseed else setup.seed
+            )
+            res = trained.metagradient({**base_meta, "data_weights": meta}, **replay.options())
+            grad = np.asarray(res.grad["data_weights"])
+            if step_window is None:
+                # All draws of a candidate share its weight: its derivative is their sum.
+                score = np.bincount(draw_group, grad, minlength=n)
+            else:
+                score = _step_normalized(grad, trained.batch_order, draw_group, n, step_window)
+            return res.value, jnp.asarray(score, weights.dtype), res.stats
         if step_window is None:
             trained = setup.replace(seed=seed_k) if reseed else setup
             res = trained.metagradient({**base_meta, "data_weights": weights}, **replay.options())
@@ -208,6 +251,8 @@ def select_data(
             "reseed": reseed,
             "step_window": step_window,
             "start": given_start,
+            "inner_batches": inner_batches,
+            "selection_share": selection_share if inner_batches == "selection" else None,
             "replay": replay.describe(),
             "user": fingerprint,
         },
@@ -227,19 +272,25 @@ def select_data(
     )
 
 
-def check_step_window(setup: TrainingSetup, step_window: int, where: str) -> None:
+def check_step_window(
+    setup: TrainingSetup, step_window: int, where: str, *, draws_once: bool = True
+) -> None:
     """Checks ``select_data(setup, step_window=...)`` before a run starts (the experiments do).
 
     Args:
       setup: the selection's training setup.
       step_window: the requested half-width in steps.
       where: the name the error message starts with.
+      draws_once: the inner run draws from the setup's batches of the pool (``inner_batches=
+        "pool"``), which must then draw each example at most once.
 
     Raises:
       ValueError: ``step_window`` is not an integer >= 0, or the run draws an example twice.
     """
     if isinstance(step_window, bool) or int(step_window) != step_window or step_window < 0:
         raise ValueError(f"{where}: step_window must be an integer >= 0 or None, got {step_window}")
+    if not draws_once:
+        return
     drawn = setup.num_steps * setup.batch_size
     if drawn > setup.data.num_train:
         raise ValueError(
@@ -247,6 +298,58 @@ def check_step_window(setup: TrainingSetup, step_window: int, where: str) -> Non
             f"{setup.num_steps} steps x batch {setup.batch_size} = {drawn} draws > "
             f"{setup.data.num_train} examples; shorten the run or use step_window=None"
         )
+
+
+class _SelectionRun:
+    """The inner runs of ``select_data(inner_batches="selection")``, one per meta-step.
+
+    Every draw (slot of a batch) is its own training example of an unrolled pool of
+    ``num_steps * batch_size`` examples, trained in the explicit order ``arange``, so its weight
+    is its own metaparameter and its metagradient is the effect of that one draw. The unrolled
+    pools all have one shape: the setups share their compiled programs.
+    """
+
+    def __init__(self, setup: TrainingSetup, share: float):
+        self.data = setup.data
+        self.groups = (
+            np.arange(setup.data.num_train) if setup.data.groups is None else setup.data.groups
+        )
+        steps, b = setup.num_steps, setup.batch_size
+        self.shape = (steps, b)
+        self.num_selected = min(b, max(1, round(share * b)))
+        slots = np.arange(steps * b)
+        unrolled = self._unrolled(slots % setup.data.num_train)
+        self.setup = setup.replace(data=unrolled, batch_order=slots.reshape(steps, b))
+
+    def _unrolled(self, example: np.ndarray):
+        d = self.data
+        return d.replace(x_train=d.x_train[example], y_train=d.y_train[example], groups=None)
+
+    def __call__(self, selected: np.ndarray, seed: int):
+        """Returns ``(setup, per-draw weights, per-draw candidate)`` for the subset ``selected``
+        (bool ``(n,)``), in an order drawn from ``seed``."""
+        rng = np.random.default_rng(seed)
+        in_selection = selected[self.groups]
+        steps, b = self.shape
+        k = self.num_selected
+        mine = _cycled(rng, np.flatnonzero(in_selection), steps * k).reshape(steps, k)
+        others = _cycled(rng, np.flatnonzero(~in_selection), steps * (b - k))
+        example = np.concatenate([mine, others.reshape(steps, b - k)], axis=1).ravel()
+        order = np.where(example >= 0, np.arange(steps * b), -1).reshape(steps, b)
+        example = np.maximum(example, 0)  # An empty slot (no candidate left) trains nothing.
+        draw_group = self.groups[example]
+        weight = np.where(selected, b / k, 0.0)[draw_group]
+        trained = self.setup.replace(data=self._unrolled(example), batch_order=order, seed=seed)
+        return trained, jnp.asarray(weight, trained.dtype), draw_group
+
+
+def _cycled(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
+    # `count` draws from `pool`: permutations of it one after another (each element once
+    # before any twice); all -1 if the pool is empty.
+    if pool.size == 0:
+        return np.full(count, -1, np.int64)
+    rounds = -(-count // pool.size)
+    return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]
 
 
 def _step_normalized(
