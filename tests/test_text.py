@@ -476,34 +476,37 @@ def test_explicit_batch_order_trains_and_differentiates_exactly(x64):
 
 def test_selection_inner_run_is_the_selection_plus_fresh_candidates(x64):
     # select_data(inner_batches="selection"): each batch gives round(share * b) slots to the
-    # selection's windows (weight b / slots) and the rest to unselected candidates (weight 0,
-    # each drawn once while enough remain); a document's score is the exact derivative of the
-    # target loss with respect to its weight in that run (jax.grad of the unrolled loop).
+    # windows of the selection less a held-out part (weight b / slots), the rest to the
+    # held-out documents' windows (all drawn) and a sample of unselected ones (weight 0); a
+    # document's score sums exact derivatives of the target loss with respect to its weight-0
+    # draws in that run (checked against jax.grad of the unrolled loop).
     from mgd.outer.selection._search import _SelectionRun
 
     td, setup = _lm_setup(jnp.float64, num_steps=3)
     groups = np.asarray(td.data.groups)
     selected = np.isin(np.arange(td.data.num_groups), [0, 2])
-    run = _SelectionRun(setup, 0.5)
+    run = _SelectionRun(setup, 0.5, 0.5)
     trained, weight, draw_group = run(selected, seed=setup.seed)
     order = trained.batch_order
     assert order.shape == (3, 4) and np.all(order >= 0)
     slots = draw_group.reshape(3, 4)
-    assert np.all(selected[slots[:, :2]]) and not np.any(selected[slots[:, 2:]])
-    np.testing.assert_array_equal(np.asarray(weight), np.where(selected, 2.0, 0.0)[draw_group])
+    (kept,) = set(slots[:, :2].ravel())  # one of the two selected documents trains...
+    (held,) = {0, 2} - {kept}  # ...the other is held out, all its windows drawn once
+    assert kept not in slots[:, 2:]
+    assert (slots[:, 2:] == held).sum() == (groups == held).sum()
+    np.testing.assert_array_equal(np.asarray(weight), np.where(draw_group == kept, 2.0, 0.0))
     candidates = trained.data.x_train[order[:, 2:].ravel()]
     assert len({c.tobytes() for c in candidates}) == 6  # 6 draws of distinct windows
-    assert (~selected[groups]).sum() >= 6
 
     def objective(doc_weights):
         return _unrolled_objective(trained)({"data_weights": doc_weights[draw_group]})
 
-    doc_weights = jnp.asarray(np.where(selected, 2.0, 0.0))
+    doc_weights = jnp.asarray(np.where(np.arange(td.data.num_groups) == kept, 2.0, 0.0))
     want = jax.grad(objective)(doc_weights)
     res = trained.metagradient({"data_weights": weight}, checkpoint=mgd.KAryTree(2))
     score = np.bincount(draw_group, np.asarray(res.grad["data_weights"]), td.data.num_groups)
     np.testing.assert_allclose(score, want, rtol=1e-10, atol=1e-14)
-    assert np.count_nonzero(score[~selected]) >= 1
+    assert score[held] != 0 and np.count_nonzero(score[~selected]) >= 1
     # select_data runs it: the first meta-step's objective is this run's target loss.
     result = mgd.select_data(
         setup,
@@ -512,6 +515,7 @@ def test_selection_inner_run_is_the_selection_plus_fresh_candidates(x64):
         start=[0, 2],
         inner_batches="selection",
         selection_share=0.5,
+        selection_holdout=0.5,
         progress=False,
     )
     np.testing.assert_allclose(result.history[0].objective, res.value, rtol=1e-12)
@@ -524,5 +528,44 @@ def test_selection_inner_run_is_the_selection_plus_fresh_candidates(x64):
             inner_batches="selection",
             optimizer=mgd.outer.selection.count_descent(),
         )
-    with pytest.raises(ValueError, match="selection_share must be in"):
-        mgd.select_data(setup, size=2, meta_steps=1, inner_batches="selection", selection_share=0)
+    with pytest.raises(ValueError, match="selection_holdout must be in"):
+        mgd.select_data(setup, size=2, meta_steps=1, inner_batches="selection", selection_holdout=1)
+
+
+def test_budget_exchange_with_costs_keeps_the_byte_budget_filled():
+    # Costs (a document's bytes): after the rank-ordered swaps the worst selected leave while
+    # the subset exceeds the budget, then the best unselected that fit join, in rank order.
+    opt = mgd.outer.selection.budget_exchange(
+        num_exchange=1, costs=[1.0, 3.0, 1.0, 2.0, 1.0], budget=4
+    )
+    w = jnp.array([2.0, 2.0, 0.0, 0.0, 0.0])
+    g = jnp.array([0.5, 1.0, -2.0, -1.0, 0.1])
+    u, _ = opt.update(g, opt.init(w), w)
+    # 1 (cost 3, worst) swaps for 2 (cost 1, best); 3 (cost 2) fills the freed bytes; 4 not.
+    np.testing.assert_array_equal(w + u, [2.0, 0.0, 2.0, 2.0, 0.0])
+    over = jnp.array([2.0, 2.0, 2.0, 0.0, 0.0])  # cost 5 > 4: the worst selected leave first
+    u, _ = opt.update(jnp.array([0.5, -1.0, 0.2, 3.0, 3.0]), opt.init(over), over)
+    np.testing.assert_array_equal(over + u, [0.0, 2.0, 2.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="both costs= and budget="):
+        mgd.outer.selection.budget_exchange(num_exchange=1, budget=4)
+    with pytest.raises(ValueError, match="costs must be positive"):
+        mgd.outer.selection.budget_exchange(num_exchange=1, costs=[1.0, 0.0], budget=4)
+
+
+def test_select_text_byte_budget_and_selection_inner_run(tmp_path):
+    import dataclasses
+
+    from mgd.experiments.select import run
+
+    cfg = _text_config(tmp_path, max_bytes=16)
+    outer = dataclasses.replace(cfg.outer, budget="bytes", inner_batches="selection", meta_steps=2)
+    cfg = dataclasses.replace(cfg, outer=outer)
+    done = run(cfg, None, progress=False)
+    td = mgd.experiments._common.load_text_data(cfg.data)
+    sizes = np.asarray(td.pool.num_bytes)
+    budget = int(cfg.fraction * sizes.sum())
+    for step in done.result.history:
+        assert sizes[step.info["indices"]].sum() <= budget
+    assert sizes[done.result.indices].sum() > budget - sizes.max()  # filled
+    with pytest.raises(ValueError, match="outer.budget: bytes needs outer.method: exchange"):
+        dataclasses.replace(cfg.outer, method="counts", inner_batches="pool")

@@ -92,7 +92,13 @@ class OuterConfig:
         unselected candidates at weight 0) or ``selection`` (``exchange`` only: a run on the
         current selection like the evaluation's, with a share of every batch given to a fresh
         sample of unselected candidates at weight 0; see :func:`mgd.select_data`).
-      selection_share: ``selection`` only: the selection's share of every batch, in (0, 1].
+      selection_share: ``selection`` only: the selection's share of every batch, in (0, 1).
+      selection_holdout: ``selection`` only: the share of the selection held out of each
+        meta-step's run and scored like the unselected candidates, in (0, 1).
+      budget: what ``fraction`` is a fraction of: ``documents`` (candidates: the subset keeps
+        its size) or ``bytes`` (text and ``exchange`` only: the pool's bytes; the subset keeps
+        within that many bytes, filled by rank, and its number of documents may change; a
+        random start takes random documents while they fit).
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -106,6 +112,8 @@ class OuterConfig:
     start: Literal["random", "dsir"] = "random"
     inner_batches: Literal["pool", "selection"] = "pool"
     selection_share: float = 0.75
+    selection_holdout: float = 0.25
+    budget: Literal["documents", "bytes"] = "documents"
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -114,8 +122,11 @@ class OuterConfig:
             raise ValueError(
                 "outer.inner_batches: selection needs outer.method: exchange (a fixed budget)"
             )
-        if not 0.0 < self.selection_share <= 1.0:
-            raise ValueError(f"outer.selection_share must be in (0, 1], got {self.selection_share}")
+        if self.budget == "bytes" and self.method != "exchange":
+            raise ValueError("outer.budget: bytes needs outer.method: exchange (a fixed budget)")
+        for name in ("selection_share", "selection_holdout"):
+            if not 0.0 < getattr(self, name) < 1.0:
+                raise ValueError(f"outer.{name} must be in (0, 1), got {getattr(self, name)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +234,10 @@ class SelectConfig:
             )
         if self.outer.start == "dsir" and self.outer.method != "exchange":
             raise ValueError("outer.start: dsir needs outer.method: exchange (a fixed budget)")
+        if self.outer.budget == "bytes" and not self.data.is_text:
+            raise ValueError(
+                "outer.budget: bytes needs text data (documents); use outer.budget: documents"
+            )
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}")
 
@@ -272,14 +287,28 @@ class SelectRun:
         return "\n".join(lines)
 
 
-def _optimizer(config: SelectConfig, size: int):
+def _optimizer(config: SelectConfig, size: int, text: TextData | None = None):
     o = config.outer
     if o.method == "exchange":
         num_exchange = max(1, round(o.exchange_fraction * size))
+        costs = {}
+        if o.budget == "bytes":
+            costs = {"costs": text.pool.num_bytes, "budget": _byte_budget(config, text)}
         return budget_exchange(
-            num_exchange=num_exchange, p=o.p, momentum=o.momentum, seed=config.seed
+            num_exchange=num_exchange, p=o.p, momentum=o.momentum, seed=config.seed, **costs
         )
     return count_descent(p=o.p, step_size=o.step_size, momentum=o.momentum, seed=config.seed)
+
+
+def _byte_budget(config: SelectConfig, text: TextData) -> int:
+    return int(config.fraction * np.sum(text.pool.num_bytes))
+
+
+def _random_bytes_start(config: SelectConfig, text: TextData) -> np.ndarray:
+    # Random documents while they fit the byte budget (the exchange's rule when it fills).
+    order = np.random.default_rng(config.seed).permutation(len(text.pool))
+    fits = np.cumsum(np.asarray(text.pool.num_bytes)[order]) <= _byte_budget(config, text)
+    return np.sort(order[: int(np.argmin(fits)) if not fits.all() else len(order)])
 
 
 def run(
@@ -326,13 +355,6 @@ def run(
         )
         n = data.num_groups  # Candidates: examples, or documents of text.
         size = round(config.fraction * n)
-        if size < config.train.batch_size:
-            unit = "documents" if text is not None else "candidates"
-            raise ValueError(
-                f"the subset ({size} of {n} {unit} at --fraction {config.fraction}) is smaller "
-                f"than one batch ({config.train.batch_size}); raise --fraction or lower "
-                "train.batch_size"
-            )
         if config.outer.step_window is not None:
             check_step_window(
                 setup,
@@ -340,16 +362,29 @@ def run(
                 "outer.step_window",
                 draws_once=config.outer.inner_batches == "pool",
             )
-        optimizer = _optimizer(config, size)
         start = None
+        by_bytes = {"size": size}
+        if config.outer.budget == "bytes":
+            by_bytes = {"budget_bytes": _byte_budget(config, text)}
+            start = _random_bytes_start(config, text)
         if config.outer.start == "dsir":
             start = dsir_selection(
                 text.pool.texts,
                 text.target.texts,
-                size,
+                **by_bytes,
                 num_buckets=config.scores.dsir_buckets,
                 seed=config.seed,
             ).indices
+        if start is not None:
+            size = len(start)  # With a byte budget: the start's documents.
+        if size < config.train.batch_size:
+            unit = "documents" if text is not None else "candidates"
+            raise ValueError(
+                f"the subset ({size} of {n} {unit} at --fraction {config.fraction}) is smaller "
+                f"than one batch ({config.train.batch_size}); raise --fraction or lower "
+                "train.batch_size"
+            )
+        optimizer = _optimizer(config, size, text)
         echo = config_to_dict(config)
         check_processes_agree("select", config, setup)
         out = None if out is None else Path(out)
@@ -373,6 +408,7 @@ def run(
         start=start,
         inner_batches=config.outer.inner_batches,
         selection_share=config.outer.selection_share,
+        selection_holdout=config.outer.selection_holdout,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

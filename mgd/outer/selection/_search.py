@@ -61,6 +61,7 @@ def select_data(
     start: Any = None,
     inner_batches: str = "pool",
     selection_share: float = 0.75,
+    selection_holdout: float = 0.25,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
     resume: bool = False,
@@ -85,6 +86,8 @@ def select_data(
         initialization and batch order used during selection.
       size: number of candidates to select, in ``[1, n]``; a candidate is a training example,
         or a group of them (e.g. a document's windows) when ``setup.data`` has ``groups``.
+        With an optimizer that keeps a cost budget (``budget_exchange(costs=..., budget=...)``,
+        e.g. documents' bytes) it is the start's size, and the subset's size may change.
       meta_steps: number of meta-steps (metagradients), an int >= 1.
       optimizer: a selection update rule; default
         ``budget_exchange(num_exchange=max(1, size // 10), momentum=0.5, seed=seed)``
@@ -117,12 +120,20 @@ def select_data(
         loss is their mean), the other slots hold a fresh random sample of unselected
         candidates at weight 0, each drawn at most once while enough remain. Every meta-step
         draws a new order (from ``setup.seed + k`` with ``reseed``, else ``setup.seed``), and
-        every draw gets its own weight, so a candidate's metagradient is the sum over its
-        draws (with ``step_window``: their mean step-normalized one); a candidate not drawn
-        scores 0. Use it when the selection is evaluated by training on it alone, many passes
-        over few examples, unlike one pass over the pool.
+        every draw gets its own weight. A random ``selection_holdout`` share of the selection
+        sits out of the run and is drawn once among the candidates, at weight 0: candidates
+        are scored only by such weight-0 draws (summed; with ``step_window``: their mean
+        step-normalized one, normalized among weight-0 draws), so a selected candidate is
+        judged, when held out, like an unselected one: by the first-order value of adding it
+        to the rest. (The derivative at the weight of a candidate the run already repeats
+        many times is the value of *more* of it, not of it: in pilots its use removed the
+        target's documents and raised the target loss.) A candidate not scored scores 0. Use
+        it when the selection is evaluated by training on it alone, many passes over few
+        examples, unlike one pass over the pool.
       selection_share: ``inner_batches="selection"`` only: the share of each batch given to
-        the selection, in (0, 1] (at least one slot; 1 leaves no room for candidates).
+        the selection, in (0, 1) (at least one slot, and one left for candidates).
+      selection_holdout: ``inner_batches="selection"`` only: the share of the selection held
+        out of each meta-step's run (at least one candidate), in (0, 1).
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -139,7 +150,8 @@ def select_data(
       ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range,
         ``step_window`` negative or given for a run that draws an example twice, ``start`` not
         ``size`` distinct candidates, ``inner_batches`` unknown or ``"selection"`` without
-        ``fixed_budget``, ``selection_share`` outside (0, 1], or a resume refused (see
+        ``fixed_budget``, ``selection_share`` or ``selection_holdout`` outside (0, 1), or a
+        resume refused (see
         :func:`mgd.outer.meta_descent`).
 
     Example:
@@ -167,8 +179,12 @@ def select_data(
         )
     if inner_batches == "selection" and not fixed_budget:
         raise ValueError(f"{where}: inner_batches='selection' needs fixed_budget=True")
-    if not 0.0 < selection_share <= 1.0:
-        raise ValueError(f"{where}: selection_share must be in (0, 1], got {selection_share}")
+    for name, share in (
+        ("selection_share", selection_share),
+        ("selection_holdout", selection_holdout),
+    ):
+        if not 0.0 < share < 1.0:
+            raise ValueError(f"{where}: {name} must be in (0, 1), got {share}")
     replay = Replay() if replay is None else replay
     # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
     optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
@@ -196,7 +212,7 @@ def select_data(
     if inner_batches == "selection":
         if step_window is not None:
             check_step_window(setup, step_window, where, draws_once=False)
-        run_on_selection = _SelectionRun(setup, selection_share)
+        run_on_selection = _SelectionRun(setup, selection_share, selection_holdout)
     elif step_window is not None:
         check_step_window(setup, step_window, where)
         # Per-example weights (each example takes its candidate's weight) give a metagradient
@@ -213,11 +229,14 @@ def select_data(
             )
             res = trained.metagradient({**base_meta, "data_weights": meta}, **replay.options())
             grad = np.asarray(res.grad["data_weights"])
+            # Scores from the weight-0 draws only (unselected and held-out candidates).
+            scored = (np.asarray(meta) == 0).reshape(trained.batch_order.shape)
+            order = np.where(scored, trained.batch_order, -1)
             if step_window is None:
-                # All draws of a candidate share its weight: its derivative is their sum.
-                score = np.bincount(draw_group, grad, minlength=n)
+                real = order.ravel() >= 0
+                score = np.bincount(draw_group[real], grad[real], minlength=n)
             else:
-                score = _step_normalized(grad, trained.batch_order, draw_group, n, step_window)
+                score = _step_normalized(grad, order, draw_group, n, step_window)
             return res.value, jnp.asarray(score, weights.dtype), res.stats
         if step_window is None:
             trained = setup.replace(seed=seed_k) if reseed else setup
@@ -253,6 +272,7 @@ def select_data(
             "start": given_start,
             "inner_batches": inner_batches,
             "selection_share": selection_share if inner_batches == "selection" else None,
+            "selection_holdout": selection_holdout if inner_batches == "selection" else None,
             "replay": replay.describe(),
             "user": fingerprint,
         },
@@ -309,14 +329,15 @@ class _SelectionRun:
     pools all have one shape: the setups share their compiled programs.
     """
 
-    def __init__(self, setup: TrainingSetup, share: float):
+    def __init__(self, setup: TrainingSetup, share: float, holdout: float):
         self.data = setup.data
         self.groups = (
             np.arange(setup.data.num_train) if setup.data.groups is None else setup.data.groups
         )
         steps, b = setup.num_steps, setup.batch_size
         self.shape = (steps, b)
-        self.num_selected = min(b, max(1, round(share * b)))
+        self.num_selected = min(b - 1, max(1, round(share * b)))
+        self.holdout = holdout
         slots = np.arange(steps * b)
         unrolled = self._unrolled(slots % setup.data.num_train)
         self.setup = setup.replace(data=unrolled, batch_order=slots.reshape(steps, b))
@@ -327,26 +348,34 @@ class _SelectionRun:
 
     def __call__(self, selected: np.ndarray, seed: int):
         """Returns ``(setup, per-draw weights, per-draw candidate)`` for the subset ``selected``
-        (bool ``(n,)``), in an order drawn from ``seed``."""
+        (bool ``(n,)``), in an order and with a held-out part drawn from ``seed``."""
         rng = np.random.default_rng(seed)
-        in_selection = selected[self.groups]
+        chosen = np.flatnonzero(selected)
+        held = rng.choice(chosen, max(1, round(self.holdout * chosen.size)), replace=False)
+        trained = selected.copy()
+        trained[held] = False
+        in_run = trained[self.groups]
         steps, b = self.shape
         k = self.num_selected
-        mine = _cycled(rng, np.flatnonzero(in_selection), steps * k).reshape(steps, k)
-        others = _cycled(rng, np.flatnonzero(~in_selection), steps * (b - k))
+        mine = _cycled(rng, np.flatnonzero(in_run), steps * k).reshape(steps, k)
+        # The held-out windows are all drawn (once), the rest of the slots sample the others.
+        held_out = rng.permutation(np.flatnonzero(np.isin(self.groups, held)))
+        count = steps * (b - k)
+        rest = _cycled(rng, np.flatnonzero(~selected[self.groups]), count)
+        others = rng.permutation(np.concatenate([held_out, rest])[:count])
         example = np.concatenate([mine, others.reshape(steps, b - k)], axis=1).ravel()
         order = np.where(example >= 0, np.arange(steps * b), -1).reshape(steps, b)
         example = np.maximum(example, 0)  # An empty slot (no candidate left) trains nothing.
         draw_group = self.groups[example]
-        weight = np.where(selected, b / k, 0.0)[draw_group]
-        trained = self.setup.replace(data=self._unrolled(example), batch_order=order, seed=seed)
-        return trained, jnp.asarray(weight, trained.dtype), draw_group
+        weight = np.where(trained, b / k, 0.0)[draw_group]
+        run = self.setup.replace(data=self._unrolled(example), batch_order=order, seed=seed)
+        return run, jnp.asarray(weight, run.dtype), draw_group
 
 
 def _cycled(rng: np.random.Generator, pool: np.ndarray, count: int) -> np.ndarray:
     # `count` draws from `pool`: permutations of it one after another (each element once
     # before any twice); all -1 if the pool is empty.
-    if pool.size == 0:
+    if pool.size == 0 or count == 0:
         return np.full(count, -1, np.int64)
     rounds = -(-count // pool.size)
     return np.concatenate([rng.permutation(pool) for _ in range(rounds)])[:count]

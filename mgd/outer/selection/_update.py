@@ -132,7 +132,13 @@ class BudgetExchangeState(NamedTuple):
 
 
 def budget_exchange(
-    *, num_exchange: int, p: float = 1.0, momentum: float = 0.0, seed: int = 0
+    *,
+    num_exchange: int,
+    p: float = 1.0,
+    momentum: float = 0.0,
+    seed: int = 0,
+    costs=None,
+    budget: float | None = None,
 ) -> SelectionOptimizer:
     """Fixed-budget update: swap the worst selected candidates for the best unselected ones.
 
@@ -147,19 +153,30 @@ def budget_exchange(
     ranked by an exponential average of the metagradients, each scaled to unit RMS, as in
     :func:`count_descent`.
 
+    With ``costs`` and ``budget`` (e.g. documents' bytes and a byte budget) the subset keeps its
+    total cost instead of its size, and a ranking's sign counts: of the ``num_exchange``
+    worst-ranked selected candidates, those with a positive ``g`` above the best unselected
+    one's leave; then the best-ranked eligible unselected ones with a negative ``g`` join, in
+    rank order, while they fit (up to the first that does not), so a candidate with no
+    evidence (``g = 0``, e.g. not drawn) neither leaves nor joins, and the total never exceeds
+    ``budget`` (a start above it first loses its worst-ranked members).
+
     Args:
       num_exchange: most pairs swapped per meta-step, >= 1 (at most half the subset is sensible:
         the metagradient is a local signal).
       p: probability that a candidate is eligible for exchange in a meta-step, in (0, 1].
       momentum: weight of the past in the averaged metagradient, in [0, 1).
       seed: seed of the eligibility masks.
+      costs: ``None`` (the size is the budget) or float ``(n,)``, each candidate's cost, > 0.
+      budget: with ``costs``, the most total cost of the subset, > 0.
 
     Returns:
       A :class:`SelectionOptimizer` over weight vectors of shape ``(n,)`` whose positive entries
-      are all equal.
+      are all equal (the value the subset started with, also with ``costs``).
 
     Raises:
-      ValueError: ``num_exchange < 1``, ``p`` outside (0, 1] or ``momentum`` outside [0, 1).
+      ValueError: ``num_exchange < 1``, ``p`` outside (0, 1], ``momentum`` outside [0, 1), or
+        only one of ``costs`` and ``budget``, or a cost or the budget not positive.
 
     Example:
       >>> opt = budget_exchange(num_exchange=1)
@@ -177,6 +194,15 @@ def budget_exchange(
         raise ValueError(f"budget_exchange: p must be in (0, 1], got {p}; 1.0 means all eligible")
     _check_momentum("budget_exchange", momentum)
     num_exchange = int(num_exchange)
+    if (costs is None) != (budget is None):
+        raise ValueError("budget_exchange: pass both costs= and budget=, or neither")
+    if costs is not None:
+        costs = jnp.asarray(costs, jnp.float32)
+        if costs.ndim != 1 or not bool(jnp.all(costs > 0)) or not budget > 0:
+            raise ValueError(
+                "budget_exchange: costs must be positive, shape (n,), and budget > 0; got "
+                f"costs of shape {costs.shape}, budget {budget}"
+            )
 
     def init(weights: jax.Array) -> BudgetExchangeState:
         return BudgetExchangeState(
@@ -197,11 +223,33 @@ def budget_exchange(
         # (too few eligible candidates) never passes the test.
         swap = (out_score > in_score) & jnp.isfinite(out_score) & jnp.isfinite(in_score)
         value = jnp.max(weights)
+        if costs is not None:
+            leave = (out_score > jnp.maximum(in_score[0], 0.0)) & jnp.isfinite(out_score)
+            kept = selected.at[out_idx].set(selected[out_idx] & ~leave)
+            new = jnp.where(_fill(kept, selected, grad, eligible, costs, budget), value, 0.0)
+            return new - weights, BudgetExchangeState(key, state.count + 1, grad)
         new = weights.at[out_idx].set(jnp.where(swap, 0.0, weights[out_idx]))
         new = new.at[in_idx].set(jnp.where(swap, value, new[in_idx]))
         return new - weights, BudgetExchangeState(key, state.count + 1, grad)
 
     return SelectionOptimizer(init, update)
+
+
+def _fill(selected, before, grad, eligible, costs, budget):
+    # The worst-ranked (largest grad) selected leave until the total cost is within budget;
+    # then the best-ranked eligible candidates with grad < 0 that were not selected `before`
+    # join, in rank order, while they fit.
+    order = jnp.argsort(jnp.where(selected, -grad, jnp.inf))
+    cost = jnp.where(selected, costs, 0.0)[order]
+    excess = jnp.sum(cost) - budget
+    leave = jnp.zeros_like(selected).at[order].set((jnp.cumsum(cost) - cost < excess) & (cost > 0))
+    selected = selected & ~leave
+    free = ~selected & ~before & eligible & (grad < 0)
+    order = jnp.argsort(jnp.where(free, grad, jnp.inf))
+    room = budget - jnp.sum(jnp.where(selected, costs, 0.0))
+    join = (jnp.cumsum(costs[order]) <= room) & free[order]
+    join = jnp.cumprod(join).astype(bool)  # Stop at the first that does not fit.
+    return selected | jnp.zeros_like(selected).at[order].set(join)
 
 
 def subset_weights(indices: jax.Array, num_candidates: int) -> jax.Array:
