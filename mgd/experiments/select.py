@@ -482,7 +482,7 @@ def run(
             {
                 "indices": result.indices.tolist(),
                 "fraction": config.fraction,
-                "size": size,
+                "size": len(result.indices),  # With a byte budget it may differ from the start's.
                 "num_candidates": n,
                 "baselines": {name: b.indices.tolist() for name, b in baselines.items()},
                 "config": echo,
