@@ -332,11 +332,11 @@ class TrainingSetup:
         """Returns a copy with the given fields (e.g. ``data``, ``seed``, ``meta_spec``) changed.
 
         A copy that changes only ``data``, ``seed`` and ``batch_order`` shares this setup's
-        compiled ``train``,
-        ``init_state``, ``evaluate`` and engine programs (``metagradient``): they take the data
-        and the seed as arguments, so retraining or differentiating on other data of the same
-        shapes (e.g. subsets of one size) compiles nothing. A copy that changes only ``seed``
-        also shares the data's device arrays.
+        compiled ``train``, ``init_state``, ``evaluate`` and engine programs (``metagradient``):
+        they take the data, the seed and the order as arguments, so retraining or
+        differentiating on other data of the same shapes (e.g. subsets of one size) compiles
+        nothing. A copy that changes only ``seed`` or ``batch_order`` also shares the data's
+        device arrays.
         """
         copy = dataclasses.replace(self, **changes)
         if set(changes) <= {"data", "seed", "batch_order"}:
