@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import linen as nn
 
 import mgd
 from mgd.outer.selection import (
@@ -185,7 +186,17 @@ def test_dataset_groups_are_checked():
         grouped.subset_groups([1, 1])
 
 
-def _lm_setup(dtype=jnp.float32, num_steps=3, positions="learned"):
+class _BigramLM(nn.Module):
+    """Next-token logits from the current token alone: an LM that compiles in a moment, for
+    tests of the selection machinery rather than of the transformer."""
+
+    @nn.compact
+    def __call__(self, tokens, train=False):
+        del train
+        return nn.Embed(BOS + 1, BOS)(tokens.astype(jnp.int32))  # bytes and BOS in, bytes out
+
+
+def _lm_setup(dtype=jnp.float32, num_steps=3, positions="learned", model=None):
     td = text_dataset(
         _docs(),
         target_domain="es",
@@ -196,11 +207,12 @@ def _lm_setup(dtype=jnp.float32, num_steps=3, positions="learned"):
         num_test=2,
         max_bytes=14,
     )
-    model = Transformer(
-        TransformerConfig(
-            context=6, d_model=8, num_layers=1, num_heads=2, mlp_ratio=2, positions=positions
+    if model is None:
+        model = Transformer(
+            TransformerConfig(
+                context=6, d_model=8, num_layers=1, num_heads=2, mlp_ratio=2, positions=positions
+            )
         )
-    )
     return td, TrainingSetup(
         model,
         optax.adam(0.01, eps_root=1e-8),
@@ -447,7 +459,7 @@ def test_explicit_batch_order_trains_and_differentiates_exactly(x64):
     # drawn only into empty slots get 0, and a new order of the same shape compiles nothing.
     from conftest import count_compilations
 
-    td, setup = _lm_setup(jnp.float64, num_steps=3)
+    td, setup = _lm_setup(jnp.float64, num_steps=3, model=_BigramLM())
     per_window = setup.replace(data=td.data.replace(groups=None))
     order = np.array([[0, 1, 1, -1], [2, 2, 2, 2], [3, -1, -1, -1]])
     ordered = per_window.replace(batch_order=order)
@@ -482,7 +494,7 @@ def test_selection_inner_run_is_the_selection_plus_fresh_candidates(x64):
     # draws in that run (checked against jax.grad of the unrolled loop).
     from mgd.outer.selection._search import _SelectionRun
 
-    td, setup = _lm_setup(jnp.float64, num_steps=3)
+    td, setup = _lm_setup(jnp.float64, num_steps=3, model=_BigramLM())
     groups = np.asarray(td.data.groups)
     selected = np.isin(np.arange(td.data.num_groups), [0, 2])
     run = _SelectionRun(setup, 0.5, 0.5)
@@ -559,7 +571,8 @@ def test_select_text_byte_budget_and_selection_inner_run(tmp_path):
 
     cfg = _text_config(tmp_path, max_bytes=16)
     outer = dataclasses.replace(cfg.outer, budget="bytes", inner_batches="selection", meta_steps=2)
-    cfg = dataclasses.replace(cfg, outer=outer)
+    # No baselines: their byte budget is tested above; here only the selection's.
+    cfg = dataclasses.replace(cfg, outer=outer, baselines=())
     done = run(cfg, None, progress=False)
     td = mgd.experiments._common.load_text_data(cfg.data)
     sizes = np.asarray(td.pool.num_bytes)
