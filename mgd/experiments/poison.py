@@ -36,6 +36,7 @@ from mgd.outer.poison import (
     PoisonResult,
     evaluate_poisons,
     gradient_canceling_poison,
+    influential_poison_indices,
     label_flip_poison,
     plot_poison_report,
     poison_attack,
@@ -74,7 +75,12 @@ class PoisonAttackConfig:
         as many as ``meta_steps`` crafts against a fresh seed every meta-step.
       target: ``"val"`` or ``"val_and_clean"`` (the validation split with the unpoisoned
         training examples): where the attack maximizes the objective.
-      subset_seed: seed of the poisoned subset (shared by all attacks).
+      choose: which examples every attack poisons: ``"random"``, a seeded uniform subset, or
+        ``"metagradient"``, those whose first ascent step raises the objective most
+        (``mgd.outer.poison.influential_poison_indices``, one metagradient with seed
+        ``choose_seed``).
+      subset_seed: seed of the random subset (``choose: random``).
+      choose_seed: crafting seed of the choice's metagradient (``choose: metagradient``).
     """
 
     fraction: float = 0.025
@@ -85,7 +91,9 @@ class PoisonAttackConfig:
     rule: str = "sign"
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     target: Literal["val", "val_and_clean"] = "val"
+    choose: Literal["random", "metagradient"] = "random"
     subset_seed: int = 0
+    choose_seed: int = 9
 
     def __post_init__(self):
         # Fail when the config is read, not after the data is loaded and compiled.
@@ -100,6 +108,10 @@ class PoisonAttackConfig:
             )
         if not self.craft_seeds:
             raise ValueError("attack.craft_seeds is empty; give at least one training seed")
+        if self.choose not in ("random", "metagradient"):
+            raise ValueError(
+                f"attack.choose must be 'random' or 'metagradient', got {self.choose!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +161,8 @@ class PoisonConfig:
                 f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
             )
         crafted = set(self.attack.craft_seeds) | {self.gradient_canceling.craft_seed}
+        if self.attack.choose == "metagradient":
+            crafted.add(self.attack.choose_seed)
         shared = sorted(crafted & set(self.victim_seeds))
         if shared:
             raise ValueError(
@@ -223,10 +237,26 @@ def run(
             prepare_out(out, "poison", config, resume=resume)
     seconds: dict[str, float] = {}
     results: dict[str, PoisonResult] = {}
+    if att.choose == "metagradient":
+        t0 = time.perf_counter()
+        # Every attack poisons the same examples: the MGD attack's choice.
+        same: dict[str, Any] = dict(
+            indices=influential_poison_indices(
+                setup.replace(seed=att.choose_seed),
+                att.fraction,
+                step_size=att.step_size,
+                bound=att.bound,
+                rule=att.rule,
+                target=att.target,
+                replay=config.replay.build(),
+            )
+        )
+        seconds["choose"] = time.perf_counter() - t0
+    else:
+        same = dict(fraction=att.fraction, seed=att.subset_seed)
     t0 = time.perf_counter()
     results["mgd"] = poison_attack(
         setup,
-        fraction=att.fraction,
         meta_steps=att.meta_steps,
         step_size=optax.cosine_decay_schedule(
             att.step_size, att.meta_steps, alpha=att.final_step_size / att.step_size
@@ -235,15 +265,14 @@ def run(
         rule=att.rule,
         craft_seeds=att.craft_seeds,
         target=att.target,
-        seed=att.subset_seed,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
         fingerprint=config_to_dict(config),
         progress=progress,
+        **same,
     )
     seconds["mgd"] = time.perf_counter() - t0
-    same = dict(fraction=att.fraction, seed=att.subset_seed)
     for name in config.baselines:
         t0 = time.perf_counter()
         if name == "random_noise":

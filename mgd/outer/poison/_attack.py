@@ -33,6 +33,7 @@ __all__ = [
     "PoisonResult",
     "poison_attack",
     "choose_poison_indices",
+    "influential_poison_indices",
     "apply_perturbations",
     "check_poison_data",
     "check_fraction",
@@ -183,6 +184,113 @@ def apply_perturbations(data: Dataset, indices: np.ndarray, perturbations: Any) 
     return data.replace(x_train=x)
 
 
+def _target_data(data: Dataset, idx: np.ndarray, target: str, *, where: str) -> Dataset:
+    """The data whose validation split is the attack's target (see ``poison_attack``)."""
+    if target == "val_and_clean":
+        clean = np.setdiff1d(np.arange(data.num_train), idx)
+        return data.replace(
+            x_val=np.concatenate([data.x_val, data.x_train[clean]]),
+            y_val=np.concatenate([data.y_val, data.y_train[clean]]),
+        )
+    if target == "val":
+        return data
+    raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
+
+
+def _scaled_step(data: Dataset, step_size: Any, meta_steps: int, *, where: str):
+    """The step in input units (a float or a schedule) and its JSON-able fingerprint."""
+    low, high = data.x_range
+    width = jnp.asarray(high - low)
+    if callable(step_size):
+        # A schedule is a function; its first values stand for it in the fingerprint.
+        return (
+            lambda count: step_size(count) * width,
+            [float(step_size(k)) for k in range(min(meta_steps, 8))],
+        )
+    if step_size > 0:
+        return step_size * width, float(step_size)
+    raise ValueError(f"{where}: step_size must be > 0, got {step_size}; e.g. 0.05")
+
+
+def _ascent(data: Dataset, idx: np.ndarray, step: Any, *, bound, rule):
+    low, high = data.x_range
+    return poison_ascent(
+        step,
+        clean_inputs=jnp.asarray(data.x_train[idx]),
+        lower=jnp.asarray(low),
+        upper=jnp.asarray(high),
+        bound=absolute_bound(data, bound),
+        rule=rule,
+    )
+
+
+def influential_poison_indices(
+    setup: TrainingSetup,
+    fraction: float,
+    *,
+    step_size: float = 0.05,
+    bound: float | None = None,
+    rule: AscentRule = "sign",
+    target: Literal["val", "val_and_clean"] = "val",
+    replay: Replay | None = None,
+) -> np.ndarray:
+    """The training examples whose perturbation raises the attack's objective most, to first order.
+
+    Takes one metagradient ``g`` of the objective with respect to a perturbation of *every*
+    training input (at zero perturbation, with ``setup``'s seed), takes the attack's first
+    ascent step ``u`` on all of them (:func:`poison_ascent` with ``step_size``, ``bound`` and
+    ``rule``, projected onto the valid range), and keeps the ``m`` examples with the largest
+    first-order gain ``<g_i, u_i>``: the examples the attack can move the objective with most.
+    For ``rule="sign"`` the gain is ``eta * |g_i|_1`` over the pixels free to move;
+    for ``"normalized"`` it grows with ``|g_i|_2``.
+
+    Cost: one metagradient of ``setup`` with ``n`` perturbed inputs (the engine's memory
+    grows by a few copies of the training inputs).
+
+    Args:
+      setup: the victim's recipe on the clean data, as for :func:`poison_attack`; its seed is
+        the crafting seed of this metagradient (keep it apart from the victims' seeds).
+      fraction: poisoned fraction in (0, 1); ``m = max(1, round(fraction * n))`` examples.
+      step_size: the attack's first ascent step, as a fraction of the valid input range.
+      bound: optional L-infinity radius, as for :func:`poison_attack`.
+      rule: ``"sign"`` or ``"normalized"``, as for :func:`poison_attack`.
+      target: ``"val"``, or ``"val_and_clean"``: the validation split together with the whole
+        training pool (which examples stay clean is not known yet).
+      replay: the engine's options; ``None`` is ``Replay()``.
+
+    Returns:
+      Sorted int64 array ``(m,)`` of distinct indices in ``[0, n)``.
+
+    Raises:
+      ValueError: ``fraction`` outside (0, 1) or poisoning every example, a dataset without
+        validation/test split, a non-positive ``step_size`` or ``bound``, an unknown ``rule``
+        or ``target``.
+
+    Example:
+      >>> idx = mgd.outer.poison.influential_poison_indices(setup, 0.025)  # doctest: +SKIP
+      >>> res = mgd.poison_attack(setup, indices=idx, meta_steps=50)  # doctest: +SKIP
+    """
+    where = "influential_poison_indices"
+    data = setup.data
+    check_poison_data(data, where=where)
+    check_bound(bound, where=where)
+    m = choose_poison_indices(data.num_train, fraction).size
+    every = np.arange(data.num_train, dtype=np.int64)
+    # Nothing is poisoned yet, so "the unpoisoned pool" is the whole pool.
+    craft_data = _target_data(data, every[:0], target, where=where)
+    step, _ = _scaled_step(data, step_size, 1, where=where)
+    optimizer = _ascent(data, every, step, bound=bound, rule=rule)
+    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(every.tolist()))
+    everywhere = setup.replace(meta_spec=spec, data=craft_data)
+    meta = everywhere.init_meta()
+    replay = Replay() if replay is None else replay
+    grad = everywhere.metagradient(meta, **replay.options()).grad["perturbations"]
+    update, _ = optimizer.update(grad, optimizer.init(meta["perturbations"]), meta["perturbations"])
+    gain = np.asarray(jnp.sum((grad * update).reshape(data.num_train, -1), axis=1))
+    # Stable sort: ties (e.g. examples never drawn, gain 0) go to the lower index.
+    return np.sort(np.argsort(-gain, kind="stable")[:m]).astype(np.int64)
+
+
 def poison_attack(
     setup: TrainingSetup,
     *,
@@ -282,36 +390,9 @@ def poison_attack(
     if not seeds:
         raise ValueError(f"{where}: craft_seeds is empty; pass at least one training seed")
     replay = Replay() if replay is None else replay
-    if target == "val_and_clean":
-        clean = np.setdiff1d(np.arange(data.num_train), idx)
-        craft_data = data.replace(
-            x_val=np.concatenate([data.x_val, data.x_train[clean]]),
-            y_val=np.concatenate([data.y_val, data.y_train[clean]]),
-        )
-    elif target == "val":
-        craft_data = data
-    else:
-        raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
-
-    low, high = data.x_range
-    width = jnp.asarray(high - low)
-    if callable(step_size):
-        scaled_step = lambda count: step_size(count) * width  # noqa: E731
-        # A schedule is a function; its first values stand for it in the fingerprint.
-        step_print: Any = [float(step_size(k)) for k in range(min(meta_steps, 8))]
-    elif step_size > 0:
-        scaled_step = step_size * width
-        step_print = float(step_size)
-    else:
-        raise ValueError(f"{where}: step_size must be > 0, got {step_size}; e.g. 0.05")
-    optimizer = poison_ascent(
-        scaled_step,
-        clean_inputs=jnp.asarray(data.x_train[idx]),
-        lower=jnp.asarray(low),
-        upper=jnp.asarray(high),
-        bound=absolute_bound(data, bound),
-        rule=rule,
-    )
+    craft_data = _target_data(data, idx, target, where=where)
+    scaled_step, step_print = _scaled_step(data, step_size, meta_steps, where=where)
+    optimizer = _ascent(data, idx, scaled_step, bound=bound, rule=rule)
 
     # Keep the recipe's other metaparameters (e.g. a learning-rate schedule) at their defaults.
     # One setup with the perturbations switched on, then seed-only copies of it: `replace`
