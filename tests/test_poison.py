@@ -97,6 +97,26 @@ def test_attack_on_val_and_clean_maximizes_the_loss_on_the_unpoisoned_pool_too(s
         poison_attack(setup, target="test", **kwargs)
 
 
+def test_attack_with_margin_clip_maximizes_the_clipped_margin(setup, data):
+    kwargs = dict(fraction=0.25, meta_steps=2, step_size=0.05, craft_seeds=(0,), progress=False)
+    res = poison_attack(setup, margin_clip=0.5, **kwargs)
+    # The first meta-step's objective is before any update: plain training. Reference margin:
+    # logsumexp of the wrong logits minus the right one, from the trained model's logits.
+    state = setup.train(seed=0)
+    logits = np.asarray(setup._model.apply(state.params, state.model_state, data.x_val, False)[0])
+    y = data.y_val
+    right = logits[np.arange(y.size), y]
+    wrong = np.where(np.eye(3, dtype=bool)[y], -np.inf, logits)
+    margin = np.log(np.exp(wrong).sum(axis=1)) - right
+    assert np.any(margin > 0.5) and np.any(margin < 0.5)  # the clip is active on some
+    np.testing.assert_allclose(
+        res.history[0].objective, np.minimum(margin, 0.5).mean(), rtol=1e-5, atol=1e-6
+    )
+    assert res.history[1].objective > res.history[0].objective
+    with pytest.raises(ValueError, match="margin_clip must be a finite number"):
+        poison_attack(setup, margin_clip=float("inf"), **kwargs)
+
+
 class _Killed(Exception):
     pass
 

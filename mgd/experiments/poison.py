@@ -75,6 +75,8 @@ class PoisonAttackConfig:
         as many as ``meta_steps`` crafts against a fresh seed every meta-step.
       target: ``"val"`` or ``"val_and_clean"`` (the validation split with the unpoisoned
         training examples): where the attack maximizes the objective.
+      margin_clip: null maximizes ``train.objective``; a number ``kappa``, the logit margin
+        clipped at ``kappa`` (see ``mgd.poison_attack``).
       choose: which examples every attack poisons: ``"random"``, a seeded uniform subset, or
         ``"metagradient"``, those whose first ascent step raises the objective most
         (``mgd.outer.poison.influential_poison_indices``, one metagradient with seed
@@ -91,6 +93,7 @@ class PoisonAttackConfig:
     rule: str = "sign"
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     target: Literal["val", "val_and_clean"] = "val"
+    margin_clip: float | None = None
     choose: Literal["random", "metagradient"] = "random"
     subset_seed: int = 0
     choose_seed: int = 9
@@ -248,6 +251,7 @@ def run(
                 bound=att.bound,
                 rule=att.rule,
                 target=att.target,
+                margin_clip=att.margin_clip,
                 replay=config.replay.build(),
             )
         )
@@ -265,6 +269,7 @@ def run(
         rule=att.rule,
         craft_seeds=att.craft_seeds,
         target=att.target,
+        margin_clip=att.margin_clip,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

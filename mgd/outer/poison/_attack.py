@@ -28,6 +28,7 @@ import optax
 from mgd.outer._loop import MetaStep, Replay, check_meta_steps, meta_descent, setup_fingerprint
 from mgd.outer.poison._update import AscentRule, check_bound, poison_ascent
 from mgd.train import Dataset, TrainingSetup
+from mgd.train._setup import _margin
 
 __all__ = [
     "PoisonResult",
@@ -224,6 +225,34 @@ def _ascent(data: Dataset, idx: np.ndarray, step: Any, *, bound, rule):
     )
 
 
+def _clipped_margin(kappa: float) -> Callable[[Any, Any], Any]:
+    """The objective ``mean(min(margin, kappa))`` over the target split (see ``poison_attack``)."""
+
+    def clipped_margin(logits, labels):
+        return jnp.mean(jnp.minimum(_margin(logits, labels), kappa))
+
+    return clipped_margin
+
+
+def _crafting_setup(
+    setup: TrainingSetup,
+    idx: np.ndarray,
+    craft_data: Dataset,
+    margin_clip: float | None,
+    *,
+    where: str,
+) -> TrainingSetup:
+    """``setup`` with ``idx`` perturbable, the target split and the attack's objective."""
+    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
+    crafting = setup.replace(meta_spec=spec, data=craft_data)
+    if margin_clip is None:
+        return crafting
+    if not np.isfinite(margin_clip):
+        raise ValueError(f"{where}: margin_clip must be a finite number, got {margin_clip}")
+    # One function object for all crafting seeds: their programs compile once.
+    return crafting.replace(objective=_clipped_margin(float(margin_clip)))
+
+
 def influential_poison_indices(
     setup: TrainingSetup,
     fraction: float,
@@ -232,6 +261,7 @@ def influential_poison_indices(
     bound: float | None = None,
     rule: AscentRule = "sign",
     target: Literal["val", "val_and_clean"] = "val",
+    margin_clip: float | None = None,
     replay: Replay | None = None,
 ) -> np.ndarray:
     """The training examples whose perturbation raises the attack's objective most, to first order.
@@ -256,6 +286,7 @@ def influential_poison_indices(
       rule: ``"sign"`` or ``"normalized"``, as for :func:`poison_attack`.
       target: ``"val"``, or ``"val_and_clean"``: the validation split together with the whole
         training pool (which examples stay clean is not known yet).
+      margin_clip: the attack's objective, as for :func:`poison_attack`.
       replay: the engine's options; ``None`` is ``Replay()``.
 
     Returns:
@@ -264,7 +295,7 @@ def influential_poison_indices(
     Raises:
       ValueError: ``fraction`` outside (0, 1) or poisoning every example, a dataset without
         validation/test split, a non-positive ``step_size`` or ``bound``, an unknown ``rule``
-        or ``target``.
+        or ``target``, a non-finite ``margin_clip``.
 
     Example:
       >>> idx = mgd.outer.poison.influential_poison_indices(setup, 0.025)  # doctest: +SKIP
@@ -280,8 +311,7 @@ def influential_poison_indices(
     craft_data = _target_data(data, every[:0], target, where=where)
     step, _ = _scaled_step(data, step_size, 1, where=where)
     optimizer = _ascent(data, every, step, bound=bound, rule=rule)
-    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(every.tolist()))
-    everywhere = setup.replace(meta_spec=spec, data=craft_data)
+    everywhere = _crafting_setup(setup, every, craft_data, margin_clip, where=where)
     meta = everywhere.init_meta()
     replay = Replay() if replay is None else replay
     grad = everywhere.metagradient(meta, **replay.options()).grad["perturbations"]
@@ -302,6 +332,7 @@ def poison_attack(
     rule: AscentRule = "sign",
     craft_seeds: Sequence[int] | None = None,
     target: Literal["val", "val_and_clean"] = "val",
+    margin_clip: float | None = None,
     seed: int = 0,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
@@ -349,6 +380,12 @@ def poison_attack(
         attacker does not control (the victim trains on them; the attacker knows them in this
         threat model). The larger target leaves the perturbations less room to fit the
         validation examples themselves instead of the data's distribution.
+      margin_clip: ``None`` maximizes ``setup``'s objective; a number ``kappa`` maximizes
+        instead the mean over the target of ``min(m, kappa)``, with ``m`` the logit margin
+        (logsumexp of the wrong logits minus the right one, > 0 when misclassified; the
+        Carlini-Wagner loss): every correctly classified example steers the perturbations
+        alike (the cross-entropy's gradient fades on confident ones) and one misclassified
+        by more than ``kappa`` stops steering (classification only).
       seed: seed of the random poisoned subset (with ``fraction``).
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
@@ -366,7 +403,7 @@ def poison_attack(
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
         indices out of range or repeated, a negative or zero ``bound`` or ``step_size``, an
-        unknown ``target``,
+        unknown ``target``, a non-finite ``margin_clip``,
         ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
         resume refused (see :func:`mgd.outer.meta_descent`).
 
@@ -398,8 +435,7 @@ def poison_attack(
     # One setup with the perturbations switched on, then seed-only copies of it: `replace`
     # shares compiled programs between copies that differ in seed, so every engine program
     # compiles once for all crafting seeds.
-    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
-    crafting0 = setup.replace(meta_spec=spec, data=craft_data)
+    crafting0 = _crafting_setup(setup, idx, craft_data, margin_clip, where=where)
     crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
     meta = crafting0.init_meta()
 
@@ -426,6 +462,7 @@ def poison_attack(
             "bound": bound,
             "rule": rule,
             "target": target,
+            "margin_clip": margin_clip,
             "replay": replay.describe(),
             "user": fingerprint,
         },
