@@ -177,26 +177,38 @@ def test_crafting_over_several_seeds_compiles_each_program_once(data):
 def test_influential_indices_have_the_largest_first_order_gain(x64, setup):
     # Reference: jax.grad of the unrolled training run w.r.t. every example's perturbation, and
     # the attack's first projected step from zero (sign: eta per coordinate; normalized: unit
-    # RMS per example), clipped to the valid range [-3, 3] (some inputs sit on its edge).
+    # RMS per example), clipped to the valid range [-3, 3] (some inputs sit on its edge); over
+    # two seeds, the geometric mean of the gains.
     s = setup.replace(dtype=jnp.float64)
     x = jnp.asarray(s.data.x_train, jnp.float64)
     spec = dataclasses.replace(s.meta_spec, perturb_indices=tuple(range(s.data.num_train)))
     every = s.replace(meta_spec=spec)
 
-    def objective(delta):
+    def objective(delta, seed):
         meta = {"perturbations": delta}
-        return every.objective_fn(every.train(meta), meta)
+        return every.objective_fn(every.train(meta, seed=seed), meta)
 
-    g = jax.grad(objective)(jnp.zeros_like(x))
-    directions = {"sign": jnp.sign(g), "normalized": g / jnp.sqrt(jnp.mean(g**2, 1, keepdims=True))}
-    for rule, direction in directions.items():
-        gain = np.asarray(jnp.sum(g * jnp.clip(0.05 * 6 * direction, -3 - x, 3 - x), axis=1))
-        idx = influential_poison_indices(s, 0.25, step_size=0.05, rule=rule)
-        assert idx.shape == (16,) and np.all(np.diff(idx) > 0)
-        np.testing.assert_array_equal(idx, np.sort(np.argsort(-gain)[:16]), err_msg=rule)
-        # Not a near-tie: the 16th gain clears the 17th.
-        ranked = np.sort(gain)[::-1]
-        assert ranked[15] - ranked[16] > 1e-8 * ranked[0]
+    grads = [jax.grad(objective)(jnp.zeros_like(x), seed) for seed in (0, 1)]
+    for rule in ("sign", "normalized"):
+        gains = []
+        for g in grads:
+            if rule == "sign":
+                direction = jnp.sign(g)
+            else:
+                direction = g / jnp.sqrt(jnp.mean(g**2, axis=1, keepdims=True))
+            step = jnp.clip(0.05 * 6 * direction, -3 - x, 3 - x)
+            gains.append(np.asarray(jnp.sum(g * step, axis=1)))
+        for seeds, gain in (((0,), gains[0]), ((0, 1), np.sqrt(gains[0] * gains[1]))):
+            idx = influential_poison_indices(s, 0.25, step_size=0.05, rule=rule, seeds=seeds)
+            assert idx.shape == (16,) and np.all(np.diff(idx) > 0)
+            np.testing.assert_array_equal(idx, np.sort(np.argsort(-gain)[:16]), err_msg=rule)
+            # Not a near-tie: the 16th gain clears the 17th.
+            ranked = np.sort(gain)[::-1]
+            assert ranked[15] - ranked[16] > 1e-8 * ranked[0]
+        # The two seeds' batch orders choose differently: the second seed matters.
+        assert set(np.argsort(-gains[0])[:16]) != set(np.argsort(-gains[1])[:16])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        influential_poison_indices(s, 0.25, seeds=())
 
 
 def test_same_fraction_same_examples_across_attacks(setup, data):
@@ -304,7 +316,7 @@ def _tiny_config(**attack) -> PoisonConfig:
 
 
 def test_experiment_writes_metrics_and_plot(tmp_path):
-    exp = run(_tiny_config(choose="metagradient", choose_seed=5), tmp_path, progress=False)
+    exp = run(_tiny_config(choose="metagradient", choose_seeds=(5, 6)), tmp_path, progress=False)
     assert [h.step for h in exp.results["mgd"].history] == [0, 1]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"clean", "mgd", "random_noise", "label_flip", "gradient_canceling"}
@@ -314,12 +326,12 @@ def test_experiment_writes_metrics_and_plot(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert set(exp.results) == set(metrics) - {"clean"}
     assert "MGD's drop" in exp.table() or "mgd" in exp.table()
-    # Every attack poisons the examples MGD chose (the seed-5 metagradient's choice).
-    expected = influential_poison_indices(exp.setup.replace(seed=5), 0.1, step_size=0.05)
+    # Every attack poisons the examples MGD chose (from the seed-5 and -6 metagradients).
+    expected = influential_poison_indices(exp.setup, 0.1, step_size=0.05, seeds=(5, 6))
     for res in exp.results.values():
         np.testing.assert_array_equal(res.indices, expected)
     with pytest.raises(ValueError, match="also crafting seeds"):
-        _tiny_config(choose="metagradient", choose_seed=7)
+        _tiny_config(choose="metagradient", choose_seeds=(5, 7))
     with pytest.raises(ValueError, match="choose must be 'random' or 'metagradient'"):
         _tiny_config(choose="largest")
 

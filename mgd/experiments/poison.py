@@ -79,10 +79,10 @@ class PoisonAttackConfig:
         clipped at ``kappa`` (see ``mgd.poison_attack``).
       choose: which examples every attack poisons: ``"random"``, a seeded uniform subset, or
         ``"metagradient"``, those whose first ascent step raises the objective most
-        (``mgd.outer.poison.influential_poison_indices``, one metagradient with seed
-        ``choose_seed``).
+        (``mgd.outer.poison.influential_poison_indices``, one metagradient per seed in
+        ``choose_seeds``).
       subset_seed: seed of the random subset (``choose: random``).
-      choose_seed: crafting seed of the choice's metagradient (``choose: metagradient``).
+      choose_seeds: crafting seeds of the choice's metagradients (``choose: metagradient``).
     """
 
     fraction: float = 0.025
@@ -96,7 +96,7 @@ class PoisonAttackConfig:
     margin_clip: float | None = None
     choose: Literal["random", "metagradient"] = "random"
     subset_seed: int = 0
-    choose_seed: int = 9
+    choose_seeds: tuple[int, ...] = (9,)
 
     def __post_init__(self):
         # Fail when the config is read, not after the data is loaded and compiled.
@@ -165,7 +165,7 @@ class PoisonConfig:
             )
         crafted = set(self.attack.craft_seeds) | {self.gradient_canceling.craft_seed}
         if self.attack.choose == "metagradient":
-            crafted.add(self.attack.choose_seed)
+            crafted |= set(self.attack.choose_seeds)
         shared = sorted(crafted & set(self.victim_seeds))
         if shared:
             raise ValueError(
@@ -245,13 +245,14 @@ def run(
         # Every attack poisons the same examples: the MGD attack's choice.
         same: dict[str, Any] = dict(
             indices=influential_poison_indices(
-                setup.replace(seed=att.choose_seed),
+                setup,
                 att.fraction,
                 step_size=att.step_size,
                 bound=att.bound,
                 rule=att.rule,
                 target=att.target,
                 margin_clip=att.margin_clip,
+                seeds=att.choose_seeds,
                 replay=config.replay.build(),
             )
         )

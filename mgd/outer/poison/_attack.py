@@ -262,24 +262,27 @@ def influential_poison_indices(
     rule: AscentRule = "sign",
     target: Literal["val", "val_and_clean"] = "val",
     margin_clip: float | None = None,
+    seeds: Sequence[int] | None = None,
     replay: Replay | None = None,
 ) -> np.ndarray:
     """The training examples whose perturbation raises the attack's objective most, to first order.
 
     Takes one metagradient ``g`` of the objective with respect to a perturbation of *every*
-    training input (at zero perturbation, with ``setup``'s seed), takes the attack's first
+    training input (at zero perturbation) per seed in ``seeds``, takes the attack's first
     ascent step ``u`` on all of them (:func:`poison_ascent` with ``step_size``, ``bound`` and
     ``rule``, projected onto the valid range), and keeps the ``m`` examples with the largest
-    first-order gain ``<g_i, u_i>``: the examples the attack can move the objective with most.
-    For ``rule="sign"`` the gain is ``eta * |g_i|_1`` over the pixels free to move;
-    for ``"normalized"`` it grows with ``|g_i|_2``.
+    first-order gain ``<g_i, u_i>`` (its geometric mean over the seeds): the examples the
+    attack can move the objective with most. For ``rule="sign"`` the gain is
+    ``eta * |g_i|_1`` over the pixels free to move; for ``"normalized"`` it grows with
+    ``|g_i|_2``. An example drawn late in a run's batch order moves the loss far more than one
+    drawn early, so a single seed's choice is largely its batch order's; the geometric mean
+    over several seeds keeps one seed from deciding.
 
-    Cost: one metagradient of ``setup`` with ``n`` perturbed inputs (the engine's memory
-    grows by a few copies of the training inputs).
+    Cost: one metagradient of ``setup`` with ``n`` perturbed inputs per seed (the engine's
+    memory grows by a few copies of the training inputs).
 
     Args:
-      setup: the victim's recipe on the clean data, as for :func:`poison_attack`; its seed is
-        the crafting seed of this metagradient (keep it apart from the victims' seeds).
+      setup: the victim's recipe on the clean data, as for :func:`poison_attack`.
       fraction: poisoned fraction in (0, 1); ``m = max(1, round(fraction * n))`` examples.
       step_size: the attack's first ascent step, as a fraction of the valid input range.
       bound: optional L-infinity radius, as for :func:`poison_attack`.
@@ -287,6 +290,8 @@ def influential_poison_indices(
       target: ``"val"``, or ``"val_and_clean"``: the validation split together with the whole
         training pool (which examples stay clean is not known yet).
       margin_clip: the attack's objective, as for :func:`poison_attack`.
+      seeds: training seeds of the metagradients (keep them apart from the victims' seeds);
+        default ``(setup.seed,)``.
       replay: the engine's options; ``None`` is ``Replay()``.
 
     Returns:
@@ -295,10 +300,11 @@ def influential_poison_indices(
     Raises:
       ValueError: ``fraction`` outside (0, 1) or poisoning every example, a dataset without
         validation/test split, a non-positive ``step_size`` or ``bound``, an unknown ``rule``
-        or ``target``, a non-finite ``margin_clip``.
+        or ``target``, a non-finite ``margin_clip``, no seed.
 
     Example:
-      >>> idx = mgd.outer.poison.influential_poison_indices(setup, 0.025)  # doctest: +SKIP
+      >>> from mgd.outer.poison import influential_poison_indices
+      >>> idx = influential_poison_indices(setup, 0.025, seeds=(0, 1))  # doctest: +SKIP
       >>> res = mgd.poison_attack(setup, indices=idx, meta_steps=50)  # doctest: +SKIP
     """
     where = "influential_poison_indices"
@@ -313,12 +319,21 @@ def influential_poison_indices(
     optimizer = _ascent(data, every, step, bound=bound, rule=rule)
     everywhere = _crafting_setup(setup, every, craft_data, margin_clip, where=where)
     meta = everywhere.init_meta()
+    zero = meta["perturbations"]
     replay = Replay() if replay is None else replay
-    grad = everywhere.metagradient(meta, **replay.options()).grad["perturbations"]
-    update, _ = optimizer.update(grad, optimizer.init(meta["perturbations"]), meta["perturbations"])
-    gain = np.asarray(jnp.sum((grad * update).reshape(data.num_train, -1), axis=1))
-    # Stable sort: ties (e.g. examples never drawn, gain 0) go to the lower index.
-    return np.sort(np.argsort(-gain, kind="stable")[:m]).astype(np.int64)
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else (setup.seed,)))
+    if not seeds:
+        raise ValueError(f"{where}: seeds is empty; pass at least one training seed")
+    log_gain = np.zeros(data.num_train)
+    for s in seeds:
+        grad = everywhere.replace(seed=s).metagradient(meta, **replay.options()).grad
+        update, _ = optimizer.update(grad["perturbations"], optimizer.init(zero), zero)
+        gain = jnp.sum((grad["perturbations"] * update).reshape(data.num_train, -1), axis=1)
+        # The gain is >= 0 (a projected step along g); 0 (never drawn) ranks last.
+        with np.errstate(divide="ignore"):
+            log_gain += np.log(np.asarray(gain, np.float64))
+    # Stable sort: ties go to the lower index.
+    return np.sort(np.argsort(-log_gain, kind="stable")[:m]).astype(np.int64)
 
 
 def poison_attack(
