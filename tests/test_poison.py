@@ -29,6 +29,7 @@ from mgd.outer.poison import (
     poison_attack,
     random_noise_poison,
 )
+from mgd.outer.poison._attack import _rescaled_cross_entropy
 from mgd.train import TrainingSetup, make_synthetic, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,24 +98,42 @@ def test_attack_on_val_and_clean_maximizes_the_loss_on_the_unpoisoned_pool_too(s
         poison_attack(setup, target="test", **kwargs)
 
 
-def test_attack_with_margin_clip_maximizes_the_clipped_margin(setup, data):
+def _margin_and_rescaled_ce(logits, y, tau):
+    # References in numpy: the logit margin (logsumexp of the wrong logits minus the right one)
+    # and the cross-entropy of logits centred and rescaled to RMS tau.
+    right = logits[np.arange(y.size), y]
+    wrong = np.where(np.eye(logits.shape[1], dtype=bool)[y], -np.inf, logits)
+    margin = np.log(np.exp(wrong).sum(axis=1)) - right
+    z = logits - logits.mean(axis=1, keepdims=True)
+    z = tau * z / np.sqrt(np.mean(z**2, axis=1, keepdims=True))
+    ce = np.log(np.exp(z).sum(axis=1)) - z[np.arange(y.size), y]
+    return margin, ce
+
+
+@pytest.mark.parametrize("option", ["margin_clip", "logit_scale"])
+def test_attack_maximizes_the_chosen_objective(setup, data, option):
     kwargs = dict(fraction=0.25, meta_steps=2, step_size=0.05, craft_seeds=(0,), progress=False)
-    res = poison_attack(setup, margin_clip=0.5, **kwargs)
-    # The first meta-step's objective is before any update: plain training. Reference margin:
-    # logsumexp of the wrong logits minus the right one, from the trained model's logits.
+    res = poison_attack(setup, **{option: 0.5}, **kwargs)
+    # The first meta-step's objective is before any update: plain training.
     state = setup.train(seed=0)
     logits = np.asarray(setup._model.apply(state.params, state.model_state, data.x_val, False)[0])
-    y = data.y_val
-    right = logits[np.arange(y.size), y]
-    wrong = np.where(np.eye(3, dtype=bool)[y], -np.inf, logits)
-    margin = np.log(np.exp(wrong).sum(axis=1)) - right
-    assert np.any(margin > 0.5) and np.any(margin < 0.5)  # the clip is active on some
-    np.testing.assert_allclose(
-        res.history[0].objective, np.minimum(margin, 0.5).mean(), rtol=1e-5, atol=1e-6
-    )
+    margin, ce = _margin_and_rescaled_ce(logits.astype(np.float64), data.y_val, 0.5)
+    if option == "margin_clip":
+        assert np.any(margin > 0.5) and np.any(margin < 0.5)  # the clip is active on some
+        expected = np.minimum(margin, 0.5).mean()
+    else:
+        # Invariant to the logits' scale: 3x the logits give the same objective.
+        objective = _rescaled_cross_entropy(0.5)
+        np.testing.assert_allclose(
+            objective(3 * logits, data.y_val), objective(logits, data.y_val), rtol=1e-6
+        )
+        expected = ce.mean()
+    np.testing.assert_allclose(res.history[0].objective, expected, rtol=1e-5, atol=1e-6)
     assert res.history[1].objective > res.history[0].objective
-    with pytest.raises(ValueError, match="margin_clip must be a finite number"):
-        poison_attack(setup, margin_clip=float("inf"), **kwargs)
+    with pytest.raises(ValueError, match=f"{option} must be a finite number"):
+        poison_attack(setup, **{option: float("inf")}, **kwargs)
+    with pytest.raises(ValueError, match="at most one of margin_clip and logit_scale"):
+        poison_attack(setup, margin_clip=0.5, logit_scale=0.5, **kwargs)
 
 
 class _Killed(Exception):

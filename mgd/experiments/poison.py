@@ -77,6 +77,8 @@ class PoisonAttackConfig:
         training examples): where the attack maximizes the objective.
       margin_clip: null maximizes ``train.objective``; a number ``kappa``, the logit margin
         clipped at ``kappa`` (see ``mgd.poison_attack``).
+      logit_scale: null, or a number ``tau``: the cross-entropy of logits rescaled to RMS ``tau``
+        (see ``mgd.poison_attack``); at most one of ``margin_clip`` and ``logit_scale``.
       choose: which examples every attack poisons: ``"random"``, a seeded uniform subset, or
         ``"metagradient"``, those whose first ascent step raises the objective most
         (``mgd.outer.poison.influential_poison_indices``, one metagradient per seed in
@@ -94,6 +96,7 @@ class PoisonAttackConfig:
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     target: Literal["val", "val_and_clean"] = "val"
     margin_clip: float | None = None
+    logit_scale: float | None = None
     choose: Literal["random", "metagradient"] = "random"
     subset_seed: int = 0
     choose_seeds: tuple[int, ...] = (9,)
@@ -252,6 +255,7 @@ def run(
                 rule=att.rule,
                 target=att.target,
                 margin_clip=att.margin_clip,
+                logit_scale=att.logit_scale,
                 seeds=att.choose_seeds,
                 replay=config.replay.build(),
             )
@@ -271,6 +275,7 @@ def run(
         craft_seeds=att.craft_seeds,
         target=att.target,
         margin_clip=att.margin_clip,
+        logit_scale=att.logit_scale,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

@@ -234,23 +234,43 @@ def _clipped_margin(kappa: float) -> Callable[[Any, Any], Any]:
     return clipped_margin
 
 
+def _rescaled_cross_entropy(tau: float) -> Callable[[Any, Any], Any]:
+    """Cross-entropy of each example's logits rescaled to RMS ``tau`` (see ``poison_attack``)."""
+
+    def rescaled_cross_entropy(logits, labels):
+        z = logits - jnp.mean(logits, axis=1, keepdims=True)
+        z = tau * z / jnp.sqrt(jnp.mean(jnp.square(z), axis=1, keepdims=True) + 1e-12)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, labels))
+
+    return rescaled_cross_entropy
+
+
 def _crafting_setup(
     setup: TrainingSetup,
     idx: np.ndarray,
     craft_data: Dataset,
     margin_clip: float | None,
+    logit_scale: float | None,
     *,
     where: str,
 ) -> TrainingSetup:
     """``setup`` with ``idx`` perturbable, the target split and the attack's objective."""
     spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
     crafting = setup.replace(meta_spec=spec, data=craft_data)
-    if margin_clip is None:
-        return crafting
-    if not np.isfinite(margin_clip):
-        raise ValueError(f"{where}: margin_clip must be a finite number, got {margin_clip}")
-    # One function object for all crafting seeds: their programs compile once.
-    return crafting.replace(objective=_clipped_margin(float(margin_clip)))
+    if margin_clip is not None and logit_scale is not None:
+        raise ValueError(f"{where}: pass at most one of margin_clip and logit_scale")
+    if margin_clip is not None:
+        if not np.isfinite(margin_clip):
+            raise ValueError(f"{where}: margin_clip must be a finite number, got {margin_clip}")
+        # One function object for all crafting seeds: their programs compile once.
+        return crafting.replace(objective=_clipped_margin(float(margin_clip)))
+    if logit_scale is not None:
+        if not (np.isfinite(logit_scale) and logit_scale > 0):
+            raise ValueError(
+                f"{where}: logit_scale must be a finite number > 0, got {logit_scale}; e.g. 5.0"
+            )
+        return crafting.replace(objective=_rescaled_cross_entropy(float(logit_scale)))
+    return crafting
 
 
 def influential_poison_indices(
@@ -262,6 +282,7 @@ def influential_poison_indices(
     rule: AscentRule = "sign",
     target: Literal["val", "val_and_clean"] = "val",
     margin_clip: float | None = None,
+    logit_scale: float | None = None,
     seeds: Sequence[int] | None = None,
     replay: Replay | None = None,
 ) -> np.ndarray:
@@ -290,6 +311,7 @@ def influential_poison_indices(
       target: ``"val"``, or ``"val_and_clean"``: the validation split together with the whole
         training pool (which examples stay clean is not known yet).
       margin_clip: the attack's objective, as for :func:`poison_attack`.
+      logit_scale: the attack's objective, as for :func:`poison_attack`.
       seeds: training seeds of the metagradients (keep them apart from the victims' seeds);
         default ``(setup.seed,)``.
       replay: the engine's options; ``None`` is ``Replay()``.
@@ -300,7 +322,7 @@ def influential_poison_indices(
     Raises:
       ValueError: ``fraction`` outside (0, 1) or poisoning every example, a dataset without
         validation/test split, a non-positive ``step_size`` or ``bound``, an unknown ``rule``
-        or ``target``, a non-finite ``margin_clip``, no seed.
+        or ``target``, a bad ``margin_clip`` or ``logit_scale``, no seed.
 
     Example:
       >>> from mgd.outer.poison import influential_poison_indices
@@ -317,7 +339,7 @@ def influential_poison_indices(
     craft_data = _target_data(data, every[:0], target, where=where)
     step, _ = _scaled_step(data, step_size, 1, where=where)
     optimizer = _ascent(data, every, step, bound=bound, rule=rule)
-    everywhere = _crafting_setup(setup, every, craft_data, margin_clip, where=where)
+    everywhere = _crafting_setup(setup, every, craft_data, margin_clip, logit_scale, where=where)
     meta = everywhere.init_meta()
     zero = meta["perturbations"]
     replay = Replay() if replay is None else replay
@@ -348,6 +370,7 @@ def poison_attack(
     craft_seeds: Sequence[int] | None = None,
     target: Literal["val", "val_and_clean"] = "val",
     margin_clip: float | None = None,
+    logit_scale: float | None = None,
     seed: int = 0,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
@@ -401,6 +424,11 @@ def poison_attack(
         Carlini-Wagner loss): every correctly classified example steers the perturbations
         alike (the cross-entropy's gradient fades on confident ones) and one misclassified
         by more than ``kappa`` stops steering (classification only).
+      logit_scale: a number ``tau`` maximizes instead the cross-entropy of each target
+        example's logits, centred and rescaled to root-mean-square ``tau``: invariant to the
+        logits' scale, so the attack cannot raise it by making the victim less confident
+        without making it wrong (classification only; at most one of ``margin_clip`` and
+        ``logit_scale``).
       seed: seed of the random poisoned subset (with ``fraction``).
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
@@ -418,7 +446,7 @@ def poison_attack(
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
         indices out of range or repeated, a negative or zero ``bound`` or ``step_size``, an
-        unknown ``target``, a non-finite ``margin_clip``,
+        unknown ``target``, a bad ``margin_clip`` or ``logit_scale``,
         ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
         resume refused (see :func:`mgd.outer.meta_descent`).
 
@@ -450,7 +478,7 @@ def poison_attack(
     # One setup with the perturbations switched on, then seed-only copies of it: `replace`
     # shares compiled programs between copies that differ in seed, so every engine program
     # compiles once for all crafting seeds.
-    crafting0 = _crafting_setup(setup, idx, craft_data, margin_clip, where=where)
+    crafting0 = _crafting_setup(setup, idx, craft_data, margin_clip, logit_scale, where=where)
     crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
     meta = crafting0.init_meta()
 
@@ -478,6 +506,7 @@ def poison_attack(
             "rule": rule,
             "target": target,
             "margin_clip": margin_clip,
+            "logit_scale": logit_scale,
             "replay": replay.describe(),
             "user": fingerprint,
         },
