@@ -230,6 +230,32 @@ def test_influential_indices_have_the_largest_first_order_gain(x64, setup):
         influential_poison_indices(s, 0.25, seeds=())
 
 
+def test_attack_with_two_seeds_per_step_ascends_their_mean_metagradient(setup, data):
+    kwargs = dict(fraction=0.25, step_size=0.05, rule="normalized", progress=False)
+    res = poison_attack(setup, meta_steps=2, craft_seeds=(0, 1, 2), seeds_per_step=2, **kwargs)
+    assert [h.info["craft_seeds"] for h in res.history] == [[0, 1], [2, 0]]
+    # The first meta-step: the mean of the seed-0 and seed-1 objectives and metagradients,
+    # i.e. the normalized step along g0 + g1 (as a one-step attack on each seed computes).
+    victims = [_val_loss(setup, data, s) for s in (0, 1)]
+    np.testing.assert_allclose(res.history[0].objective, np.mean(victims), rtol=1e-5)
+    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(res.indices.tolist()))
+    crafting = setup.replace(meta_spec=spec)
+    g = sum(crafting.replace(seed=s).metagradient().grad["perturbations"] for s in (0, 1))
+    one = poison_attack(
+        setup,
+        meta_steps=1,
+        indices=res.indices,
+        craft_seeds=(0, 1),
+        seeds_per_step=2,
+        **{**kwargs, "fraction": None},
+    )
+    step = 0.05 * 6 * g / np.sqrt(np.mean(np.square(g), axis=1, keepdims=True))
+    x = data.x_train[res.indices]
+    np.testing.assert_allclose(one.perturbations, np.clip(step, -3 - x, 3 - x), atol=1e-5)
+    with pytest.raises(ValueError, match="seeds_per_step must be an int >= 1"):
+        poison_attack(setup, meta_steps=1, seeds_per_step=0, **kwargs)
+
+
 def test_same_fraction_same_examples_across_attacks(setup, data):
     flip = label_flip_poison(data, fraction=0.1, seed=3)
     noise = random_noise_poison(data, fraction=0.1, seed=3)

@@ -73,6 +73,7 @@ class PoisonAttackConfig:
       rule: ``"sign"`` or ``"normalized"``.
       craft_seeds: training seeds cycled over meta-steps (kept apart from ``victim_seeds``);
         as many as ``meta_steps`` crafts against a fresh seed every meta-step.
+      seeds_per_step: crafting runs averaged per meta-step (see ``mgd.poison_attack``).
       target: ``"val"`` or ``"val_and_clean"`` (the validation split with the unpoisoned
         training examples): where the attack maximizes the objective.
       margin_clip: null maximizes ``train.objective``; a number ``kappa``, the logit margin
@@ -94,6 +95,7 @@ class PoisonAttackConfig:
     final_step_size: float = 0.005
     rule: str = "sign"
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    seeds_per_step: int = 1
     target: Literal["val", "val_and_clean"] = "val"
     margin_clip: float | None = None
     logit_scale: float | None = None
@@ -114,6 +116,8 @@ class PoisonAttackConfig:
             )
         if not self.craft_seeds:
             raise ValueError("attack.craft_seeds is empty; give at least one training seed")
+        if self.seeds_per_step < 1:
+            raise ValueError(f"attack.seeds_per_step must be >= 1, got {self.seeds_per_step}")
         if self.choose not in ("random", "metagradient"):
             raise ValueError(
                 f"attack.choose must be 'random' or 'metagradient', got {self.choose!r}"
@@ -273,6 +277,7 @@ def run(
         bound=att.bound,
         rule=att.rule,
         craft_seeds=att.craft_seeds,
+        seeds_per_step=att.seeds_per_step,
         target=att.target,
         margin_clip=att.margin_clip,
         logit_scale=att.logit_scale,

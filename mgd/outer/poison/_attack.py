@@ -368,6 +368,7 @@ def poison_attack(
     bound: float | None = None,
     rule: AscentRule = "sign",
     craft_seeds: Sequence[int] | None = None,
+    seeds_per_step: int = 1,
     target: Literal["val", "val_and_clean"] = "val",
     margin_clip: float | None = None,
     logit_scale: float | None = None,
@@ -413,6 +414,9 @@ def poison_attack(
       craft_seeds: training seeds cycled over meta-steps; default ``(setup.seed,)``. Keep them
         disjoint from the victims' evaluation seeds. One seed per meta-step (e.g.
         ``range(meta_steps)``) crafts against a fresh initialization and batch order every time.
+      seeds_per_step: crafting runs per meta-step, ``>= 1``: meta-step ``k`` ascends along the
+        mean metagradient of the runs with seeds ``craft_seeds[(k * s + j) % len]``,
+        ``j < s`` (``s`` times the cost of a meta-step; its ``info["craft_seeds"]`` lists them).
       target: the examples whose objective is maximized: ``"val"``, the validation split, or
         ``"val_and_clean"``, the validation split together with the training examples the
         attacker does not control (the victim trains on them; the attacker knows them in this
@@ -469,6 +473,12 @@ def poison_attack(
     seeds = tuple(int(s) for s in (craft_seeds if craft_seeds is not None else (setup.seed,)))
     if not seeds:
         raise ValueError(f"{where}: craft_seeds is empty; pass at least one training seed")
+    if (
+        isinstance(seeds_per_step, bool)
+        or not isinstance(seeds_per_step, int)
+        or seeds_per_step < 1
+    ):
+        raise ValueError(f"{where}: seeds_per_step must be an int >= 1, got {seeds_per_step!r}")
     replay = Replay() if replay is None else replay
     craft_data = _target_data(data, idx, target, where=where)
     scaled_step, step_print = _scaled_step(data, step_size, meta_steps, where=where)
@@ -482,14 +492,29 @@ def poison_attack(
     crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
     meta = crafting0.init_meta()
 
+    def step_seeds(step: int) -> list[int]:
+        return [seeds[(step * seeds_per_step + j) % len(seeds)] for j in range(seeds_per_step)]
+
     def metagradient(step: int, perturbations):
-        res = crafting[seeds[step % len(seeds)]].metagradient(
-            {**meta, "perturbations": perturbations}, **replay.options()
+        results = [
+            crafting[s].metagradient({**meta, "perturbations": perturbations}, **replay.options())
+            for s in step_seeds(step)
+        ]
+        # The mean over the step's seeds; its cost is the sum of theirs.
+        stats = dataclasses.replace(
+            results[0].stats,
+            forward_steps=sum(r.stats.forward_steps for r in results),
+            replay_steps=sum(r.stats.replay_steps for r in results),
+            vjp_steps=sum(r.stats.vjp_steps for r in results),
         )
-        return res.value, res.grad["perturbations"], res.stats
+        value = sum(r.value for r in results) / len(results)
+        grad = sum(r.grad["perturbations"] for r in results) / len(results)
+        return value, grad, stats
 
     def record(step, perturbations, value, grad, opt_state) -> dict[str, Any]:
-        return {"craft_seed": seeds[step % len(seeds)]}
+        if seeds_per_step == 1:
+            return {"craft_seed": step_seeds(step)[0]}
+        return {"craft_seeds": step_seeds(step)}
 
     loop = meta_descent(
         metagradient,
@@ -501,6 +526,7 @@ def poison_attack(
             "setup": setup_fingerprint(setup),
             "indices": idx.tolist(),
             "craft_seeds": list(seeds),
+            "seeds_per_step": seeds_per_step,
             "step_size": step_print,
             "bound": bound,
             "rule": rule,
