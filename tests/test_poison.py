@@ -225,6 +225,19 @@ def test_influential_indices_have_the_largest_first_order_gain(x64, setup):
         # Not a near-tie: the 16th gain clears the 17th.
         ranked = np.sort(gain)[::-1]
         assert ranked[15] - ranked[16] > 1e-8 * ranked[0]
+        if rule == "sign":
+            # Per class: each class keeps its share of the pool, its largest gains.
+            idx = influential_poison_indices(s, 0.25, step_size=0.05, seeds=(0,), per_class=True)
+            # Classes of 17, 25, 22 examples: shares 4.25, 6.25, 5.5 of 16; the remaining one
+            # goes to the largest remainder.
+            y = s.data.y_train
+            assert np.bincount(y).tolist() == [17, 25, 22]
+            quota = [4, 6, 6]
+            np.testing.assert_array_equal(np.bincount(y[idx], minlength=3), quota)
+            for c in range(3):
+                members = np.flatnonzero(y == c)
+                top = members[np.argsort(-gain[members])[: quota[c]]]
+                np.testing.assert_array_equal(idx[y[idx] == c], np.sort(top))
         # The two seeds' batch orders choose differently: the second seed matters.
         assert set(np.argsort(-gains[0])[:16]) != set(np.argsort(-gains[1])[:16])
     with pytest.raises(ValueError, match="seeds is empty"):
@@ -378,7 +391,7 @@ def test_experiment_writes_metrics_and_plot(tmp_path):
         np.testing.assert_array_equal(res.indices, expected)
     with pytest.raises(ValueError, match="also crafting seeds"):
         _tiny_config(choose="metagradient", choose_seeds=(5, 7))
-    with pytest.raises(ValueError, match="choose must be 'random' or 'metagradient'"):
+    with pytest.raises(ValueError, match="choose must be 'random', 'metagradient' or"):
         _tiny_config(choose="largest")
 
 

@@ -83,7 +83,8 @@ class PoisonAttackConfig:
       choose: which examples every attack poisons: ``"random"``, a seeded uniform subset, or
         ``"metagradient"``, those whose first ascent step raises the objective most
         (``mgd.outer.poison.influential_poison_indices``, one metagradient per seed in
-        ``choose_seeds``).
+        ``choose_seeds``), or ``"metagradient_per_class"``, the same within each class's share
+        of the pool.
       subset_seed: seed of the random subset (``choose: random``).
       choose_seeds: crafting seeds of the choice's metagradients (``choose: metagradient``).
     """
@@ -99,7 +100,7 @@ class PoisonAttackConfig:
     target: Literal["val", "val_and_clean"] = "val"
     margin_clip: float | None = None
     logit_scale: float | None = None
-    choose: Literal["random", "metagradient"] = "random"
+    choose: Literal["random", "metagradient", "metagradient_per_class"] = "random"
     subset_seed: int = 0
     choose_seeds: tuple[int, ...] = (9,)
 
@@ -118,9 +119,10 @@ class PoisonAttackConfig:
             raise ValueError("attack.craft_seeds is empty; give at least one training seed")
         if self.seeds_per_step < 1:
             raise ValueError(f"attack.seeds_per_step must be >= 1, got {self.seeds_per_step}")
-        if self.choose not in ("random", "metagradient"):
+        if self.choose not in ("random", "metagradient", "metagradient_per_class"):
             raise ValueError(
-                f"attack.choose must be 'random' or 'metagradient', got {self.choose!r}"
+                "attack.choose must be 'random', 'metagradient' or 'metagradient_per_class', "
+                f"got {self.choose!r}"
             )
 
 
@@ -171,7 +173,7 @@ class PoisonConfig:
                 f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
             )
         crafted = set(self.attack.craft_seeds) | {self.gradient_canceling.craft_seed}
-        if self.attack.choose == "metagradient":
+        if self.attack.choose != "random":
             crafted |= set(self.attack.choose_seeds)
         shared = sorted(crafted & set(self.victim_seeds))
         if shared:
@@ -247,7 +249,7 @@ def run(
             prepare_out(out, "poison", config, resume=resume)
     seconds: dict[str, float] = {}
     results: dict[str, PoisonResult] = {}
-    if att.choose == "metagradient":
+    if att.choose != "random":
         t0 = time.perf_counter()
         # Every attack poisons the same examples: the MGD attack's choice.
         same: dict[str, Any] = dict(
@@ -261,6 +263,7 @@ def run(
                 margin_clip=att.margin_clip,
                 logit_scale=att.logit_scale,
                 seeds=att.choose_seeds,
+                per_class=att.choose == "metagradient_per_class",
                 replay=config.replay.build(),
             )
         )

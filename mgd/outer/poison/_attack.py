@@ -284,6 +284,7 @@ def influential_poison_indices(
     margin_clip: float | None = None,
     logit_scale: float | None = None,
     seeds: Sequence[int] | None = None,
+    per_class: bool = False,
     replay: Replay | None = None,
 ) -> np.ndarray:
     """The training examples whose perturbation raises the attack's objective most, to first order.
@@ -314,6 +315,9 @@ def influential_poison_indices(
       logit_scale: the attack's objective, as for :func:`poison_attack`.
       seeds: training seeds of the metagradients (keep them apart from the victims' seeds);
         default ``(setup.seed,)``.
+      per_class: keep each class's share of the pool (the largest-remainder rounding of
+        ``m * n_c / n``), the largest gains within each class; the gain alone concentrates on
+        a few confusable classes (classification only).
       replay: the engine's options; ``None`` is ``Replay()``.
 
     Returns:
@@ -355,7 +359,19 @@ def influential_poison_indices(
         with np.errstate(divide="ignore"):
             log_gain += np.log(np.asarray(gain, np.float64))
     # Stable sort: ties go to the lower index.
-    return np.sort(np.argsort(-log_gain, kind="stable")[:m]).astype(np.int64)
+    order = np.argsort(-log_gain, kind="stable")
+    if not per_class:
+        return np.sort(order[:m]).astype(np.int64)
+    labels = np.asarray(data.y_train)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: per_class needs one integer class label per example")
+    classes, counts = np.unique(labels, return_counts=True)
+    share = m * counts / data.num_train
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(-(share - quota), kind="stable")[: m - quota.sum()]] += 1
+    ranked = labels[order]
+    chosen = [order[ranked == c][:q] for c, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def poison_attack(
