@@ -4,6 +4,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -22,10 +24,12 @@ from mgd.outer.poison import (
     choose_poison_indices,
     evaluate_poisons,
     gradient_canceling_poison,
+    influential_poison_indices,
     label_flip_poison,
     poison_attack,
     random_noise_poison,
 )
+from mgd.outer.poison._attack import _rescaled_cross_entropy
 from mgd.train import TrainingSetup, make_synthetic, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,6 +98,44 @@ def test_attack_on_val_and_clean_maximizes_the_loss_on_the_unpoisoned_pool_too(s
         poison_attack(setup, target="test", **kwargs)
 
 
+def _margin_and_rescaled_ce(logits, y, tau):
+    # References in numpy: the logit margin (logsumexp of the wrong logits minus the right one)
+    # and the cross-entropy of logits centred and rescaled to RMS tau.
+    right = logits[np.arange(y.size), y]
+    wrong = np.where(np.eye(logits.shape[1], dtype=bool)[y], -np.inf, logits)
+    margin = np.log(np.exp(wrong).sum(axis=1)) - right
+    z = logits - logits.mean(axis=1, keepdims=True)
+    z = tau * z / np.sqrt(np.mean(z**2, axis=1, keepdims=True))
+    ce = np.log(np.exp(z).sum(axis=1)) - z[np.arange(y.size), y]
+    return margin, ce
+
+
+@pytest.mark.parametrize("option", ["margin_clip", "logit_scale"])
+def test_attack_maximizes_the_chosen_objective(setup, data, option):
+    kwargs = dict(fraction=0.25, meta_steps=2, step_size=0.05, craft_seeds=(0,), progress=False)
+    res = poison_attack(setup, **{option: 0.5}, **kwargs)
+    # The first meta-step's objective is before any update: plain training.
+    state = setup.train(seed=0)
+    logits = np.asarray(setup._model.apply(state.params, state.model_state, data.x_val, False)[0])
+    margin, ce = _margin_and_rescaled_ce(logits.astype(np.float64), data.y_val, 0.5)
+    if option == "margin_clip":
+        assert np.any(margin > 0.5) and np.any(margin < 0.5)  # the clip is active on some
+        expected = np.minimum(margin, 0.5).mean()
+    else:
+        # Invariant to the logits' scale: 3x the logits give the same objective.
+        objective = _rescaled_cross_entropy(0.5)
+        np.testing.assert_allclose(
+            objective(3 * logits, data.y_val), objective(logits, data.y_val), rtol=1e-6
+        )
+        expected = ce.mean()
+    np.testing.assert_allclose(res.history[0].objective, expected, rtol=1e-5, atol=1e-6)
+    assert res.history[1].objective > res.history[0].objective
+    with pytest.raises(ValueError, match=f"{option} must be a finite number"):
+        poison_attack(setup, **{option: float("inf")}, **kwargs)
+    with pytest.raises(ValueError, match="at most one of margin_clip and logit_scale"):
+        poison_attack(setup, margin_clip=0.5, logit_scale=0.5, **kwargs)
+
+
 class _Killed(Exception):
     pass
 
@@ -149,6 +191,83 @@ def test_crafting_over_several_seeds_compiles_each_program_once(data):
             poison_attack(fresh, craft_seeds=seeds, **kwargs)
         counts.append(count.value)
     assert counts[1] > 0 and counts[2] == counts[1]
+
+
+def test_influential_indices_have_the_largest_first_order_gain(x64, setup):
+    # Reference: jax.grad of the unrolled training run w.r.t. every example's perturbation, and
+    # the attack's first projected step from zero (sign: eta per coordinate; normalized: unit
+    # RMS per example), clipped to the valid range [-3, 3] (some inputs sit on its edge); over
+    # two seeds, the geometric mean of the gains.
+    s = setup.replace(dtype=jnp.float64)
+    x = jnp.asarray(s.data.x_train, jnp.float64)
+    spec = dataclasses.replace(s.meta_spec, perturb_indices=tuple(range(s.data.num_train)))
+    every = s.replace(meta_spec=spec)
+
+    def objective(delta, seed):
+        meta = {"perturbations": delta}
+        return every.objective_fn(every.train(meta, seed=seed), meta)
+
+    grads = [jax.grad(objective)(jnp.zeros_like(x), seed) for seed in (0, 1)]
+    for rule in ("sign", "normalized"):
+        gains = []
+        for g in grads:
+            if rule == "sign":
+                direction = jnp.sign(g)
+            else:
+                direction = g / jnp.sqrt(jnp.mean(g**2, axis=1, keepdims=True))
+            step = jnp.clip(0.05 * 6 * direction, -3 - x, 3 - x)
+            gains.append(np.asarray(jnp.sum(g * step, axis=1)))
+        # One seed with the sign, the geometric mean over two with the normalized rule.
+        seeds, gain = ((0,), gains[0]) if rule == "sign" else ((0, 1), np.sqrt(gains[0] * gains[1]))
+        idx = influential_poison_indices(s, 0.25, step_size=0.05, rule=rule, seeds=seeds)
+        assert idx.shape == (16,) and np.all(np.diff(idx) > 0)
+        np.testing.assert_array_equal(idx, np.sort(np.argsort(-gain)[:16]), err_msg=rule)
+        # Not a near-tie: the 16th gain clears the 17th.
+        ranked = np.sort(gain)[::-1]
+        assert ranked[15] - ranked[16] > 1e-8 * ranked[0]
+        if rule == "sign":
+            # Per class: each class keeps its share of the pool, its largest gains.
+            idx = influential_poison_indices(s, 0.25, step_size=0.05, seeds=(0,), per_class=True)
+            # Classes of 17, 25, 22 examples: shares 4.25, 6.25, 5.5 of 16; the remaining one
+            # goes to the largest remainder.
+            y = s.data.y_train
+            assert np.bincount(y).tolist() == [17, 25, 22]
+            quota = [4, 6, 6]
+            np.testing.assert_array_equal(np.bincount(y[idx], minlength=3), quota)
+            for c in range(3):
+                members = np.flatnonzero(y == c)
+                top = members[np.argsort(-gain[members])[: quota[c]]]
+                np.testing.assert_array_equal(idx[y[idx] == c], np.sort(top))
+        # The two seeds' batch orders choose differently: the second seed matters.
+        assert set(np.argsort(-gains[0])[:16]) != set(np.argsort(-gains[1])[:16])
+    with pytest.raises(ValueError, match="seeds is empty"):
+        influential_poison_indices(s, 0.25, seeds=())
+
+
+def test_attack_with_two_seeds_per_step_ascends_their_mean_metagradient(setup, data):
+    kwargs = dict(fraction=0.25, step_size=0.05, rule="normalized", progress=False)
+    res = poison_attack(setup, meta_steps=2, craft_seeds=(0, 1, 2), seeds_per_step=2, **kwargs)
+    assert [h.info["craft_seeds"] for h in res.history] == [[0, 1], [2, 0]]
+    # The first meta-step: the mean of the seed-0 and seed-1 objectives and metagradients,
+    # i.e. the normalized step along g0 + g1 (as a one-step attack on each seed computes).
+    victims = [_val_loss(setup, data, s) for s in (0, 1)]
+    np.testing.assert_allclose(res.history[0].objective, np.mean(victims), rtol=1e-5)
+    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(res.indices.tolist()))
+    crafting = setup.replace(meta_spec=spec)
+    g = sum(crafting.replace(seed=s).metagradient().grad["perturbations"] for s in (0, 1))
+    one = poison_attack(
+        setup,
+        meta_steps=1,
+        indices=res.indices,
+        craft_seeds=(0, 1),
+        seeds_per_step=2,
+        **{**kwargs, "fraction": None},
+    )
+    step = 0.05 * 6 * g / np.sqrt(np.mean(np.square(g), axis=1, keepdims=True))
+    x = data.x_train[res.indices]
+    np.testing.assert_allclose(one.perturbations, np.clip(step, -3 - x, 3 - x), atol=1e-5)
+    with pytest.raises(ValueError, match="seeds_per_step must be an int >= 1"):
+        poison_attack(setup, meta_steps=1, seeds_per_step=0, **kwargs)
 
 
 def test_same_fraction_same_examples_across_attacks(setup, data):
@@ -256,7 +375,7 @@ def _tiny_config(**attack) -> PoisonConfig:
 
 
 def test_experiment_writes_metrics_and_plot(tmp_path):
-    exp = run(_tiny_config(), tmp_path, progress=False)
+    exp = run(_tiny_config(choose="metagradient", choose_seeds=(5, 6)), tmp_path, progress=False)
     assert [h.step for h in exp.results["mgd"].history] == [0, 1]
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert set(metrics) == {"clean", "mgd", "random_noise", "label_flip", "gradient_canceling"}
@@ -266,6 +385,14 @@ def test_experiment_writes_metrics_and_plot(tmp_path):
     assert (tmp_path / "accuracy.png").stat().st_size > 0
     assert set(exp.results) == set(metrics) - {"clean"}
     assert "MGD's drop" in exp.table() or "mgd" in exp.table()
+    # Every attack poisons the examples MGD chose (from the seed-5 and -6 metagradients).
+    expected = influential_poison_indices(exp.setup, 0.1, step_size=0.05, seeds=(5, 6))
+    for res in exp.results.values():
+        np.testing.assert_array_equal(res.indices, expected)
+    with pytest.raises(ValueError, match="also crafting seeds"):
+        _tiny_config(choose="metagradient", choose_seeds=(5, 7))
+    with pytest.raises(ValueError, match="choose must be 'random', 'metagradient' or"):
+        _tiny_config(choose="largest")
 
 
 def test_experiment_killed_before_its_first_checkpoint_resumes(tmp_path):

@@ -36,6 +36,7 @@ from mgd.outer.poison import (
     PoisonResult,
     evaluate_poisons,
     gradient_canceling_poison,
+    influential_poison_indices,
     label_flip_poison,
     plot_poison_report,
     poison_attack,
@@ -72,9 +73,20 @@ class PoisonAttackConfig:
       rule: ``"sign"`` or ``"normalized"``.
       craft_seeds: training seeds cycled over meta-steps (kept apart from ``victim_seeds``);
         as many as ``meta_steps`` crafts against a fresh seed every meta-step.
+      seeds_per_step: crafting runs averaged per meta-step (see ``mgd.poison_attack``).
       target: ``"val"`` or ``"val_and_clean"`` (the validation split with the unpoisoned
         training examples): where the attack maximizes the objective.
-      subset_seed: seed of the poisoned subset (shared by all attacks).
+      margin_clip: null maximizes ``train.objective``; a number ``kappa``, the logit margin
+        clipped at ``kappa`` (see ``mgd.poison_attack``).
+      logit_scale: null, or a number ``tau``: the cross-entropy of logits rescaled to RMS ``tau``
+        (see ``mgd.poison_attack``); at most one of ``margin_clip`` and ``logit_scale``.
+      choose: which examples every attack poisons: ``"random"``, a seeded uniform subset, or
+        ``"metagradient"``, those whose first ascent step raises the objective most
+        (``mgd.outer.poison.influential_poison_indices``, one metagradient per seed in
+        ``choose_seeds``), or ``"metagradient_per_class"``, the same within each class's share
+        of the pool.
+      subset_seed: seed of the random subset (``choose: random``).
+      choose_seeds: crafting seeds of the choice's metagradients (``choose: metagradient``).
     """
 
     fraction: float = 0.025
@@ -84,8 +96,13 @@ class PoisonAttackConfig:
     final_step_size: float = 0.005
     rule: str = "sign"
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
+    seeds_per_step: int = 1
     target: Literal["val", "val_and_clean"] = "val"
+    margin_clip: float | None = None
+    logit_scale: float | None = None
+    choose: Literal["random", "metagradient", "metagradient_per_class"] = "random"
     subset_seed: int = 0
+    choose_seeds: tuple[int, ...] = (9,)
 
     def __post_init__(self):
         # Fail when the config is read, not after the data is loaded and compiled.
@@ -100,6 +117,13 @@ class PoisonAttackConfig:
             )
         if not self.craft_seeds:
             raise ValueError("attack.craft_seeds is empty; give at least one training seed")
+        if self.seeds_per_step < 1:
+            raise ValueError(f"attack.seeds_per_step must be >= 1, got {self.seeds_per_step}")
+        if self.choose not in ("random", "metagradient", "metagradient_per_class"):
+            raise ValueError(
+                "attack.choose must be 'random', 'metagradient' or 'metagradient_per_class', "
+                f"got {self.choose!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +173,8 @@ class PoisonConfig:
                 f"baselines: unknown {', '.join(unknown)}; choose from {', '.join(BASELINES)}"
             )
         crafted = set(self.attack.craft_seeds) | {self.gradient_canceling.craft_seed}
+        if self.attack.choose != "random":
+            crafted |= set(self.attack.choose_seeds)
         shared = sorted(crafted & set(self.victim_seeds))
         if shared:
             raise ValueError(
@@ -223,10 +249,30 @@ def run(
             prepare_out(out, "poison", config, resume=resume)
     seconds: dict[str, float] = {}
     results: dict[str, PoisonResult] = {}
+    if att.choose != "random":
+        t0 = time.perf_counter()
+        # Every attack poisons the same examples: the MGD attack's choice.
+        same: dict[str, Any] = dict(
+            indices=influential_poison_indices(
+                setup,
+                att.fraction,
+                step_size=att.step_size,
+                bound=att.bound,
+                rule=att.rule,
+                target=att.target,
+                margin_clip=att.margin_clip,
+                logit_scale=att.logit_scale,
+                seeds=att.choose_seeds,
+                per_class=att.choose == "metagradient_per_class",
+                replay=config.replay.build(),
+            )
+        )
+        seconds["choose"] = time.perf_counter() - t0
+    else:
+        same = dict(fraction=att.fraction, seed=att.subset_seed)
     t0 = time.perf_counter()
     results["mgd"] = poison_attack(
         setup,
-        fraction=att.fraction,
         meta_steps=att.meta_steps,
         step_size=optax.cosine_decay_schedule(
             att.step_size, att.meta_steps, alpha=att.final_step_size / att.step_size
@@ -234,16 +280,18 @@ def run(
         bound=att.bound,
         rule=att.rule,
         craft_seeds=att.craft_seeds,
+        seeds_per_step=att.seeds_per_step,
         target=att.target,
-        seed=att.subset_seed,
+        margin_clip=att.margin_clip,
+        logit_scale=att.logit_scale,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
         fingerprint=config_to_dict(config),
         progress=progress,
+        **same,
     )
     seconds["mgd"] = time.perf_counter() - t0
-    same = dict(fraction=att.fraction, seed=att.subset_seed)
     for name in config.baselines:
         t0 = time.perf_counter()
         if name == "random_noise":

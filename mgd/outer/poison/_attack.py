@@ -28,11 +28,13 @@ import optax
 from mgd.outer._loop import MetaStep, Replay, check_meta_steps, meta_descent, setup_fingerprint
 from mgd.outer.poison._update import AscentRule, check_bound, poison_ascent
 from mgd.train import Dataset, TrainingSetup
+from mgd.train._setup import _margin
 
 __all__ = [
     "PoisonResult",
     "poison_attack",
     "choose_poison_indices",
+    "influential_poison_indices",
     "apply_perturbations",
     "check_poison_data",
     "check_fraction",
@@ -183,6 +185,195 @@ def apply_perturbations(data: Dataset, indices: np.ndarray, perturbations: Any) 
     return data.replace(x_train=x)
 
 
+def _target_data(data: Dataset, idx: np.ndarray, target: str, *, where: str) -> Dataset:
+    """The data whose validation split is the attack's target (see ``poison_attack``)."""
+    if target == "val_and_clean":
+        clean = np.setdiff1d(np.arange(data.num_train), idx)
+        return data.replace(
+            x_val=np.concatenate([data.x_val, data.x_train[clean]]),
+            y_val=np.concatenate([data.y_val, data.y_train[clean]]),
+        )
+    if target == "val":
+        return data
+    raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
+
+
+def _scaled_step(data: Dataset, step_size: Any, meta_steps: int, *, where: str):
+    """The step in input units (a float or a schedule) and its JSON-able fingerprint."""
+    low, high = data.x_range
+    width = jnp.asarray(high - low)
+    if callable(step_size):
+        # A schedule is a function; its first values stand for it in the fingerprint.
+        return (
+            lambda count: step_size(count) * width,
+            [float(step_size(k)) for k in range(min(meta_steps, 8))],
+        )
+    if step_size > 0:
+        return step_size * width, float(step_size)
+    raise ValueError(f"{where}: step_size must be > 0, got {step_size}; e.g. 0.05")
+
+
+def _ascent(data: Dataset, idx: np.ndarray, step: Any, *, bound, rule):
+    low, high = data.x_range
+    return poison_ascent(
+        step,
+        clean_inputs=jnp.asarray(data.x_train[idx]),
+        lower=jnp.asarray(low),
+        upper=jnp.asarray(high),
+        bound=absolute_bound(data, bound),
+        rule=rule,
+    )
+
+
+def _clipped_margin(kappa: float) -> Callable[[Any, Any], Any]:
+    """The objective ``mean(min(margin, kappa))`` over the target split (see ``poison_attack``)."""
+
+    def clipped_margin(logits, labels):
+        return jnp.mean(jnp.minimum(_margin(logits, labels), kappa))
+
+    return clipped_margin
+
+
+def _rescaled_cross_entropy(tau: float) -> Callable[[Any, Any], Any]:
+    """Cross-entropy of each example's logits rescaled to RMS ``tau`` (see ``poison_attack``)."""
+
+    def rescaled_cross_entropy(logits, labels):
+        z = logits - jnp.mean(logits, axis=1, keepdims=True)
+        z = tau * z / jnp.sqrt(jnp.mean(jnp.square(z), axis=1, keepdims=True) + 1e-12)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(z, labels))
+
+    return rescaled_cross_entropy
+
+
+def _crafting_setup(
+    setup: TrainingSetup,
+    idx: np.ndarray,
+    craft_data: Dataset,
+    margin_clip: float | None,
+    logit_scale: float | None,
+    *,
+    where: str,
+) -> TrainingSetup:
+    """``setup`` with ``idx`` perturbable, the target split and the attack's objective."""
+    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
+    crafting = setup.replace(meta_spec=spec, data=craft_data)
+    if margin_clip is not None and logit_scale is not None:
+        raise ValueError(f"{where}: pass at most one of margin_clip and logit_scale")
+    if margin_clip is not None:
+        if not np.isfinite(margin_clip):
+            raise ValueError(f"{where}: margin_clip must be a finite number, got {margin_clip}")
+        # One function object for all crafting seeds: their programs compile once.
+        return crafting.replace(objective=_clipped_margin(float(margin_clip)))
+    if logit_scale is not None:
+        if not (np.isfinite(logit_scale) and logit_scale > 0):
+            raise ValueError(
+                f"{where}: logit_scale must be a finite number > 0, got {logit_scale}; e.g. 5.0"
+            )
+        return crafting.replace(objective=_rescaled_cross_entropy(float(logit_scale)))
+    return crafting
+
+
+def influential_poison_indices(
+    setup: TrainingSetup,
+    fraction: float,
+    *,
+    step_size: float = 0.05,
+    bound: float | None = None,
+    rule: AscentRule = "sign",
+    target: Literal["val", "val_and_clean"] = "val",
+    margin_clip: float | None = None,
+    logit_scale: float | None = None,
+    seeds: Sequence[int] | None = None,
+    per_class: bool = False,
+    replay: Replay | None = None,
+) -> np.ndarray:
+    """The training examples whose perturbation raises the attack's objective most, to first order.
+
+    Takes one metagradient ``g`` of the objective with respect to a perturbation of *every*
+    training input (at zero perturbation) per seed in ``seeds``, takes the attack's first
+    ascent step ``u`` on all of them (:func:`poison_ascent` with ``step_size``, ``bound`` and
+    ``rule``, projected onto the valid range), and keeps the ``m`` examples with the largest
+    first-order gain ``<g_i, u_i>`` (its geometric mean over the seeds): the examples the
+    attack can move the objective with most. For ``rule="sign"`` the gain is
+    ``eta * |g_i|_1`` over the pixels free to move; for ``"normalized"`` it grows with
+    ``|g_i|_2``. An example drawn late in a run's batch order moves the loss far more than one
+    drawn early, so a single seed's choice is largely its batch order's; the geometric mean
+    over several seeds keeps one seed from deciding.
+
+    Cost: one metagradient of ``setup`` with ``n`` perturbed inputs per seed (the engine's
+    memory grows by a few copies of the training inputs).
+
+    Args:
+      setup: the victim's recipe on the clean data, as for :func:`poison_attack`.
+      fraction: poisoned fraction in (0, 1); ``m = max(1, round(fraction * n))`` examples.
+      step_size: the attack's first ascent step, as a fraction of the valid input range.
+      bound: optional L-infinity radius, as for :func:`poison_attack`.
+      rule: ``"sign"`` or ``"normalized"``, as for :func:`poison_attack`.
+      target: ``"val"``, or ``"val_and_clean"``: the validation split together with the whole
+        training pool (which examples stay clean is not known yet).
+      margin_clip: the attack's objective, as for :func:`poison_attack`.
+      logit_scale: the attack's objective, as for :func:`poison_attack`.
+      seeds: training seeds of the metagradients (keep them apart from the victims' seeds);
+        default ``(setup.seed,)``.
+      per_class: keep each class's share of the pool (the largest-remainder rounding of
+        ``m * n_c / n``), the largest gains within each class; the gain alone concentrates on
+        a few confusable classes (classification only).
+      replay: the engine's options; ``None`` is ``Replay()``.
+
+    Returns:
+      Sorted int64 array ``(m,)`` of distinct indices in ``[0, n)``.
+
+    Raises:
+      ValueError: ``fraction`` outside (0, 1) or poisoning every example, a dataset without
+        validation/test split, a non-positive ``step_size`` or ``bound``, an unknown ``rule``
+        or ``target``, a bad ``margin_clip`` or ``logit_scale``, no seed.
+
+    Example:
+      >>> from mgd.outer.poison import influential_poison_indices
+      >>> idx = influential_poison_indices(setup, 0.025, seeds=(0, 1))  # doctest: +SKIP
+      >>> res = mgd.poison_attack(setup, indices=idx, meta_steps=50)  # doctest: +SKIP
+    """
+    where = "influential_poison_indices"
+    data = setup.data
+    check_poison_data(data, where=where)
+    check_bound(bound, where=where)
+    m = choose_poison_indices(data.num_train, fraction).size
+    every = np.arange(data.num_train, dtype=np.int64)
+    # Nothing is poisoned yet, so "the unpoisoned pool" is the whole pool.
+    craft_data = _target_data(data, every[:0], target, where=where)
+    step, _ = _scaled_step(data, step_size, 1, where=where)
+    optimizer = _ascent(data, every, step, bound=bound, rule=rule)
+    everywhere = _crafting_setup(setup, every, craft_data, margin_clip, logit_scale, where=where)
+    meta = everywhere.init_meta()
+    zero = meta["perturbations"]
+    replay = Replay() if replay is None else replay
+    seeds = tuple(int(s) for s in (seeds if seeds is not None else (setup.seed,)))
+    if not seeds:
+        raise ValueError(f"{where}: seeds is empty; pass at least one training seed")
+    log_gain = np.zeros(data.num_train)
+    for s in seeds:
+        grad = everywhere.replace(seed=s).metagradient(meta, **replay.options()).grad
+        update, _ = optimizer.update(grad["perturbations"], optimizer.init(zero), zero)
+        gain = jnp.sum((grad["perturbations"] * update).reshape(data.num_train, -1), axis=1)
+        # The gain is >= 0 (a projected step along g); 0 (never drawn) ranks last.
+        with np.errstate(divide="ignore"):
+            log_gain += np.log(np.asarray(gain, np.float64))
+    # Stable sort: ties go to the lower index.
+    order = np.argsort(-log_gain, kind="stable")
+    if not per_class:
+        return np.sort(order[:m]).astype(np.int64)
+    labels = np.asarray(data.y_train)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{where}: per_class needs one integer class label per example")
+    classes, counts = np.unique(labels, return_counts=True)
+    share = m * counts / data.num_train
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(-(share - quota), kind="stable")[: m - quota.sum()]] += 1
+    ranked = labels[order]
+    chosen = [order[ranked == c][:q] for c, q in zip(classes, quota, strict=True)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
 def poison_attack(
     setup: TrainingSetup,
     *,
@@ -193,7 +384,10 @@ def poison_attack(
     bound: float | None = None,
     rule: AscentRule = "sign",
     craft_seeds: Sequence[int] | None = None,
+    seeds_per_step: int = 1,
     target: Literal["val", "val_and_clean"] = "val",
+    margin_clip: float | None = None,
+    logit_scale: float | None = None,
     seed: int = 0,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
@@ -236,11 +430,25 @@ def poison_attack(
       craft_seeds: training seeds cycled over meta-steps; default ``(setup.seed,)``. Keep them
         disjoint from the victims' evaluation seeds. One seed per meta-step (e.g.
         ``range(meta_steps)``) crafts against a fresh initialization and batch order every time.
+      seeds_per_step: crafting runs per meta-step, ``>= 1``: meta-step ``k`` ascends along the
+        mean metagradient of the runs with seeds ``craft_seeds[(k * s + j) % len]``,
+        ``j < s`` (``s`` times the cost of a meta-step; its ``info["craft_seeds"]`` lists them).
       target: the examples whose objective is maximized: ``"val"``, the validation split, or
         ``"val_and_clean"``, the validation split together with the training examples the
         attacker does not control (the victim trains on them; the attacker knows them in this
         threat model). The larger target leaves the perturbations less room to fit the
         validation examples themselves instead of the data's distribution.
+      margin_clip: ``None`` maximizes ``setup``'s objective; a number ``kappa`` maximizes
+        instead the mean over the target of ``min(m, kappa)``, with ``m`` the logit margin
+        (logsumexp of the wrong logits minus the right one, > 0 when misclassified; the
+        Carlini-Wagner loss): every correctly classified example steers the perturbations
+        alike (the cross-entropy's gradient fades on confident ones) and one misclassified
+        by more than ``kappa`` stops steering (classification only).
+      logit_scale: a number ``tau`` maximizes instead the cross-entropy of each target
+        example's logits, centred and rescaled to root-mean-square ``tau``: invariant to the
+        logits' scale, so the attack cannot raise it by making the victim less confident
+        without making it wrong (classification only; at most one of ``margin_clip`` and
+        ``logit_scale``).
       seed: seed of the random poisoned subset (with ``fraction``).
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
@@ -258,7 +466,7 @@ def poison_attack(
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
         indices out of range or repeated, a negative or zero ``bound`` or ``step_size``, an
-        unknown ``target``,
+        unknown ``target``, a bad ``margin_clip`` or ``logit_scale``,
         ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
         resume refused (see :func:`mgd.outer.meta_descent`).
 
@@ -281,55 +489,48 @@ def poison_attack(
     seeds = tuple(int(s) for s in (craft_seeds if craft_seeds is not None else (setup.seed,)))
     if not seeds:
         raise ValueError(f"{where}: craft_seeds is empty; pass at least one training seed")
+    if (
+        isinstance(seeds_per_step, bool)
+        or not isinstance(seeds_per_step, int)
+        or seeds_per_step < 1
+    ):
+        raise ValueError(f"{where}: seeds_per_step must be an int >= 1, got {seeds_per_step!r}")
     replay = Replay() if replay is None else replay
-    if target == "val_and_clean":
-        clean = np.setdiff1d(np.arange(data.num_train), idx)
-        craft_data = data.replace(
-            x_val=np.concatenate([data.x_val, data.x_train[clean]]),
-            y_val=np.concatenate([data.y_val, data.y_train[clean]]),
-        )
-    elif target == "val":
-        craft_data = data
-    else:
-        raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
-
-    low, high = data.x_range
-    width = jnp.asarray(high - low)
-    if callable(step_size):
-        scaled_step = lambda count: step_size(count) * width  # noqa: E731
-        # A schedule is a function; its first values stand for it in the fingerprint.
-        step_print: Any = [float(step_size(k)) for k in range(min(meta_steps, 8))]
-    elif step_size > 0:
-        scaled_step = step_size * width
-        step_print = float(step_size)
-    else:
-        raise ValueError(f"{where}: step_size must be > 0, got {step_size}; e.g. 0.05")
-    optimizer = poison_ascent(
-        scaled_step,
-        clean_inputs=jnp.asarray(data.x_train[idx]),
-        lower=jnp.asarray(low),
-        upper=jnp.asarray(high),
-        bound=absolute_bound(data, bound),
-        rule=rule,
-    )
+    craft_data = _target_data(data, idx, target, where=where)
+    scaled_step, step_print = _scaled_step(data, step_size, meta_steps, where=where)
+    optimizer = _ascent(data, idx, scaled_step, bound=bound, rule=rule)
 
     # Keep the recipe's other metaparameters (e.g. a learning-rate schedule) at their defaults.
     # One setup with the perturbations switched on, then seed-only copies of it: `replace`
     # shares compiled programs between copies that differ in seed, so every engine program
     # compiles once for all crafting seeds.
-    spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
-    crafting0 = setup.replace(meta_spec=spec, data=craft_data)
+    crafting0 = _crafting_setup(setup, idx, craft_data, margin_clip, logit_scale, where=where)
     crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
     meta = crafting0.init_meta()
 
+    def step_seeds(step: int) -> list[int]:
+        return [seeds[(step * seeds_per_step + j) % len(seeds)] for j in range(seeds_per_step)]
+
     def metagradient(step: int, perturbations):
-        res = crafting[seeds[step % len(seeds)]].metagradient(
-            {**meta, "perturbations": perturbations}, **replay.options()
+        results = [
+            crafting[s].metagradient({**meta, "perturbations": perturbations}, **replay.options())
+            for s in step_seeds(step)
+        ]
+        # The mean over the step's seeds; its cost is the sum of theirs.
+        stats = dataclasses.replace(
+            results[0].stats,
+            forward_steps=sum(r.stats.forward_steps for r in results),
+            replay_steps=sum(r.stats.replay_steps for r in results),
+            vjp_steps=sum(r.stats.vjp_steps for r in results),
         )
-        return res.value, res.grad["perturbations"], res.stats
+        value = sum(r.value for r in results) / len(results)
+        grad = sum(r.grad["perturbations"] for r in results) / len(results)
+        return value, grad, stats
 
     def record(step, perturbations, value, grad, opt_state) -> dict[str, Any]:
-        return {"craft_seed": seeds[step % len(seeds)]}
+        if seeds_per_step == 1:
+            return {"craft_seed": step_seeds(step)[0]}
+        return {"craft_seeds": step_seeds(step)}
 
     loop = meta_descent(
         metagradient,
@@ -341,10 +542,13 @@ def poison_attack(
             "setup": setup_fingerprint(setup),
             "indices": idx.tolist(),
             "craft_seeds": list(seeds),
+            "seeds_per_step": seeds_per_step,
             "step_size": step_print,
             "bound": bound,
             "rule": rule,
             "target": target,
+            "margin_clip": margin_clip,
+            "logit_scale": logit_scale,
             "replay": replay.describe(),
             "user": fingerprint,
         },
