@@ -156,12 +156,12 @@ def print_tables(sets: dict, results: dict, noisy: np.ndarray) -> None:
         print(f"| {name} | {best} | {val} | {test} |")
     random_name = next(name for name in sets if name.startswith("random"))
     gap = 100 * (chosen["MGD selection"] - chosen[random_name])
-    print(f"\nMGD selection - random halves, blind protocol: {gap:+.1f} points")
+    print(f"\nMGD selection - random halves, blind protocol: {gap:+.2f} points")
     for r in RECIPES:
         per = {n: 100 * np.mean(results[n][r]["test"]) for n in sets}
         mgd_gap = per["MGD selection"] - per[random_name]
         oracle_gap = per["oracle clean half (3 draws)"] - per[random_name]
-        print(f"{r}: over random halves, MGD {mgd_gap:+.1f}, oracle clean half {oracle_gap:+.1f}")
+        print(f"{r}: over random halves, MGD {mgd_gap:+.2f}, oracle clean half {oracle_gap:+.2f}")
 
 
 if __name__ == "__main__":
