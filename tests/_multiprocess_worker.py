@@ -3,6 +3,7 @@
 
     python tests/_multiprocess_worker.py engine OUT   # metagradients with every store
     python tests/_multiprocess_worker.py outer OUT    # selection, LR search, poisoning
+    python tests/_multiprocess_worker.py engine+outer OUT   # both, in one launch
     python tests/_multiprocess_worker.py cli ARGS...  # `mgd ARGS` with {pid} -> process id
 
 Each process writes what it found to ``OUT/<mode>-<process id>.{npz,json}``.
@@ -110,4 +111,5 @@ if __name__ == "__main__":
     if mode == "cli":  # The command line joins the other processes itself.
         sys.exit(cli(rest))
     mgd.distributed.initialize()  # Before anything else touches JAX's devices.
-    {"engine": engine, "outer": outer}[mode](Path(rest[0]))
+    for part in mode.split("+"):  # Several parts share one launch's startup and data.
+        {"engine": engine, "outer": outer}[part](Path(rest[0]))

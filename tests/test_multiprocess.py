@@ -52,9 +52,15 @@ def _run(*command, **kwargs):
     return _finish(_launch(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs))
 
 
-def test_metagradient_across_processes_equals_one_process(tmp_path):
-    code, _, err = _run(sys.executable, WORKER, "engine", str(tmp_path))
+def test_processes_give_one_process_metagradient_and_take_the_same_decisions(tmp_path):
+    # One launch for both checks: most of a launch is starting the processes and compiling.
+    code, _, err = _run(sys.executable, WORKER, "engine+outer", str(tmp_path))
     assert code == 0, err[-3000:]
+    _check_metagradient_equals_one_process(tmp_path)
+    _check_outer_loops_take_the_same_decisions(tmp_path)
+
+
+def _check_metagradient_equals_one_process(tmp_path):
     sys.path.insert(0, str(Path(WORKER).parent))
     try:
         import _multiprocess_worker as worker
@@ -77,9 +83,7 @@ def test_metagradient_across_processes_equals_one_process(tmp_path):
         assert f["disk_file_bytes"] == f["local_state_bytes"] < f["global_state_bytes"]
 
 
-def test_outer_loops_take_the_same_decisions_on_every_process(tmp_path):
-    code, _, err = _run(sys.executable, WORKER, "outer", str(tmp_path))
-    assert code == 0, err[-3000:]
+def _check_outer_loops_take_the_same_decisions(tmp_path):
     first, second = (json.loads((tmp_path / f"outer-{i}.json").read_text()) for i in range(2))
     assert first == second
     assert len(first["selection"]) == 540 and len(first["schedule"]) == 6  # One per step.

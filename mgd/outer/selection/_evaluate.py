@@ -106,6 +106,18 @@ class SelectionReport:
         return "\n".join(lines)
 
 
+def draw_random_subsets(n: int, k: int, count: int, seed: int) -> list[np.ndarray]:
+    """The random subsets :func:`evaluate_selection` trains on (scripts that retrain them under
+    other recipes draw the same ones).
+
+    Returns:
+      ``count`` sorted int arrays ``(k,)`` of distinct indices into ``range(n)``, drawn with
+      ``seed``.
+    """
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.permutation(n)[:k]) for _ in range(count)]
+
+
 def evaluate_selection(
     setup: TrainingSetup,
     indices: Sequence[int] | np.ndarray,
@@ -154,8 +166,7 @@ def evaluate_selection(
         raise ValueError(f"evaluate_selection: num_random must be >= 1, got {num_random}")
     plain = setup.replace(meta_spec=MetaSpec())
     data, n, k = setup.data, setup.data.num_groups, len(indices)
-    rng = np.random.default_rng(random_seed)
-    random_subsets = [np.sort(rng.permutation(n)[:k]) for _ in range(num_random)]
+    random_subsets = draw_random_subsets(n, k, num_random, random_seed)
     baselines = dict(baselines or {})
     total = (2 + len(baselines)) * len(seeds) + num_random
     with tqdm(total=total, desc="retraining", disable=not progress) as bar:
