@@ -67,3 +67,17 @@ def _engine_measures_afresh():
     memory.forget_choices()
     yield
     memory.forget_choices()
+
+
+def unrolled_objective(setup):
+    """The objective after ``setup.num_steps`` steps as one jitted function of the
+    metaparameters: the reference that ``jax.grad`` differentiates directly (``fori_loop``: one
+    compiled step, not T copies), against which the engine's metagradients are checked."""
+
+    def objective(meta):
+        state = jax.lax.fori_loop(
+            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
+        )
+        return setup.objective_fn(state, meta)
+
+    return jax.jit(objective)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import unrolled_objective
 
 import mgd
 from mgd.train import MetaSpec, TrainingSetup, models
@@ -54,16 +55,6 @@ def _random_meta(setup, seed=0):
     }
 
 
-def _unrolled_objective(setup):
-    def objective(meta):
-        state = jax.lax.fori_loop(
-            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
-        )
-        return setup.objective_fn(state, meta)
-
-    return jax.jit(objective)
-
-
 # An MLP with 3 outputs for (n, 3) targets; one Dense unit, output (b, 1), for (n,) targets.
 @pytest.mark.parametrize(
     "model, d", [(None, 3), (nn.Dense(1), None)], ids=["mlp_d3", "dense_scalar"]
@@ -92,7 +83,7 @@ def test_regression_metagradient_matches_unrolled_grad(x64):
     setup = _setup(dtype=jnp.float64)
     meta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _random_meta(setup))
     res = setup.metagradient(meta, checkpoint=mgd.KAryTree(2))
-    value, grad = jax.value_and_grad(_unrolled_objective(setup))(meta)
+    value, grad = jax.value_and_grad(unrolled_objective(setup))(meta)
     np.testing.assert_allclose(res.value, value, rtol=1e-12)
     for k in meta:
         assert res.grad[k].dtype == jnp.float64
@@ -174,7 +165,7 @@ def test_user_loss_and_program_sharing():
     assert setup.replace(metric=mgd.train.absolute_error)._jitted is not setup._jitted
     meta = {"data_weights": jnp.linspace(0.5, 1.5, 30)}
     got = setup.metagradient(meta)
-    value, grad = jax.value_and_grad(_unrolled_objective(setup))(meta)
+    value, grad = jax.value_and_grad(unrolled_objective(setup))(meta)
     np.testing.assert_allclose(got.value, value, rtol=1e-5)
     np.testing.assert_allclose(got.grad["data_weights"], grad["data_weights"], rtol=1e-4)
     # The engine compiles the other loss's step afresh rather than reusing the first one's.

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from conftest import count_compilations, unrolled_objective
 from flax import linen as nn
 
 import mgd
@@ -271,13 +272,7 @@ def test_transformer_metagradient_matches_unrolled_grad(x64):
     rng = np.random.default_rng(1)
     meta = {"data_weights": jnp.asarray(1 + 0.5 * rng.uniform(size=td.data.num_groups))}
 
-    def unrolled(meta):
-        state = jax.lax.fori_loop(
-            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
-        )
-        return setup.objective_fn(state, meta)
-
-    value, grad = jax.value_and_grad(jax.jit(unrolled))(meta)
+    value, grad = jax.value_and_grad(unrolled_objective(setup))(meta)
     res = setup.metagradient(meta, checkpoint=mgd.KAryTree(2))
     assert res.grad["data_weights"].shape == (len(td.pool),)
     assert np.count_nonzero(grad["data_weights"]) >= 2
@@ -445,29 +440,17 @@ def test_select_text_dsir_start_is_dsirs_selection(tmp_path):
         dataclasses.replace(cfg, outer=dataclasses.replace(cfg.outer, method="counts"))
 
 
-def _unrolled_objective(setup):
-    def objective(meta):
-        state = jax.lax.fori_loop(
-            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
-        )
-        return setup.objective_fn(state, meta)
-
-    return jax.jit(objective)
-
-
 def test_explicit_batch_order_trains_and_differentiates_exactly(x64):
     # An explicit batch order (-1: an empty slot) is what train() and the engine both follow:
     # the metagradient equals jax.grad of the unrolled loop in float64, examples never drawn or
     # drawn only into empty slots get 0, and a new order of the same shape compiles nothing.
-    from conftest import count_compilations
-
     td, setup = _lm_setup(jnp.float64, num_steps=3, model=_BigramLM())
     per_window = setup.replace(data=td.data.replace(groups=None))
     order = np.array([[0, 1, 1, -1], [2, 2, 2, 2], [3, -1, -1, -1]])
     ordered = per_window.replace(batch_order=order)
     np.testing.assert_array_equal(ordered.batch_indices(), order)
     meta = {"data_weights": jnp.linspace(0.5, 1.5, td.data.num_train)}
-    value, grad = jax.value_and_grad(_unrolled_objective(ordered))(meta)
+    value, grad = jax.value_and_grad(unrolled_objective(ordered))(meta)
     res = ordered.metagradient(meta, checkpoint=mgd.KAryTree(2))
     np.testing.assert_allclose(res.value, value, rtol=1e-12)
     np.testing.assert_allclose(res.grad["data_weights"], grad["data_weights"], rtol=1e-10)
@@ -513,7 +496,7 @@ def test_selection_inner_run_is_the_selection_plus_fresh_candidates(x64):
     assert len({c.tobytes() for c in candidates}) == 6  # 6 draws of distinct windows
 
     def objective(doc_weights):
-        return _unrolled_objective(trained)({"data_weights": doc_weights[draw_group]})
+        return unrolled_objective(trained)({"data_weights": doc_weights[draw_group]})
 
     doc_weights = jnp.asarray(np.where(np.arange(td.data.num_groups) == kept, 2.0, 0.0))
     want = jax.grad(objective)(doc_weights)

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from conftest import count_compilations
+from conftest import count_compilations, unrolled_objective
 
 import mgd
 from mgd.train import Augment, MetaSpec, TrainingSetup, models
@@ -49,17 +49,6 @@ def _random_meta(setup, seed=0):
     }
 
 
-def _unrolled_objective(setup):
-    # jax.grad differentiates this loop directly (fori_loop: one compiled step, not T copies).
-    def objective(meta):
-        state = jax.lax.fori_loop(
-            0, setup.num_steps, lambda t, s: setup.step_fn(s, meta, t), setup.init_state()
-        )
-        return setup.objective_fn(state, meta)
-
-    return jax.jit(objective)
-
-
 class _BatchNormMLP(nn.Module):
     @nn.compact
     def __call__(self, x, train=False):
@@ -84,7 +73,7 @@ def test_metagradient_matches_unrolled_grad(x64, model, augment, policy):
         setup = setup.replace(model=model)
     meta = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), _random_meta(setup))
     res = setup.metagradient(meta, checkpoint=policy)
-    value, grad = jax.value_and_grad(_unrolled_objective(setup))(meta)
+    value, grad = jax.value_and_grad(unrolled_objective(setup))(meta)
     np.testing.assert_allclose(res.value, value, rtol=1e-12)
     for k in meta:
         assert res.grad[k].dtype == jnp.float64
@@ -377,7 +366,7 @@ def test_engine_gets_the_data_as_arguments_and_same_shaped_copies_reuse_its_prog
     # The same shapes: the engine's programs are reused, with the copy's own data.
     assert compiled == 0
     fresh = _setup(optimizer=optax.sgd(0.1), meta_spec=spec, num_steps=3, data=other.data)
-    expected = jax.value_and_grad(_unrolled_objective(fresh))(meta)
+    expected = jax.value_and_grad(unrolled_objective(fresh))(meta)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
     assert not np.allclose(got.grad["data_weights"], first.grad["data_weights"])
