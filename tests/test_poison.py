@@ -424,6 +424,26 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 1 and "fraction must lie in (0, 1)" in err
 
 
+@pytest.mark.parametrize(
+    "attack, message",
+    [
+        ("margin_clip: .nan", "margin_clip must be a finite number"),
+        ("logit_scale: 0.0", "logit_scale must be a finite number > 0"),
+        ("{margin_clip: 1.0, logit_scale: 5.0}", "at most one of margin_clip and logit_scale"),
+        ("{choose: metagradient, choose_seeds: []}", "choose_seeds is empty"),
+    ],
+)
+def test_cli_rejects_bad_attack_options_before_writing(tmp_path, capsys, attack, message):
+    # Checked when the config is read: one line, exit 2, no --out made.
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(f"attack: {attack}\n" if attack.startswith("{") else f"attack:\n  {attack}\n")
+    out = tmp_path / "out"
+    assert main(["poison", "--config", str(cfg), "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+    assert not out.exists()
+
+
 def test_cifar_config_loads():
     cifar = read_config("poison", "cifar10", PoisonConfig)
     assert cifar.attack.fraction == 0.025 and cifar.data.name == "cifar10"

@@ -42,7 +42,7 @@ from mgd.outer.poison import (
     poison_attack,
     random_noise_poison,
 )
-from mgd.outer.poison._attack import check_fraction
+from mgd.outer.poison._attack import check_fraction, check_objective_options
 from mgd.outer.poison._update import check_bound
 from mgd.train import TrainingSetup
 from mgd.train.models import MLPConfig
@@ -119,6 +119,12 @@ class PoisonAttackConfig:
             raise ValueError("attack.craft_seeds is empty; give at least one training seed")
         if self.seeds_per_step < 1:
             raise ValueError(f"attack.seeds_per_step must be >= 1, got {self.seeds_per_step}")
+        check_objective_options(self.margin_clip, self.logit_scale, where="attack")
+        if self.choose != "random" and not self.choose_seeds:
+            raise ValueError(
+                f"attack.choose_seeds is empty; attack.choose: {self.choose} needs at least one "
+                "training seed"
+            )
         if self.choose not in ("random", "metagradient", "metagradient_per_class"):
             raise ValueError(
                 "attack.choose must be 'random', 'metagradient' or 'metagradient_per_class', "

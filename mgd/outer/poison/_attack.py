@@ -255,22 +255,30 @@ def _crafting_setup(
     where: str,
 ) -> TrainingSetup:
     """``setup`` with ``idx`` perturbable, the target split and the attack's objective."""
+    check_objective_options(margin_clip, logit_scale, where=where)
     spec = dataclasses.replace(setup.meta_spec, perturb_indices=tuple(int(i) for i in idx))
     crafting = setup.replace(meta_spec=spec, data=craft_data)
-    if margin_clip is not None and logit_scale is not None:
-        raise ValueError(f"{where}: pass at most one of margin_clip and logit_scale")
     if margin_clip is not None:
-        if not np.isfinite(margin_clip):
-            raise ValueError(f"{where}: margin_clip must be a finite number, got {margin_clip}")
         # One function object for all crafting seeds: their programs compile once.
         return crafting.replace(objective=_clipped_margin(float(margin_clip)))
     if logit_scale is not None:
-        if not (np.isfinite(logit_scale) and logit_scale > 0):
-            raise ValueError(
-                f"{where}: logit_scale must be a finite number > 0, got {logit_scale}; e.g. 5.0"
-            )
         return crafting.replace(objective=_rescaled_cross_entropy(float(logit_scale)))
     return crafting
+
+
+def check_objective_options(
+    margin_clip: float | None, logit_scale: float | None, *, where: str
+) -> None:
+    """Raises ``ValueError`` naming ``where`` unless at most one of the attack's objective
+    options is set, ``margin_clip`` finite and ``logit_scale`` finite and positive."""
+    if margin_clip is not None and logit_scale is not None:
+        raise ValueError(f"{where}: pass at most one of margin_clip and logit_scale")
+    if margin_clip is not None and not np.isfinite(margin_clip):
+        raise ValueError(f"{where}: margin_clip must be a finite number, got {margin_clip}")
+    if logit_scale is not None and not (np.isfinite(logit_scale) and logit_scale > 0):
+        raise ValueError(
+            f"{where}: logit_scale must be a finite number > 0, got {logit_scale}; e.g. 5.0"
+        )
 
 
 def influential_poison_indices(
