@@ -35,8 +35,13 @@ from pathlib import Path
 import numpy as np
 
 from mgd.config import config_from_dict
-from mgd.experiments import read_config, select
-from mgd.experiments._common import OptimizerConfig, load_data, setup_from_config
+from mgd.experiments import InputError, read_config, select
+from mgd.experiments._common import (
+    OptimizerConfig,
+    checking_input,
+    load_data,
+    setup_from_config,
+)
 from mgd.outer.selection._evaluate import draw_random_subsets
 from mgd.train import MetaSpec
 
@@ -82,6 +87,11 @@ def main() -> None:
     args = parser.parse_args()
 
     config = read_config("select", "fashion_mnist_noisy", select.SelectConfig)
+    if not (args.run / "selection.json").is_file():
+        raise SystemExit(
+            f"{args.run}/selection.json not found; pass the folder of a finished "
+            "`mgd select --config fashion_mnist_noisy --out DIR` run"
+        )
     selection = json.loads((args.run / "selection.json").read_text())
     # Read back as a config: a run older than a setting added since has its default.
     if config_from_dict(selection["config"], select.SelectConfig) != config:
@@ -89,10 +99,14 @@ def main() -> None:
             f"{args.run}/selection.json was not made with the shipped fashion_mnist_noisy config; "
             "rerun `mgd select --config fashion_mnist_noisy`"
         )
-    noisy_data, noisy = load_data(config.data, model=config.train.model)
-    clean_data, _ = load_data(
-        dataclasses.replace(config.data, label_noise=0.0), model=config.train.model
-    )
+    try:  # A missing or bad data set: one line, as the commands report it.
+        with checking_input():
+            noisy_data, noisy = load_data(config.data, model=config.train.model)
+            clean_data, _ = load_data(
+                dataclasses.replace(config.data, label_noise=0.0), model=config.train.model
+            )
+    except InputError as e:
+        raise SystemExit(f"fashion_mnist_select_ceiling: {e}") from None
     datasets = {"noisy": noisy_data, "clean": clean_data}
     sets = training_sets(config, selection, noisy)
     setup = setup_from_config(

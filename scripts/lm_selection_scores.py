@@ -18,8 +18,8 @@ import argparse
 
 import numpy as np
 
-from mgd.experiments import read_config
-from mgd.experiments._common import load_text_data, setup_from_config
+from mgd.experiments import InputError, read_config
+from mgd.experiments._common import checking_input, load_text_data, setup_from_config
 from mgd.experiments.select import SelectConfig, _byte_budget
 from mgd.outer.selection import dsir_selection
 from mgd.outer.selection._search import _SelectionRun, _step_normalized
@@ -31,8 +31,12 @@ def main() -> None:
     parser.add_argument("--config", default="fortunes_lm_selection")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     args = parser.parse_args()
-    cfg = read_config("select", args.config, SelectConfig)
-    text = load_text_data(cfg.data)
+    try:  # Bad input (config, missing fortunes): one line, as the commands report it.
+        with checking_input():
+            cfg = read_config("select", args.config, SelectConfig)
+            text = load_text_data(cfg.data)
+    except InputError as e:
+        raise SystemExit(f"lm_selection_scores: {e}") from None
     meta_spec = MetaSpec(data_weights=True)
     setup = setup_from_config(cfg.train, text.data, seed=cfg.seed, meta_spec=meta_spec)
     n = text.data.num_groups

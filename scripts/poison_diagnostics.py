@@ -20,12 +20,13 @@ The config must be the run's own::
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
 
-from mgd.experiments import read_config
-from mgd.experiments._common import load_data, setup_from_config
+from mgd.experiments import InputError, read_config
+from mgd.experiments._common import checking_input, load_data, setup_from_config
 from mgd.experiments.poison import PoisonConfig
 from mgd.outer.poison import apply_perturbations
 
@@ -48,8 +49,14 @@ def _victim(setup, seed: int) -> str:
 
 
 def main(config: str, poisons: str, seeds: list[int]) -> None:
-    cfg = read_config("poison", config, PoisonConfig)
-    data, _ = load_data(cfg.data, model=cfg.train.model)
+    try:  # Bad input (config, data, poisons file): one line, as the commands report it.
+        with checking_input():
+            cfg = read_config("poison", config, PoisonConfig)
+            data, _ = load_data(cfg.data, model=cfg.train.model)
+            if not Path(poisons).is_file():
+                raise ValueError(f"{poisons} not found; pass the poisons.npz of an mgd poison run")
+    except InputError as e:
+        sys.exit(f"poison_diagnostics: {e}")
     setup = setup_from_config(cfg.train, data)
     arrays = np.load(poisons)
     idx, delta = arrays["mgd_indices"], arrays["mgd_perturbations"]
