@@ -26,10 +26,11 @@ from mgd.outer.poison import (
     gradient_canceling_poison,
     influential_poison_indices,
     label_flip_poison,
+    other_class_start,
     poison_attack,
     random_noise_poison,
 )
-from mgd.outer.poison._attack import _rescaled_cross_entropy
+from mgd.outer.poison._attack import _rescaled_cross_entropy, apply_perturbations
 from mgd.train import TrainingSetup, make_synthetic, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,6 +168,7 @@ def test_attack_resumes_where_it_stopped(setup, tmp_path):
         dict(bound=0.1),
         dict(step_size=0.1),
         dict(target="val_and_clean"),
+        dict(init="other_class"),
     ],
 )
 def test_attack_resumed_with_changed_arguments_is_refused(setup, tmp_path, change):
@@ -268,6 +270,35 @@ def test_attack_with_two_seeds_per_step_ascends_their_mean_metagradient(setup, d
     np.testing.assert_allclose(one.perturbations, np.clip(step, -3 - x, 3 - x), atol=1e-5)
     with pytest.raises(ValueError, match="seeds_per_step must be an int >= 1"):
         poison_attack(setup, meta_steps=1, seeds_per_step=0, **kwargs)
+
+
+@pytest.mark.parametrize("bound", [None, 0.05])
+def test_other_class_start_is_a_pool_image_of_another_class(data, bound):
+    idx = choose_poison_indices(data.num_train, 0.25)
+    delta = other_class_start(data, idx, seed=1, bound=bound)
+    x = data.x_train[idx] + delta
+    clean = np.setdiff1d(np.arange(data.num_train), idx)
+    if bound is None:
+        # Each start is exactly an unpoisoned image whose label differs from the poisoned one's.
+        match = np.all(np.isclose(x[:, None], data.x_train[clean][None]), axis=2)
+        assert match.any(axis=1).all()
+        for i, row in zip(idx, match, strict=True):
+            assert (data.y_train[clean][row] != data.y_train[i]).all()
+    else:
+        assert np.abs(delta).max() <= 0.05 * 6 + 1e-5
+    assert x.min() >= -3 and x.max() <= 3
+
+
+def test_attack_from_other_class_images_starts_there(setup, data):
+    kwargs = dict(fraction=0.25, step_size=0.05, craft_seeds=(0,), progress=False)
+    res = poison_attack(setup, meta_steps=2, init="other_class", seed=2, **kwargs)
+    start = other_class_start(data, res.indices, seed=2)
+    # The first meta-step's objective is that of training on the other-class starting images.
+    expected = _val_loss(setup, apply_perturbations(data, res.indices, start), 0)
+    np.testing.assert_allclose(res.history[0].objective, expected, rtol=1e-5)
+    assert res.history[1].objective > res.history[0].objective
+    with pytest.raises(ValueError, match="init must be 'zero' or 'other_class'"):
+        poison_attack(setup, meta_steps=1, init="noise", **kwargs)
 
 
 def test_same_fraction_same_examples_across_attacks(setup, data):
@@ -431,6 +462,7 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
         ("logit_scale: 0.0", "logit_scale must be a finite number > 0"),
         ("{margin_clip: 1.0, logit_scale: 5.0}", "at most one of margin_clip and logit_scale"),
         ("{choose: metagradient, choose_seeds: []}", "choose_seeds is empty"),
+        ("init: clean", "'attack.init' must be one of 'zero', 'other_class'"),
     ],
 )
 def test_cli_rejects_bad_attack_options_before_writing(tmp_path, capsys, attack, message):

@@ -85,7 +85,11 @@ class PoisonAttackConfig:
         (``mgd.outer.poison.influential_poison_indices``, one metagradient per seed in
         ``choose_seeds``), or ``"metagradient_per_class"``, the same within each class's share
         of the pool.
-      subset_seed: seed of the random subset (``choose: random``).
+      subset_seed: seed of the random subset (``choose: random``) and of the ``other_class``
+        starting images.
+      init: where the ascent starts: ``"zero"`` (the clean images) or ``"other_class"`` (each
+        poisoned image replaced by a pool image of another class, its label kept; see
+        ``mgd.outer.poison.other_class_start``).
       choose_seeds: crafting seeds of the choice's metagradients (``choose: metagradient``).
     """
 
@@ -103,6 +107,7 @@ class PoisonAttackConfig:
     choose: Literal["random", "metagradient", "metagradient_per_class"] = "random"
     subset_seed: int = 0
     choose_seeds: tuple[int, ...] = (9,)
+    init: Literal["zero", "other_class"] = "zero"
 
     def __post_init__(self):
         # Fail when the config is read, not after the data is loaded and compiled.
@@ -130,6 +135,8 @@ class PoisonAttackConfig:
                 "attack.choose must be 'random', 'metagradient' or 'metagradient_per_class', "
                 f"got {self.choose!r}"
             )
+        if self.init not in ("zero", "other_class"):
+            raise ValueError(f"attack.init must be 'zero' or 'other_class', got {self.init!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +278,9 @@ def run(
                 seeds=att.choose_seeds,
                 per_class=att.choose == "metagradient_per_class",
                 replay=config.replay.build(),
-            )
+            ),
+            # The seed of the random draws (baselines, other-class starts), as without a choice.
+            seed=att.subset_seed,
         )
         seconds["choose"] = time.perf_counter() - t0
     else:
@@ -290,6 +299,7 @@ def run(
         target=att.target,
         margin_clip=att.margin_clip,
         logit_scale=att.logit_scale,
+        init=att.init,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,

@@ -10,6 +10,7 @@ from mgd.outer.poison._attack import PoisonResult as PoisonResult
 from mgd.outer.poison._attack import apply_perturbations as apply_perturbations
 from mgd.outer.poison._attack import choose_poison_indices as choose_poison_indices
 from mgd.outer.poison._attack import influential_poison_indices as influential_poison_indices
+from mgd.outer.poison._attack import other_class_start as other_class_start
 from mgd.outer.poison._attack import poison_attack as poison_attack
 from mgd.outer.poison._baselines import label_flip_poison as label_flip_poison
 from mgd.outer.poison._baselines import random_noise_poison as random_noise_poison

@@ -26,7 +26,12 @@ import numpy as np
 import optax
 
 from mgd.outer._loop import MetaStep, Replay, check_meta_steps, meta_descent, setup_fingerprint
-from mgd.outer.poison._update import AscentRule, check_bound, poison_ascent
+from mgd.outer.poison._update import (
+    AscentRule,
+    check_bound,
+    poison_ascent,
+    project_perturbations,
+)
 from mgd.train import Dataset, TrainingSetup
 from mgd.train._setup import _margin
 
@@ -35,6 +40,7 @@ __all__ = [
     "poison_attack",
     "choose_poison_indices",
     "influential_poison_indices",
+    "other_class_start",
     "apply_perturbations",
     "check_poison_data",
     "check_fraction",
@@ -196,6 +202,54 @@ def _target_data(data: Dataset, idx: np.ndarray, target: str, *, where: str) -> 
     if target == "val":
         return data
     raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
+
+
+def other_class_start(
+    data: Dataset, indices: np.ndarray, *, seed: int = 0, bound: float | None = None
+) -> np.ndarray:
+    """Starting perturbations that turn each poisoned input into a pool image of another class.
+
+    For each poisoned example ``i`` (label ``y_i``) draws, seeded, an unpoisoned training example
+    ``j`` with ``y_j != y_i`` and returns ``x_j - x_i`` projected onto the attack's constraint
+    set: without ``bound``, the poisoned input *is* ``x_j`` under its own label ``y_i`` (a label
+    flip written into the image), where the ascent then starts instead of at the clean image.
+
+    Args:
+      data: the clean ``Dataset`` (integer class labels).
+      indices: int ``(m,)``, the poisoned examples.
+      seed: seed of the draw.
+      bound: optional L-infinity radius as a fraction of the valid range, as for
+        :func:`poison_attack`.
+
+    Returns:
+      float32 ``(m, *input_shape)`` perturbations inside the constraint set.
+
+    Raises:
+      ValueError: labels that are not one integer class per example, or a poisoned class
+        without an unpoisoned example of another class.
+    """
+    labels = np.asarray(data.y_train)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError("other_class_start: needs one integer class label per training example")
+    clean = np.setdiff1d(np.arange(data.num_train), indices)
+    rng = np.random.default_rng(seed)
+    start = np.empty(len(indices), np.int64)
+    for c in np.unique(labels[indices]):
+        mine = labels[indices] == c
+        others = clean[labels[clean] != c]
+        if others.size == 0:
+            raise ValueError(
+                f"other_class_start: no unpoisoned example of a class other than {c}; "
+                "use init='zero'"
+            )
+        start[mine] = rng.choice(others, size=int(mine.sum()))
+    low, high = data.x_range
+    x = np.asarray(data.x_train[indices], np.float32)
+    delta = jnp.asarray(data.x_train[start], np.float32) - x
+    bound = absolute_bound(data, bound)
+    return np.asarray(
+        project_perturbations(delta, x, lower=low, upper=high, bound=bound), np.float32
+    )
 
 
 def _scaled_step(data: Dataset, step_size: Any, meta_steps: int, *, where: str):
@@ -396,6 +450,7 @@ def poison_attack(
     target: Literal["val", "val_and_clean"] = "val",
     margin_clip: float | None = None,
     logit_scale: float | None = None,
+    init: Literal["zero", "other_class"] = "zero",
     seed: int = 0,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
@@ -457,7 +512,11 @@ def poison_attack(
         logits' scale, so the attack cannot raise it by making the victim less confident
         without making it wrong (classification only; at most one of ``margin_clip`` and
         ``logit_scale``).
-      seed: seed of the random poisoned subset (with ``fraction``).
+      init: where the ascent starts: ``"zero"``, the clean inputs, or ``"other_class"``, each
+        poisoned input replaced by a random unpoisoned pool image of another class
+        (:func:`other_class_start`; its label stays), a label flip written into the image.
+      seed: seed of the random poisoned subset (with ``fraction``) and of the ``other_class``
+        images.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir``; refused if it was written by a
@@ -474,7 +533,7 @@ def poison_attack(
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
         indices out of range or repeated, a negative or zero ``bound`` or ``step_size``, an
-        unknown ``target``, a bad ``margin_clip`` or ``logit_scale``,
+        unknown ``target`` or ``init``, a bad ``margin_clip`` or ``logit_scale``,
         ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
         resume refused (see :func:`mgd.outer.meta_descent`).
 
@@ -515,6 +574,14 @@ def poison_attack(
     crafting0 = _crafting_setup(setup, idx, craft_data, margin_clip, logit_scale, where=where)
     crafting = {s: crafting0.replace(seed=s) for s in dict.fromkeys(seeds)}
     meta = crafting0.init_meta()
+    if init == "other_class":
+        start = jnp.asarray(other_class_start(data, idx, seed=seed, bound=bound)).astype(
+            meta["perturbations"].dtype
+        )
+    elif init == "zero":
+        start = meta["perturbations"]
+    else:
+        raise ValueError(f"{where}: init must be 'zero' or 'other_class', got {init!r}")
 
     def step_seeds(step: int) -> list[int]:
         return [seeds[(step * seeds_per_step + j) % len(seeds)] for j in range(seeds_per_step)]
@@ -542,7 +609,7 @@ def poison_attack(
 
     loop = meta_descent(
         metagradient,
-        meta["perturbations"],
+        start,
         optimizer,
         meta_steps=meta_steps,
         record=record,
@@ -557,6 +624,7 @@ def poison_attack(
             "target": target,
             "margin_clip": margin_clip,
             "logit_scale": logit_scale,
+            "init": init,
             "replay": replay.describe(),
             "user": fingerprint,
         },
