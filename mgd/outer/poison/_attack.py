@@ -230,7 +230,10 @@ def other_class_start(
     """
     labels = np.asarray(data.y_train)
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError("other_class_start: needs one integer class label per training example")
+        raise ValueError(
+            "other_class_start: needs one integer class label per training example; use "
+            "init='zero' for other targets"
+        )
     clean = np.setdiff1d(np.arange(data.num_train), indices)
     rng = np.random.default_rng(seed)
     start = np.empty(len(indices), np.int64)
