@@ -8,8 +8,14 @@ documents outside the subset, how well the raw per-document metagradient and the
 step-normalized one (``select_data(step_window=k)``) rank the target domain's documents first:
 the AUC (0.5: chance, 1: all of them first) and how many are among the best 20 / 60.
 
+With ``--draws k`` it also trains ``k - 1`` more runs with new seeds (new initialization and
+batch order, as ``outer.reseed`` does) and reports how the ranking improves when each
+document's step-normalized score (the first of ``--windows``' nonzero windows, else 2) is
+averaged over its first 1, 2, ..., k draws, and the rank correlation between two draws.
+
   python scripts/lm_metagradient_ranking.py
   python scripts/lm_metagradient_ranking.py --config fortunes_lm --windows 0 2 10
+  python scripts/lm_metagradient_ranking.py --draws 8
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="fortunes_lm")
     parser.add_argument("--windows", type=int, nargs="+", default=[0, 2, 10])
+    parser.add_argument("--draws", type=int, default=1)
     args = parser.parse_args()
     cfg = read_config("select", args.config, SelectConfig)
     text = load_text_data(cfg.data)
@@ -78,6 +85,29 @@ def main() -> None:
             f"  {name:14s} AUC {_auc(s, target[outside]):.3f}, target documents among the best "
             f"20: {best[:20].sum()}, best 60: {best[:60].sum()}"
         )
+    if args.draws > 1:
+        window = next((k for k in args.windows if k > 0), 2)
+        meta = {"data_weights": weights[jnp.asarray(groups)]}
+        draws = [scores[f"step_window={window}"] if window in args.windows else None]
+        if draws[0] is None:
+            draws[0] = _step_normalized(grad, order, groups, n, window)
+        for j in range(1, args.draws):
+            run = per_window.replace(seed=cfg.seed + j)  # shares the compiled programs
+            g = np.asarray(run.metagradient(meta).grad["data_weights"], np.float64)
+            draws.append(_step_normalized(g, run.batch_indices(), groups, n, window))
+        ranks = [np.argsort(np.argsort(d[outside])) for d in draws[:2]]
+        print(
+            f"step_window={window}, averaged over a document's first k draws (seeds "
+            f"{cfg.seed}..{cfg.seed + args.draws - 1}); rank correlation of draws 1 and 2: "
+            f"{np.corrcoef(*ranks)[0, 1]:.3f}"
+        )
+        for k in range(1, args.draws + 1):
+            s = -np.mean(draws[:k], axis=0)[outside]
+            best = target[outside][np.argsort(-s, kind="stable")]
+            print(
+                f"  k={k}: AUC {_auc(s, target[outside]):.3f}, target documents among the "
+                f"best 20: {best[:20].sum()}, best 60: {best[:60].sum()}"
+            )
 
 
 if __name__ == "__main__":
