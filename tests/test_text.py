@@ -570,7 +570,7 @@ def test_select_text_byte_budget_and_selection_inner_run(tmp_path):
         dataclasses.replace(cfg.outer, method="counts", inner_batches="pool")
 
 
-def test_select_data_check_keeps_only_proposals_that_pass():
+def test_select_data_check_keeps_only_proposals_that_pass(tmp_path):
     # A proposal (the update rule's new subset) is taken only if check(new) <= check(current);
     # a check that accepts everything gives the unchecked trajectory.
     td, setup = _lm_setup(num_steps=2)
@@ -602,6 +602,12 @@ def test_select_data_check_keeps_only_proposals_that_pass():
         current = after
     assert sum(res.indices) <= sum(res.history[0].info["indices"])
     assert len(res.indices) == 3 and res.indices.max() < n
+    # Killed after 2 meta-steps and resumed: the same proposals, checks and result.
+    save = dict(save_dir=tmp_path / "ck", optimizer=opt(), check=check)
+    mgd.select_data(setup, **{**kwargs, "meta_steps": 2}, **save)
+    resumed = mgd.select_data(setup, **kwargs, **save, resume=True)
+    assert [h.info for h in resumed.history] == [h.info for h in res.history]
+    np.testing.assert_array_equal(resumed.indices, res.indices)
     with pytest.raises(ValueError, match="check needs fixed_budget=True"):
         mgd.select_data(
             setup,
