@@ -601,6 +601,8 @@ def test_select_data_check_keeps_only_proposals_that_pass(tmp_path):
             assert after == current
         current = after
     assert sum(res.indices) <= sum(res.history[0].info["indices"])
+    taken = [h.step for h in res.history if h.info["accepted"] and h.info["check"] is not None]
+    assert res.best_step == (taken[-1] if taken else -1)
     assert len(res.indices) == 3 and res.indices.max() < n
     # Killed after 2 meta-steps and resumed: the same proposals, checks and result.
     save = dict(save_dir=tmp_path / "ck", optimizer=opt(), check=check)

@@ -146,8 +146,7 @@ def select_data(
         one-run estimate; near a good subset most of its swaps are noise, and this keeps only
         those that a retraining confirms. Each history record's ``info`` gets ``check`` (the
         proposal's; ``None`` if the update changed nothing), ``accepted`` and ``kept`` (the check
-        of the subset after the meta-step). ``None``: every
-        update is taken.
+        of the subset after the meta-step). ``None``: every update is taken.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -309,7 +308,9 @@ def select_data(
         where=where,
     )
     if check is not None:
-        changed = [h.step for h in loop.history if h.info["accepted"] and h.info["check"]]
+        changed = [
+            h.step for h in loop.history if h.info["accepted"] and h.info["check"] is not None
+        ]
         return SelectionResult(
             indices=np.flatnonzero(np.asarray(loop.params) > 0).astype(np.int64),
             best_step=changed[-1] if changed else -1,
@@ -347,7 +348,8 @@ def _checked(optimizer: SelectionOptimizer, check: Callable) -> SelectionOptimiz
         updates, inner = optimizer.update(grad, state.inner, weights)
         new = subset(weights + updates)
         if np.array_equal(new, subset(weights)):
-            return updates, _CheckedState(inner, state.current, jnp.float32(np.nan), True)
+            nan = jnp.asarray(np.nan, jnp.float32)
+            return updates, _CheckedState(inner, state.current, nan, jnp.asarray(True))
         loss = jnp.asarray(float(check(new)), jnp.float32)
         if loss <= state.current:
             return updates, _CheckedState(inner, loss, loss, jnp.asarray(True))
