@@ -575,7 +575,7 @@ def test_select_data_check_keeps_only_proposals_that_pass(tmp_path):
     # a check that accepts everything gives the unchecked trajectory.
     td, setup = _lm_setup(num_steps=2)
     n = td.data.num_groups
-    kwargs = dict(size=3, meta_steps=4, reseed=True, progress=False)
+    kwargs = dict(size=3, meta_steps=3, reseed=True, progress=False)
     opt = lambda: mgd.outer.selection.budget_exchange(num_exchange=2, momentum=0.5)  # noqa: E731
     plain = mgd.select_data(setup, optimizer=opt(), **kwargs)
     always = mgd.select_data(setup, optimizer=opt(), check=lambda idx: 0.0, **kwargs)
@@ -658,7 +658,7 @@ def test_select_text_check_holds_out_validation_documents(tmp_path):
     from mgd.experiments.select import run
 
     cfg = _text_config(tmp_path, num_target=4)
-    outer = dataclasses.replace(cfg.outer, check_share=0.5, check_seeds=1, meta_steps=2)
+    outer = dataclasses.replace(cfg.outer, check_share=0.5, check_seeds=1, meta_steps=1)
     cfg = dataclasses.replace(cfg, outer=outer, baselines=())
     done = run(cfg, None, progress=False)
     td = mgd.experiments._common.load_text_data(cfg.data)

@@ -24,7 +24,7 @@ from mgd.outer.selection._update import (
     subset_weights,
     top_k_subset,
 )
-from mgd.train import MetaSpec, TrainingSetup, retrain_and_evaluate
+from mgd.train import TrainingSetup, retrain_and_evaluate
 
 __all__ = ["SelectionResult", "retrained_loss", "select_data"]
 
@@ -363,15 +363,16 @@ def retrained_loss(
 ) -> Callable[[np.ndarray], float]:
     """A held-out check for :func:`select_data`: the loss of models retrained on a subset.
 
-    The returned function trains ``setup``'s recipe (without metaparameters) on the given
-    candidates alone (all examples of a group), once per seed, from scratch, and returns the
-    mean of ``setup.evaluate(...)[metric]`` on ``split``. The candidates' batches are epochs of
-    permutations, as ``setup.data.subset_groups(indices)`` would train, but given as a
-    ``batch_order`` over the whole pool, so subsets of any size share one compiled program.
+    The returned function trains ``setup``'s recipe (with ``setup.init_meta()``: data weights
+    1) on the given candidates alone (all examples of a group), once per seed, from scratch,
+    and returns the mean of ``setup.evaluate(...)[metric]`` on ``split``. The candidates'
+    batches are epochs of permutations, as ``setup.data.subset_groups(indices)`` would train,
+    but given as a ``batch_order`` over the whole pool, so subsets of any size share one
+    compiled program, the setup's own.
 
     Args:
       setup: the recipe and data (e.g. with a validation split held out of the selection's
-        objective); its ``meta_spec`` is ignored.
+        objective).
       seeds: the training seeds (initialization and order), e.g. ``[20000, 20001]``; ones the
         evaluation does not use.
       split: the split evaluated, ``"val"`` by default (never ``"test"`` for a check).
@@ -389,7 +390,6 @@ def retrained_loss(
         raise ValueError("retrained_loss: seeds is empty; give at least one seed")
     if split not in ("train", "val", "test"):
         raise ValueError(f"retrained_loss: split must be 'train', 'val' or 'test', got {split!r}")
-    plain = setup.replace(meta_spec=MetaSpec())
     groups = np.arange(setup.data.num_train) if setup.data.groups is None else setup.data.groups
     steps, b = setup.num_steps, setup.batch_size
 
@@ -408,7 +408,7 @@ def retrained_loss(
                 [np.concatenate([rng.permutation(examples), pad]) for _ in range(epochs)]
             ).reshape(-1, b)[:steps]
             scores = retrain_and_evaluate(
-                plain.replace(batch_order=order), seeds=[seed], split=split
+                setup.replace(batch_order=order), seeds=[seed], split=split
             )
             if metric not in scores:
                 raise ValueError(
