@@ -296,9 +296,10 @@ def select_data(
             "inner_batches": inner_batches,
             "selection_share": selection_share if inner_batches == "selection" else None,
             "selection_holdout": selection_holdout if inner_batches == "selection" else None,
-            "check": check is not None,
             "replay": replay.describe(),
             "user": fingerprint,
+            # Only with a check, so that runs without one resume their earlier checkpoints.
+            **({"check": True} if check is not None else {}),
         },
         save_dir=save_dir,
         resume=resume,
