@@ -568,3 +568,110 @@ def test_select_text_byte_budget_and_selection_inner_run(tmp_path):
     assert sizes[done.result.history[0].info["indices"]].sum() > budget - sizes.max()
     with pytest.raises(ValueError, match="outer.budget: bytes needs outer.method: exchange"):
         dataclasses.replace(cfg.outer, method="counts", inner_batches="pool")
+
+
+def test_select_data_check_keeps_only_proposals_that_pass(tmp_path):
+    # A proposal (the update rule's new subset) is taken only if check(new) <= check(current);
+    # a check that accepts everything gives the unchecked trajectory.
+    td, setup = _lm_setup(num_steps=2)
+    n = td.data.num_groups
+    kwargs = dict(size=3, meta_steps=3, reseed=True, progress=False)
+    opt = lambda: mgd.outer.selection.budget_exchange(num_exchange=2, momentum=0.5)  # noqa: E731
+    plain = mgd.select_data(setup, optimizer=opt(), **kwargs)
+    always = mgd.select_data(setup, optimizer=opt(), check=lambda idx: 0.0, **kwargs)
+    assert [h.info["indices"] for h in always.history] == [h.info["indices"] for h in plain.history]
+    np.testing.assert_array_equal(always.weights, plain.weights)
+    # A check that prefers low candidate numbers: only proposals that lower their sum pass.
+    calls = []
+
+    def check(idx):
+        calls.append(np.asarray(idx).tolist())
+        return float(np.sum(idx))
+
+    res = mgd.select_data(setup, optimizer=opt(), check=check, **kwargs)
+    current = res.history[0].info["indices"]
+    assert calls[0] == current  # the start is checked first
+    for h, nxt in zip(res.history, [*res.history[1:], None], strict=True):
+        assert h.info["indices"] == current
+        proposed = h.info["check"]
+        if proposed is not None:
+            assert h.info["accepted"] == (proposed <= sum(current))
+        after = res.indices.tolist() if nxt is None else nxt.info["indices"]
+        if not h.info["accepted"]:
+            assert after == current
+        current = after
+    assert sum(res.indices) <= sum(res.history[0].info["indices"])
+    taken = [h.step for h in res.history if h.info["accepted"] and h.info["check"] is not None]
+    assert res.best_step == (taken[-1] if taken else -1)
+    assert len(res.indices) == 3 and res.indices.max() < n
+    # Killed after 2 meta-steps and resumed: the same proposals, checks and result.
+    save = dict(save_dir=tmp_path / "ck", optimizer=opt(), check=check)
+    mgd.select_data(setup, **{**kwargs, "meta_steps": 2}, **save)
+    resumed = mgd.select_data(setup, **kwargs, **save, resume=True)
+    assert [h.info for h in resumed.history] == [h.info for h in res.history]
+    np.testing.assert_array_equal(resumed.indices, res.indices)
+    with pytest.raises(ValueError, match="check needs fixed_budget=True"):
+        mgd.select_data(
+            setup,
+            size=3,
+            meta_steps=1,
+            fixed_budget=False,
+            optimizer=mgd.outer.selection.count_descent(),
+            check=check,
+        )
+
+
+def test_retrained_loss_trains_on_the_subset_alone():
+    # The check trains only on the subset's windows: changing unselected documents' tokens
+    # changes nothing; changing a selected one does.
+    td, setup = _lm_setup(num_steps=3)
+    check = mgd.outer.selection.retrained_loss(setup, seeds=[5, 6], metric="bits_per_byte")
+    subset = np.array([0, 2, 3])
+    value = check(subset)
+    assert np.isfinite(value) and value > 0
+    groups = np.asarray(td.data.groups)
+    x = td.data.x_train.copy()
+    x[~np.isin(groups, subset)] = 7
+    assert (
+        mgd.outer.selection.retrained_loss(
+            setup.replace(data=td.data.replace(x_train=x)), seeds=[5, 6], metric="bits_per_byte"
+        )(subset)
+        == value
+    )
+    x = td.data.x_train.copy()
+    x[groups == 2] = 7
+    assert (
+        mgd.outer.selection.retrained_loss(
+            setup.replace(data=td.data.replace(x_train=x)), seeds=[5, 6], metric="bits_per_byte"
+        )(subset)
+        != value
+    )
+    with pytest.raises(ValueError, match="not metric='accuracy'"):
+        mgd.outer.selection.retrained_loss(setup, seeds=[1], metric="accuracy")(subset)
+    with pytest.raises(ValueError, match="seeds is empty"):
+        mgd.outer.selection.retrained_loss(setup, seeds=[])
+
+
+def test_select_text_check_holds_out_validation_documents(tmp_path):
+    import dataclasses
+
+    from mgd.experiments.select import run
+
+    cfg = _text_config(tmp_path, num_target=4)
+    outer = dataclasses.replace(cfg.outer, check_share=0.5, check_seeds=1, meta_steps=1)
+    cfg = dataclasses.replace(cfg, outer=outer, baselines=())
+    done = run(cfg, None, progress=False)
+    td = mgd.experiments._common.load_text_data(cfg.data)
+    # The objective's target split: the first two validation documents' windows only.
+    x, _, _ = token_windows(td.target.texts[:2], 8)
+    np.testing.assert_array_equal(done.setup.data.x_val, x)
+    check = done.metrics["check"]
+    assert check["held_out_documents"] == 2 and check["seeds"] == [20_000]
+    kept = [h.info["kept"] for h in done.result.history]
+    assert kept == sorted(kept, reverse=True)  # the kept subset's check never worsens
+    assert check["final_bits_per_byte"] == kept[-1] <= check["start_bits_per_byte"]
+    with pytest.raises(ValueError, match=r"outer.check_share must be in \[0, 1\)"):
+        dataclasses.replace(cfg.outer, check_share=1.0)
+    bad = dataclasses.replace(cfg, outer=dataclasses.replace(outer, check_share=0.1))
+    with pytest.raises(ValueError, match="leaves 0 for the check"):
+        run(bad, None, progress=False)

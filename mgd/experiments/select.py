@@ -45,11 +45,12 @@ from mgd.outer.selection import (
     dsir_selection,
     el2n_selection,
     evaluate_selection,
+    retrained_loss,
     select_data,
     small_loss_selection,
 )
 from mgd.outer.selection._search import check_step_window
-from mgd.train import MetaSpec, TextData, TrainingSetup
+from mgd.train import MetaSpec, TextData, TrainingSetup, token_windows
 from mgd.train.models import MLPConfig
 
 __all__ = [
@@ -99,6 +100,14 @@ class OuterConfig:
         its size) or ``bytes`` (text and ``exchange`` only: the pool's bytes; the subset keeps
         within that many bytes, filled by rank, and its number of documents may change; a
         random start takes random documents while they fit).
+      check_share: text only: the share of the target's validation documents held out of the
+        metagradient's objective for a check of every meta-step's proposal (``select_data
+        (check=...)``, :func:`mgd.outer.selection.retrained_loss`: models trained with the
+        evaluation's recipe on the proposed selection alone, their bits per byte on the held-out
+        documents); a proposal is taken only if that is not worse than the current selection's.
+        In [0, 1); 0: no check, every update is taken.
+      check_seeds: training seeds of each check (seeds ``20000 + 100 * seed + j``, never the
+        evaluation's), >= 1.
     """
 
     method: Literal["exchange", "counts"] = "exchange"
@@ -114,6 +123,8 @@ class OuterConfig:
     selection_share: float = 0.75
     selection_holdout: float = 0.25
     budget: Literal["documents", "bytes"] = "documents"
+    check_share: float = 0.0
+    check_seeds: int = 2
 
     def __post_init__(self):
         if self.meta_steps < 1:
@@ -127,6 +138,14 @@ class OuterConfig:
         for name in ("selection_share", "selection_holdout"):
             if not 0.0 < getattr(self, name) < 1.0:
                 raise ValueError(f"outer.{name} must be in (0, 1), got {getattr(self, name)}")
+        if not 0.0 <= self.check_share < 1.0:
+            raise ValueError(
+                f"outer.check_share must be in [0, 1) (0: no check), got {self.check_share}"
+            )
+        if self.check_seeds < 1:
+            raise ValueError(f"outer.check_seeds must be >= 1, got {self.check_seeds}")
+        if self.check_share > 0 and self.method != "exchange":
+            raise ValueError("outer.check_share needs outer.method: exchange (a fixed budget)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +257,10 @@ class SelectConfig:
             raise ValueError(
                 "outer.budget: bytes needs text data (documents); use outer.budget: documents"
             )
+        if self.outer.check_share > 0 and not self.data.is_text:
+            raise ValueError(
+                "outer.check_share needs text data (documents); use outer.check_share: 0"
+            )
         if not 0 <= self.seed < 2**31:
             raise ValueError(f"--seed must be in [0, 2**31), got {self.seed}")
 
@@ -300,6 +323,26 @@ def _optimizer(config: SelectConfig, size: int, text: TextData | None = None):
     return count_descent(p=o.p, step_size=o.step_size, momentum=o.momentum, seed=config.seed)
 
 
+def _split_target(config: SelectConfig, text: TextData):
+    # The target's validation documents: the first ones form the metagradient's objective,
+    # the last check_share of them the held-out check's.
+    m = len(text.target)
+    held = round(config.outer.check_share * m)
+    if not 1 <= held < m:
+        raise ValueError(
+            f"outer.check_share {config.outer.check_share} of the {m} validation documents "
+            f"(data.text.num_target) leaves {held} for the check and {m - held} for the "
+            "objective; both need at least one: change check_share or num_target"
+        )
+    context = config.data.text.context
+
+    def with_target(texts):
+        x, y, _ = token_windows(texts, context)
+        return text.data.replace(x_val=x, y_val=y)
+
+    return with_target(text.target.texts[: m - held]), with_target(text.target.texts[m - held :])
+
+
 def _byte_budget(config: SelectConfig, text: TextData) -> int:
     return int(config.fraction * np.sum(text.pool.num_bytes))
 
@@ -350,6 +393,9 @@ def run(
                     f"(data.text.context = {config.data.text.context}); make them equal"
                 )
         require_class_labels(data, "select")
+        check_data = None
+        if config.outer.check_share > 0:
+            data, check_data = _split_target(config, text)
         setup = setup_from_config(
             config.train, data, seed=config.seed, meta_spec=MetaSpec(data_weights=True)
         )
@@ -396,6 +442,15 @@ def run(
     def log(history) -> None:
         write_json(out / "history.json", [h._asdict() for h in history])
 
+    check = None
+    if check_data is not None:
+        check_seeds = [20_000 + 100 * config.seed + j for j in range(config.outer.check_seeds)]
+        check = retrained_loss(
+            eval_setup(config, setup).replace(data=check_data),
+            seeds=check_seeds,
+            metric="bits_per_byte",
+        )
+
     result = select_data(
         setup,
         size=size,
@@ -409,6 +464,7 @@ def run(
         inner_batches=config.outer.inner_batches,
         selection_share=config.outer.selection_share,
         selection_holdout=config.outer.selection_holdout,
+        check=check,
         replay=config.replay.build(),
         save_dir=None if out is None else out / "checkpoints",
         resume=resume,
@@ -474,6 +530,16 @@ def run(
             }
     if text is not None:
         metrics["domain"] = _domain_metrics(text, result.indices, baselines)
+    if check is not None:
+        history = result.history
+        metrics["check"] = {
+            "held_out_documents": round(config.outer.check_share * len(text.target)),
+            "seeds": check_seeds,
+            "proposals": sum(h.info["check"] is not None for h in history),
+            "accepted": sum(h.info["accepted"] and h.info["check"] is not None for h in history),
+            "start_bits_per_byte": check(np.asarray(history[0].info["indices"])),
+            "final_bits_per_byte": history[-1].info["kept"],
+        }
     done = SelectRun(config, setup, result, report, metrics, baselines)
     if writes:
         log(result.history)

@@ -14,6 +14,7 @@ from mgd.outer.selection._evaluate import SelectionReport as SelectionReport
 from mgd.outer.selection._evaluate import SubsetAccuracy as SubsetAccuracy
 from mgd.outer.selection._evaluate import evaluate_selection as evaluate_selection
 from mgd.outer.selection._search import SelectionResult as SelectionResult
+from mgd.outer.selection._search import retrained_loss as retrained_loss
 from mgd.outer.selection._search import select_data as select_data
 from mgd.outer.selection._text_baselines import domain_oracle_selection as domain_oracle_selection
 from mgd.outer.selection._text_baselines import dsir_selection as dsir_selection

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,9 +24,9 @@ from mgd.outer.selection._update import (
     subset_weights,
     top_k_subset,
 )
-from mgd.train import TrainingSetup
+from mgd.train import TrainingSetup, retrain_and_evaluate
 
-__all__ = ["SelectionResult", "select_data"]
+__all__ = ["SelectionResult", "retrained_loss", "select_data"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,8 +35,9 @@ class SelectionResult:
 
     Attributes:
       indices: int64 ``(size,)``, the selected candidates (sorted), from the meta-step with the
-        lowest target objective.
-      best_step: that meta-step (0-based).
+        lowest target objective; with a ``check``, the last subset it accepted.
+      best_step: that meta-step (0-based); with a ``check``, the meta-step whose update
+        proposed the subset (-1: the start was kept).
       weights: float ``(n,)``, the weights after the last meta-step.
       history: one :class:`mgd.outer.MetaStep` per meta-step; ``info["indices"]`` is the subset
         that step trained with (or would select, for counts).
@@ -62,6 +63,7 @@ def select_data(
     inner_batches: str = "pool",
     selection_share: float = 0.75,
     selection_holdout: float = 0.25,
+    check: Callable[[np.ndarray], float] | None = None,
     replay: Replay | None = None,
     save_dir: str | Path | None = None,
     resume: bool = False,
@@ -134,6 +136,17 @@ def select_data(
         the selection, in (0, 1) (at least one slot, and one left for candidates).
       selection_holdout: ``inner_batches="selection"`` only: the share of the selection held
         out of each meta-step's run (at least one candidate), in (0, 1).
+      check: a held-out check of a subset, ``check(indices) -> loss`` (int64 ``(k,)`` sorted
+        candidate indices; smaller is better), e.g. :func:`retrained_loss` on validation data
+        the metagradient's objective does not contain (``fixed_budget`` only). With it, a
+        meta-step's update is a *proposal*: the subset changes only if ``check`` of the
+        proposed subset is not larger than the current subset's (checked at the start), and
+        the result is the last subset accepted (a rejected proposal leaves the subset, not the
+        update rule's state: its momentum keeps averaging). The metagradient is a first-order,
+        one-run estimate; near a good subset most of its swaps are noise, and this keeps only
+        those that a retraining confirms. Each history record's ``info`` gets ``check`` (the
+        proposal's; ``None`` if the update changed nothing), ``accepted`` and ``kept`` (the check
+        of the subset after the meta-step). ``None``: every update is taken.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir`` (refused if it belongs to another
@@ -150,8 +163,8 @@ def select_data(
       ValueError: data weights not switched on, ``size`` or ``meta_steps`` out of range,
         ``step_window`` negative or given for a run that draws an example twice, ``start`` not
         ``size`` distinct candidates, ``inner_batches`` unknown or ``"selection"`` without
-        ``fixed_budget``, ``selection_share`` or ``selection_holdout`` outside (0, 1), or a
-        resume refused (see
+        ``fixed_budget``, ``selection_share`` or ``selection_holdout`` outside (0, 1), ``check``
+        without ``fixed_budget``, or a resume refused (see
         :func:`mgd.outer.meta_descent`).
 
     Example:
@@ -185,9 +198,13 @@ def select_data(
     ):
         if not 0.0 < share < 1.0:
             raise ValueError(f"{where}: {name} must be in (0, 1), got {share}")
+    if check is not None and not fixed_budget:
+        raise ValueError(f"{where}: check needs fixed_budget=True (a subset to accept or keep)")
     replay = Replay() if replay is None else replay
     # The rules' top-k and masks run as one compiled program per meta-step, not op by op.
     optimizer = SelectionOptimizer(optimizer.init, jax.jit(optimizer.update))
+    if check is not None:
+        optimizer = _checked(optimizer, check)
 
     if start is not None:
         start = np.sort(np.asarray(start, np.int64))
@@ -255,7 +272,13 @@ def select_data(
             indices = np.flatnonzero(np.asarray(weights) > 0)
         else:
             indices = np.asarray(top_k_subset(weights, grad, size))
-        return {"indices": indices.tolist()}
+        info: dict[str, Any] = {"indices": indices.tolist()}
+        if check is not None:
+            proposed = float(opt_state.proposed)
+            info["check"] = None if np.isnan(proposed) else proposed
+            info["accepted"] = bool(opt_state.accepted)
+            info["kept"] = float(opt_state.current)
+        return info
 
     loop = meta_descent(
         metagradient,
@@ -275,6 +298,8 @@ def select_data(
             "selection_holdout": selection_holdout if inner_batches == "selection" else None,
             "replay": replay.describe(),
             "user": fingerprint,
+            # Only with a check, so that runs without one resume their earlier checkpoints.
+            **({"check": True} if check is not None else {}),
         },
         save_dir=save_dir,
         resume=resume,
@@ -283,6 +308,16 @@ def select_data(
         desc="selection",
         where=where,
     )
+    if check is not None:
+        changed = [
+            h.step for h in loop.history if h.info["accepted"] and h.info["check"] is not None
+        ]
+        return SelectionResult(
+            indices=np.flatnonzero(np.asarray(loop.params) > 0).astype(np.int64),
+            best_step=changed[-1] if changed else -1,
+            weights=np.asarray(loop.params),
+            history=loop.history,
+        )
     best = min(loop.history, key=lambda h: h.objective)
     return SelectionResult(
         indices=np.asarray(best.info["indices"], np.int64),
@@ -290,6 +325,101 @@ def select_data(
         weights=np.asarray(loop.params),
         history=loop.history,
     )
+
+
+class _CheckedState(NamedTuple):
+    # The update rule's state; the check of the current subset; of the last proposal (nan if
+    # it changed nothing); whether the last proposal was taken.
+    inner: Any
+    current: jax.Array
+    proposed: jax.Array
+    accepted: jax.Array
+
+
+def _checked(optimizer: SelectionOptimizer, check: Callable) -> SelectionOptimizer:
+    # `optimizer`'s updates, taken only where `check` of the new subset is not worse.
+    def subset(weights) -> np.ndarray:
+        return np.flatnonzero(np.asarray(weights) > 0).astype(np.int64)
+
+    def init(weights):
+        loss = jnp.asarray(float(check(subset(weights))), jnp.float32)
+        return _CheckedState(optimizer.init(weights), loss, loss, jnp.asarray(True))
+
+    def update(grad, state, weights):
+        updates, inner = optimizer.update(grad, state.inner, weights)
+        new = subset(weights + updates)
+        if np.array_equal(new, subset(weights)):
+            nan = jnp.asarray(np.nan, jnp.float32)
+            return updates, _CheckedState(inner, state.current, nan, jnp.asarray(True))
+        loss = jnp.asarray(float(check(new)), jnp.float32)
+        if loss <= state.current:
+            return updates, _CheckedState(inner, loss, loss, jnp.asarray(True))
+        return jnp.zeros_like(updates), _CheckedState(inner, state.current, loss, False)
+
+    return SelectionOptimizer(init, update)
+
+
+def retrained_loss(
+    setup: TrainingSetup, *, seeds, split: str = "val", metric: str = "loss"
+) -> Callable[[np.ndarray], float]:
+    """A held-out check for :func:`select_data`: the loss of models retrained on a subset.
+
+    The returned function trains ``setup``'s recipe (with ``setup.init_meta()``: data weights
+    1) on the given candidates alone (all examples of a group), once per seed, from scratch,
+    and returns the mean of ``setup.evaluate(...)[metric]`` on ``split``. The candidates'
+    batches are epochs of permutations, as ``setup.data.subset_groups(indices)`` would train,
+    but given as a ``batch_order`` over the whole pool, so subsets of any size share one
+    compiled program, the setup's own.
+
+    Args:
+      setup: the recipe and data (e.g. with a validation split held out of the selection's
+        objective).
+      seeds: the training seeds (initialization and order), e.g. ``[20000, 20001]``; ones the
+        evaluation does not use.
+      split: the split evaluated, ``"val"`` by default (never ``"test"`` for a check).
+      metric: the key of ``setup.evaluate`` returned, e.g. ``"loss"`` or ``"bits_per_byte"``.
+
+    Returns:
+      ``check(indices) -> float``: ``indices`` an int array ``(k,)`` of distinct candidates.
+
+    Raises:
+      ValueError: ``seeds`` empty, or ``split`` not a split name (when called: a metric the
+        setup does not report).
+    """
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("retrained_loss: seeds is empty; give at least one seed")
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"retrained_loss: split must be 'train', 'val' or 'test', got {split!r}")
+    groups = np.arange(setup.data.num_train) if setup.data.groups is None else setup.data.groups
+    steps, b = setup.num_steps, setup.batch_size
+
+    def check(indices) -> float:
+        examples = np.flatnonzero(np.isin(groups, np.asarray(indices)))
+        if not examples.size:
+            raise ValueError("retrained_loss: the subset holds no training example")
+        per_epoch = -(-examples.size // b)
+        epochs = -(-steps // per_epoch)
+        losses = []
+        for seed in seeds:
+            rng = np.random.default_rng(seed)
+            # Epochs of permutations, each padded with empty slots to whole batches.
+            pad = np.full(per_epoch * b - examples.size, -1)
+            order = np.concatenate(
+                [np.concatenate([rng.permutation(examples), pad]) for _ in range(epochs)]
+            ).reshape(-1, b)[:steps]
+            scores = retrain_and_evaluate(
+                setup.replace(batch_order=order), seeds=[seed], split=split
+            )
+            if metric not in scores:
+                raise ValueError(
+                    f"retrained_loss: the setup's evaluate reports {sorted(scores)}, not "
+                    f"metric={metric!r}; pass one of those"
+                )
+            losses.append(float(scores[metric][0]))
+        return float(np.mean(losses))
+
+    return check
 
 
 def check_step_window(
