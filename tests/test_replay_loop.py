@@ -284,6 +284,8 @@ def test_outer_update_equals_metagradient_then_the_update(x64):
         step_fn, objective_fn, state, None, meta, T_SMALL, embed=_whole, checkpoint=policy
     )
     opt_state = outer.init(meta)
+    # Other tests in the same process may have compiled their own programs: count new ones.
+    programs = compiled._update_program._cache_size()
     for _ in range(2):
         res = mgd.metagradient(step_fn, objective_fn, state, meta, T_SMALL, checkpoint=policy)
         expected, expected_state = outer.update(res.grad, opt_state, meta, value=res.value)
@@ -294,7 +296,7 @@ def test_outer_update_equals_metagradient_then_the_update(x64):
         assert max_relative_error(updates, expected) <= 1e-10
         assert max_relative_error(opt_state[0].nu, expected_state[0].nu) <= 1e-10
         meta = optax.apply_updates(meta, updates)
-    assert compiled._update_program._cache_size() == 1
+    assert compiled._update_program._cache_size() - programs == 1  # one for both steps
 
 
 def test_outer_update_marks_a_diverged_run_and_keeps_off_device_stores():
