@@ -108,18 +108,28 @@ def test_budget_too_small_says_how_much_is_needed():
         mgd.policy_for_budget(100, 1000, 2.5e6)
 
 
-def _problem(size=4096):
-    runs = {"n": 0}
+_RUNS = {"n": 0}
 
-    def count(_):
-        runs["n"] += 1
 
-    def step(w, m, t):
-        jax.debug.callback(count, t)  # Counts executed steps, not traces.
-        return w - m * jnp.sin(w)
+def _count(_):
+    _RUNS["n"] += 1
 
-    w0 = jnp.linspace(0.0, 3.0, size, dtype=jnp.float32)
-    return step, lambda w, m: jnp.sum(w**2), w0, jnp.float32(0.1), runs
+
+def _step(w, m, t):
+    jax.debug.callback(_count, t)  # Counts executed steps, not traces.
+    return w - m * jnp.sin(w)
+
+
+def _objective(w, m):
+    return jnp.sum(w**2)
+
+
+def _problem():
+    """One step and objective for every test (so they share compiled programs), with the count
+    of steps executed since this call."""
+    _RUNS["n"] = 0
+    w0 = jnp.linspace(0.0, 3.0, 4096, dtype=jnp.float32)
+    return _step, _objective, w0, jnp.float32(0.1), _RUNS
 
 
 def _sizes(step, objective, w0, meta, modes=("fused", "remat")):

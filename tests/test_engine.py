@@ -91,16 +91,10 @@ def make_problem(opt_name, num_steps, dtype=jnp.float64):
     return step_fn, objective_fn, state, meta
 
 
-def unrolled_objective(problem, num_steps, meta):
-    """The objective with the training loop unrolled in Python."""
-    step_fn, objective_fn, state, _ = problem
-    for t in range(num_steps):
-        state = step_fn(state, meta, jnp.int32(t))
-    return objective_fn(state, meta)
-
-
 def scanned_objective(problem, num_steps, meta):
-    """The same loop as a lax.scan (reverse mode through it stores every step's residuals)."""
+    """The objective after the plain training loop, a lax.scan: the reference that jax.grad
+    differentiates directly (reverse mode through it stores every step's residuals). One
+    compiled step, not T copies as a loop unrolled in Python would compile."""
     step_fn, objective_fn, state, _ = problem
     state = jax.lax.scan(
         lambda s, t: (step_fn(s, meta, t), None), state, jnp.arange(num_steps, dtype=jnp.int32)
@@ -124,15 +118,15 @@ T_SMALL = 7  # Odd. Shared by the tests below so that they reuse the compiled bl
 
 
 @functools.cache
-def _jitted_unrolled(opt_name, num_steps):
+def _jitted_objective(opt_name, num_steps):
     problem = make_problem(opt_name, num_steps)
-    return jax.jit(lambda m: unrolled_objective(problem, num_steps, m))
+    return jax.jit(lambda m: scanned_objective(problem, num_steps, m))
 
 
 @functools.cache
 def _reference_grad(opt_name, num_steps):
     problem = make_problem(opt_name, num_steps)
-    return jax.jit(jax.value_and_grad(lambda m: unrolled_objective(problem, num_steps, m)))(
+    return jax.jit(jax.value_and_grad(lambda m: scanned_objective(problem, num_steps, m)))(
         problem[3]
     )
 
@@ -161,7 +155,7 @@ def test_matches_central_finite_differences(x64, opt_name):
     problem = make_problem(opt_name, T)
     meta = problem[3]
     res = mgd.metagradient(*problem, T, checkpoint=mgd.KAryTree(2))
-    objective = _jitted_unrolled(opt_name, T)
+    objective = _jitted_objective(opt_name, T)
     rng = np.random.default_rng(7)
     for kind in meta:  # One direction per metaparameter kind, so each is checked on its own.
         direction = {k: jnp.zeros_like(v) for k, v in meta.items()}
@@ -198,7 +192,7 @@ def test_long_run_t1000_matches_jax_grad(x64, policy):
 @pytest.mark.parametrize("T", [1, 2, 3])
 def test_fewer_steps_than_k(x64, T):
     problem = make_problem("momentum", T)
-    expected = jax.jit(jax.grad(lambda m: unrolled_objective(problem, T, m)))(problem[3])
+    expected = jax.jit(jax.grad(lambda m: scanned_objective(problem, T, m)))(problem[3])
     res = mgd.metagradient(*problem, T, checkpoint=mgd.KAryTree(8))
     assert max_relative_error(res.grad, expected) <= 1e-10
     assert res.stats.replay_steps == 0 and res.stats.forward_steps == T

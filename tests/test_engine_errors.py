@@ -64,14 +64,21 @@ def test_k_below_two_is_rejected():
         call(checkpoint=mgd.KAryTree(1))
 
 
+def _nan_step(bad_step, w, m, t):
+    # d sqrt(u)/du is infinite at u = 0, and du/dw = 1 - 1 = 0: NaN in reverse mode only.
+    return jax.lax.cond(t == bad_step, lambda w: w * m + jnp.sqrt(w - w), lambda w: w * m, w)
+
+
 def nan_at_step(bad_step):
-    """A step whose VJP turns the cotangent into NaN at `bad_step` only."""
+    """A step whose VJP turns the cotangent into NaN at `bad_step` only. The step holds
+    `bad_step` as an array (a `Partial`), so that the steps of every `bad_step` share the
+    engine's compiled programs."""
+    return jax.tree_util.Partial(_nan_step, jnp.int32(bad_step))
 
-    def step(w, m, t):
-        # d sqrt(u)/du is infinite at u = 0, and du/dw = 1 - 1 = 0: NaN in reverse mode only.
-        return jax.lax.cond(t == bad_step, lambda w: w * m + jnp.sqrt(w - w), lambda w: w * m, w)
 
-    return step
+def square(w, m):
+    """The objective of the `nan_at_step` runs (one function: its programs are shared too)."""
+    return w**2
 
 
 @pytest.mark.parametrize(
@@ -81,7 +88,7 @@ def nan_at_step(bad_step):
 def test_non_finite_cotangent_names_the_step(policy, bad_step):
     step = nan_at_step(bad_step)
     with pytest.raises(mgd.NonFiniteCotangentError, match=rf"non-finite .* at step {bad_step},"):
-        mgd.metagradient(step, lambda w, m: w**2, jnp.float32(1.0), jnp.float32(0.9), 20,
+        mgd.metagradient(step, square, jnp.float32(1.0), jnp.float32(0.9), 20,
                          checkpoint=policy)  # fmt: skip
 
 
@@ -92,6 +99,6 @@ def test_non_finite_objective_gradient_is_named():
 
 
 def test_check_finite_can_be_turned_off():
-    res = mgd.metagradient(nan_at_step(3), lambda w, m: w**2, jnp.float32(1.0), jnp.float32(0.9),
+    res = mgd.metagradient(nan_at_step(3), square, jnp.float32(1.0), jnp.float32(0.9),
                            8, check_finite=False)  # fmt: skip
     assert np.isnan(res.grad)

@@ -94,11 +94,8 @@ def make_problem(num_steps, opt_name="adam"):
 def _reference(num_steps, opt_name="adam"):
     step, objective, state, meta = make_problem(num_steps, opt_name)
 
-    def unrolled(m):
-        s = state
-        for t in range(num_steps):
-            s = step(s, m, jnp.int32(t))
-        return objective(s, m)
+    def unrolled(m):  # A fori_loop: one compiled step, not num_steps copies.
+        return objective(jax.lax.fori_loop(0, num_steps, lambda t, s: step(s, m, t), state), m)
 
     return jax.jit(jax.value_and_grad(unrolled))(meta)
 
@@ -130,9 +127,10 @@ def test_mixed_step_vjp_equals_reverse_step_vjp(x64, opt_name):
     step, _, state, meta = make_problem(3, opt_name)
     diff = leaf_lib.partition(state)[0]
     ct = jax.tree.map(lambda a: jnp.cos(jnp.arange(a.size, dtype=a.dtype)).reshape(a.shape), diff)
-    state = step(state, meta, jnp.int32(0))  # Non-trivial optimizer state.
+    state = jax.jit(step)(state, meta, jnp.int32(0))  # Non-trivial optimizer state.
     t = jnp.int32(1)
-    expected = leaf_lib.reverse_step_vjp(step, state, meta, t, ct)
+    # Both jitted: one program each, not each operation compiled on its own.
+    expected = jax.jit(leaf_lib.reverse_step_vjp, static_argnums=0)(step, state, meta, t, ct)
     actual = jax.jit(leaf_lib.mixed_step_vjp, static_argnums=0)(step, state, meta, t, ct)
     for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)

@@ -321,17 +321,31 @@ def test_per_step_setup_and_callable_start(tiny):
     np.testing.assert_allclose(res.history[0].info["lr"], start.rates(), rtol=1e-6)
 
 
+_LR_CONFIG = {
+    "train": {
+        "model": {"name": "mlp", "hidden": [8], "activation": "tanh", "normalize": True},
+        "num_steps": 12,
+        "batch_size": 32,
+    },
+    "num_knots": 3,
+    "search": {"init_lr": [0.05], "start_factors": [0.5], "meta_steps": 2, "test_seeds": 1},
+    "grid": {"num_peaks": 1},
+}
+
+
 def test_cli_lr_end_to_end(tmp_path, capsys):
     """`mgd lr` on a tiny config: a grid, one search from a start relative to its best constant
-    rate and one absolute start, the found schedules scored like the grid, files written."""
+    rate and one absolute start, the found schedules scored like the grid, files written; then
+    resumed; then its grid reused by a run of another search setting (`grid_from`), which gets
+    the same starts, gaps and grid's best (retrained on the test seeds), while a run of another
+    setting is refused. (One test: the `grid_from` run reuses this run instead of its own.)"""
+    import yaml
+
+    from mgd.config import config_from_dict
+    from mgd.experiments import lr
+
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(
-        "train: {model: {name: mlp, hidden: [8], activation: tanh, normalize: true},"
-        " num_steps: 12, batch_size: 32}\n"
-        "num_knots: 3\n"
-        "search: {init_lr: [0.05], start_factors: [0.5], meta_steps: 2, test_seeds: 1}\n"
-        "grid: {num_peaks: 1}\n"
-    )
+    cfg.write_text(yaml.safe_dump(_LR_CONFIG))
     out = tmp_path / "run"
     assert main(["lr", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
     table = capsys.readouterr().out
@@ -352,10 +366,29 @@ def test_cli_lr_end_to_end(tmp_path, capsys):
     # Killed and resumed: the searches continue from their checkpoints to the same result.
     capsys.readouterr()
     assert main(["lr", "--config", str(cfg), "--out", str(out), "--quiet", "--resume"]) == 0
-    assert (
-        json.loads((out / "metrics.json").read_text())["searches"].keys()
-        == metrics["searches"].keys()
-    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["searches"]) == {"lr 0.05", "0.5x grid's best constant"}
+
+    # Another search setting (one start, one meta-step) may reuse the grid: it does not change
+    # it.
+    search = {"start_factors": [0.5], "meta_steps": 1, "test_seeds": 1}
+    config = config_from_dict({**_LR_CONFIG, "search": search}, lr.LRConfig)
+    again = lr.run(config, tmp_path / "b", progress=False, grid_from=out)
+    g1, g2 = metrics["grid"], again.metrics["grid"]  # The grid as the resumed run wrote it.
+    for key in ("best", "val_loss", "best_constant_lr", "runs", "seconds"):
+        assert g2[key] == g1[key]
+    assert g2["reused_from"] == str(out)
+    np.testing.assert_allclose(g2["test_accuracy"], g1["test_accuracy"], rtol=1e-6)
+    (name,) = again.metrics["searches"]
+    m1, m2 = metrics["searches"][name], again.metrics["searches"][name]
+    assert m2["init_lr"] == m1["init_lr"]
+    assert m2["gap_to_grid"] == pytest.approx(m2["found_val_loss"] / g1["val_loss"] - 1)
+    other = dataclasses.replace(config, num_knots=4)
+    with pytest.raises(ValueError, match="differs in num_knots"):
+        lr.run(other, tmp_path / "c", progress=False, grid_from=out)
+    with pytest.raises(ValueError, match="no finished mgd lr run"):
+        lr.run(config, tmp_path / "d", progress=False, grid_from=tmp_path / "missing")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 # --- the compiled meta-step -----------------------------------------------------------------
@@ -409,45 +442,6 @@ def test_compiled_meta_step_rejects_a_diverged_run_like_the_engine_error(tiny, m
         np.testing.assert_allclose(a.info["lr"], b.info["lr"], rtol=1e-5)
     with pytest.raises(ValueError, match="initial schedule diverges"):
         search_lr_schedule(tiny, init_schedule=1e10, meta_steps=2, test_seeds=0, progress=False)
-
-
-def test_grid_from_an_earlier_run_is_reused_and_checked(tmp_path):
-    """`grid_from` takes an earlier run's grid result (same setting) instead of training the
-    grid: the same starts, gaps and grid's best (retrained on the test seeds) as that run; a
-    run of another setting is refused."""
-    from mgd.config import config_from_dict
-    from mgd.experiments import lr
-
-    raw = {
-        "train": {
-            "model": {"name": "mlp", "hidden": [8], "activation": "tanh", "normalize": True},
-            "num_steps": 12,
-            "batch_size": 32,
-        },
-        "num_knots": 3,
-        "search": {"start_factors": [0.5], "meta_steps": 1, "test_seeds": 1},
-        "grid": {"num_peaks": 1},
-    }
-    config = config_from_dict(raw, lr.LRConfig)
-    first = lr.run(config, tmp_path / "a", progress=False)
-    # Another search setting (more meta-steps) may reuse the grid: it does not change it.
-    more = dataclasses.replace(config, search=dataclasses.replace(config.search, meta_steps=2))
-    again = lr.run(more, tmp_path / "b", progress=False, grid_from=tmp_path / "a")
-    g1, g2 = first.metrics["grid"], again.metrics["grid"]
-    for key in ("best", "val_loss", "best_constant_lr", "runs", "seconds"):
-        assert g2[key] == g1[key]
-    assert g2["reused_from"] == str(tmp_path / "a")
-    np.testing.assert_allclose(g2["test_accuracy"], g1["test_accuracy"], rtol=1e-6)
-    (name,) = again.metrics["searches"]
-    m1, m2 = first.metrics["searches"][name], again.metrics["searches"][name]
-    assert m2["init_lr"] == m1["init_lr"]
-    assert m2["gap_to_grid"] == pytest.approx(m2["found_val_loss"] / g1["val_loss"] - 1)
-    other = dataclasses.replace(config, num_knots=4)
-    with pytest.raises(ValueError, match="differs in num_knots"):
-        lr.run(other, tmp_path / "c", progress=False, grid_from=tmp_path / "a")
-    with pytest.raises(ValueError, match="no finished mgd lr run"):
-        lr.run(config, tmp_path / "d", progress=False, grid_from=tmp_path / "missing")
-    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
 
 
 def test_search_config_cosine_step_decays_to_a_tenth():

@@ -3,6 +3,7 @@ unrolled loop, composing with grad, value_and_grad, jit and vmap; and mgd.metagr
 compiled sweep against the Python driver."""
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +18,7 @@ from test_engine import (
     _reference_grad,
     make_problem,
     max_relative_error,
-    unrolled_objective,
+    scanned_objective,
 )
 
 import mgd
@@ -32,8 +33,23 @@ def _objective_after_loop(problem, policy, num_steps=T_SMALL):
     )
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=repr)
-@pytest.mark.parametrize("opt_name", [*OPTIMIZERS, "mgd_adam"])
+# Each optimizer once and each policy with two of them, one keeping an integer step count:
+# the plan's execution does not depend on the optimizer, whose state is a pytree like any other
+# (test_engine runs the whole product through mgd.metagradient's same compiled plan, and
+# test_integer_leaves_and_init_state_cotangent below every policy with integer leaves).
+OPTIMIZER_POLICY = [
+    ("sgd", mgd.StoreAll()),
+    ("momentum", mgd.KAryTree(2)),
+    ("nesterov", mgd.Binomial(3)),
+    ("adam", mgd.KAryTree(2)),
+    ("adamw", mgd.Binomial(3)),
+    ("mgd_adam", mgd.StoreAll()),
+]
+assert {p for _, p in OPTIMIZER_POLICY} == set(POLICIES)
+assert {o for o, _ in OPTIMIZER_POLICY} == {*OPTIMIZERS, "mgd_adam"}
+
+
+@pytest.mark.parametrize(("opt_name", "policy"), OPTIMIZER_POLICY, ids=str)
 def test_grad_equals_jax_grad_of_unrolled_loop_float64(x64, opt_name, policy):
     problem = make_problem(opt_name, T_SMALL)
     value, expected = _reference_grad(opt_name, T_SMALL)
@@ -44,8 +60,18 @@ def test_grad_equals_jax_grad_of_unrolled_loop_float64(x64, opt_name, policy):
     np.testing.assert_allclose(got_value, value, rtol=1e-12)
 
 
-@pytest.mark.parametrize("mode", LEAF_MODES)
-@pytest.mark.parametrize("policy", test_leaf.POLICIES, ids=repr)
+# Each leaf mode once and each policy once: replay_loop's passes are mgd.metagradient's
+# (`_forward`, `_backward`), which test_leaf runs for the product of policies and modes.
+POLICY_MODE = [
+    (test_leaf.POLICIES[0], "remat"),
+    (test_leaf.POLICIES[1], "mixed"),
+    (test_leaf.POLICIES[2], "fused"),
+]
+assert {m for _, m in POLICY_MODE} == set(LEAF_MODES)
+assert [p for p, _ in POLICY_MODE] == test_leaf.POLICIES
+
+
+@pytest.mark.parametrize(("policy", "mode"), POLICY_MODE, ids=str)
 def test_every_leaf_mode_equals_jax_grad_float64(x64, policy, mode):
     # A mixed-mode step (mgd.GradientStep: Adam, an integer counter, an auxiliary statistic in
     # the state, metaparameters in the loss and the update); its objective after the loop.
@@ -75,17 +101,19 @@ def test_bad_leaf_mode_is_rejected():
 def test_forward_is_the_training_run(x64):
     step_fn, _, state, meta = problem = make_problem("adam", T_SMALL)
     final = mgd.replay_loop(step_fn, state, meta, T_SMALL, checkpoint=mgd.KAryTree(2))
+    step = jax.jit(step_fn)  # One compiled step, not each operation compiled on its own.
     for t in range(T_SMALL):
-        state = step_fn(state, meta, jnp.int32(t))
+        state = step(state, meta, jnp.int32(t))
     assert jax.tree.structure(final) == jax.tree.structure(state)
     assert max_relative_error(final, state) <= 1e-12
     assert problem  # The cached problem is not mutated.
 
 
-@pytest.mark.parametrize("policy", POLICIES, ids=repr)
-def test_integer_leaves_and_init_state_cotangent(x64, policy):
-    # Adam's int32 step counter plus a counter and a meta-independent float leaf of our own;
-    # the cotangent of the initial state's floating leaves too (argnums=(0, 1)).
+@functools.cache
+def _with_extra_leaves():
+    """Adam's problem with a counter and a meta-independent float leaf of our own in the state,
+    an objective using both, and the reference ``jax.grad`` of the unrolled loop with respect to
+    the initial state and meta (computed once for the policies below)."""
     step_fn, objective_fn, state, meta = make_problem("adam", T_SMALL)
     wrapped_step = lambda s, m, t: (step_fn(s[0], m, t), s[1] + 1, s[2] * 2.0)
 
@@ -94,18 +122,27 @@ def test_integer_leaves_and_init_state_cotangent(x64, policy):
 
     state = (state, jnp.int32(0), jnp.float64(1.0))
 
-    def via_replay(s0, m):
-        final = mgd.replay_loop(wrapped_step, s0, m, T_SMALL, checkpoint=policy)
-        assert final[1].dtype == jnp.int32
-        return user_objective(final, m)
-
     def unrolled(s0, m):
         for t in range(T_SMALL):
             s0 = wrapped_step(s0, m, jnp.int32(t))
         return user_objective(s0, m)
 
-    float_part = lambda s: (s[0][0], s[2])  # params and the extra float leaf
     expected = jax.jit(jax.grad(unrolled, argnums=(0, 1), allow_int=True))(state, meta)
+    return wrapped_step, user_objective, state, meta, expected
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=repr)
+def test_integer_leaves_and_init_state_cotangent(x64, policy):
+    # Adam's int32 step counter plus a counter and a meta-independent float leaf of our own;
+    # the cotangent of the initial state's floating leaves too (argnums=(0, 1)).
+    wrapped_step, user_objective, state, meta, expected = _with_extra_leaves()
+
+    def via_replay(s0, m):
+        final = mgd.replay_loop(wrapped_step, s0, m, T_SMALL, checkpoint=policy)
+        assert final[1].dtype == jnp.int32
+        return user_objective(final, m)
+
+    float_part = lambda s: (s[0][0], s[2])  # params and the extra float leaf
     got = jax.jit(jax.grad(via_replay, argnums=(0, 1), allow_int=True))(state, meta)
     assert max_relative_error(got[1], expected[1]) <= 1e-10
     assert max_relative_error(float_part(got[0]), float_part(expected[0])) <= 1e-10
@@ -123,7 +160,7 @@ def test_vmap_over_four_metaparameter_sets_equals_separate_calls(x64):
     batched = jax.jit(jax.vmap(grad_fn))(jax.tree.map(lambda *xs: jnp.stack(xs), *metas))
     # Compiled once for the four calls.
     separate_fn = jax.jit(grad_fn)
-    expected_fn = jax.jit(jax.grad(lambda m: unrolled_objective(problem, T_SMALL, m)))
+    expected_fn = jax.jit(jax.grad(lambda m: scanned_objective(problem, T_SMALL, m)))
     for i, meta in enumerate(metas):
         separate = separate_fn(meta)
         expected = expected_fn(meta)
@@ -142,8 +179,11 @@ def test_vmap_over_init_states(x64):
             s0 = step_fn(s0, m, jnp.int32(t))
         return objective_fn(s0, m)
 
-    got = jax.vmap(jax.grad(final_loss, argnums=1), (0, None, None))(states, meta, True)
-    expected = jax.vmap(jax.grad(final_loss, argnums=1), (0, None, None))(states, meta, False)
+    def batched_grad(replay):  # Jitted: one program, not each operation compiled on its own.
+        loss = functools.partial(final_loss, replay=replay)
+        return jax.jit(jax.vmap(jax.grad(loss, argnums=1), (0, None)))(states, meta)
+
+    got, expected = batched_grad(True), batched_grad(False)
     assert max_relative_error(got, expected) <= 1e-10
 
 
