@@ -81,17 +81,3 @@ def unrolled_objective(setup):
         return setup.objective_fn(state, meta)
 
     return jax.jit(objective)
-
-
-# Files whose tests reuse each other's problems and references (test_replay_loop imports
-# test_engine's and test_leaf's): in one xdist worker, what one compiles the others reuse.
-_SHARED_WORKER = {"test_engine", "test_leaf", "test_replay_loop", "test_storage"}
-
-
-@pytest.hookimpl(tryfirst=True)  # Before xdist reads the groups.
-def pytest_collection_modifyitems(config, items):
-    """Groups the tests for `--dist loadgroup` (pyproject's addopts): one group per file, as
-    `--dist loadfile` would, except the files of `_SHARED_WORKER`, which share one."""
-    for item in items:
-        stem = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("engine" if stem in _SHARED_WORKER else stem))
