@@ -1,10 +1,15 @@
 """Test configuration: several CPU devices for sharding tests, x64 on request."""
 
 import contextlib
+import gc
 import os
 
 # Must be set before JAX initializes its backends.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# The suite's time is mostly XLA compiling thousands of small programs that then run for
+# milliseconds: LLVM's expensive passes cost more than they save here. Read when JAX is
+# imported; JAX_DISABLE_MOST_OPTIMIZATIONS=0 tests the optimized code path instead.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -67,6 +72,17 @@ def _engine_measures_afresh():
     memory.forget_choices()
     yield
     memory.forget_choices()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program after each test module. XLA's CPU executables hold their
+    machine code in memory mappings, and a worker that keeps every program of the suite
+    reaches the kernel's limit of 65,530 mappings per process (`vm.max_map_count`); XLA then
+    crashes with a segmentation fault while compiling. Modules rarely share programs."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 def unrolled_objective(setup):
