@@ -21,7 +21,7 @@ picks some): ``current`` (the shipped inner run: Adam 3e-3 constant, eps_root 1e
 of batch 16), ``scale0.1`` (logits x 0.1, ``TransformerConfig.output_scale``), ``cosine`` (Adam
 3e-3 with cosine decay), ``warmcos3e-3`` / ``warmcos1e-3`` (30 steps of linear warmup, then
 cosine decay to 5%), ``epsroot1e-4`` / ``epsroot1e-3`` (Adam's eps_root), ``sgd`` (SGD momentum
-0.9, 0.1, cosine), ``smooth`` (scale 0.1 + warmup-cosine 3e-3 + eps_root 1e-4), ``steps900``
+0.9, 0.1, cosine), ``smooth`` (scale 0.1 + warmup-cosine 3e-3 + eps_root 1e-4), ``cosine+epsroot1e-3``, ``steps900``
 (900 steps: each window drawn about three times).
 
   python scripts/lm_recipe_signal.py
@@ -62,6 +62,7 @@ RECIPES = {
         0,
     ),
     "smooth": ({"output_scale": 0.1}, {"eps_root": 1e-4}, {}, 30),
+    "cosine+epsroot1e-3": ({}, {"lr_decay": "cosine", "eps_root": 1e-3}, {}, 0),
     "steps900": ({}, {}, {"num_steps": 900}, 0),
 }
 
