@@ -18,11 +18,12 @@ among the documents outside the start:
 
 Everything is measured in one process; the test documents are never used. Recipes (``--recipes``
 picks some): ``current`` (``fortunes_lm_random``'s inner run: Adam 3e-3 constant, eps_root 1e-8, 300
-steps of batch 16), ``scale0.1`` (logits x 0.1, ``TransformerConfig.output_scale``), ``cosine`` (Adam 3e-3
-with cosine decay: the shipped ``fortunes_lm``), ``warmcos3e-3`` / ``warmcos1e-3`` (30 steps of linear warmup, then cosine decay
-to 5%), ``epsroot1e-4`` / ``epsroot1e-3`` (Adam's eps_root), ``sgd`` (SGD momentum 0.9, 0.1,
-cosine), ``smooth`` (scale 0.1 + warmup-cosine 3e-3 + eps_root 1e-4), ``cosine+epsroot1e-3``,
-``steps900`` (900 steps: each window drawn about three times).
+steps of batch 16), ``scale0.1`` (logits x 0.1, ``TransformerConfig.output_scale``), ``cosine``
+(Adam 3e-3 with cosine decay: the shipped ``fortunes_lm``), ``warmcos3e-3`` / ``warmcos1e-3`` (30
+steps of linear warmup, then cosine decay to 5%), ``epsroot1e-4`` / ``epsroot1e-3`` (Adam's
+eps_root), ``sgd`` (SGD momentum 0.9, 0.1, cosine), ``smooth`` (scale 0.1 + warmup-cosine 3e-3 +
+eps_root 1e-4), ``cosine+epsroot1e-3``, ``steps900`` (900 steps: each window drawn about three
+times).
 
   python scripts/lm_recipe_signal.py
   python scripts/lm_recipe_signal.py --recipes current smooth
