@@ -1,12 +1,12 @@
 """Diagnostic: how well one metagradient ranks the target domain's documents, raw or normalized.
 
-Builds the setup of a text selection config (default: the shipped ``fortunes_lm``, which needs
-``apt-get install fortunes fortunes-de fortunes-es``), takes the selection's random starting
-subset, and computes one metagradient per training window (each window weighted as its
-document). Prints the RMS metagradient of the windows drawn at every 30th step, then, among the
-documents outside the subset, how well the raw per-document metagradient and the
-step-normalized one (``select_data(step_window=k)``) rank the target domain's documents first:
-the AUC (0.5: chance, 1: all of them first) and how many are among the best 20 / 60.
+Builds the setup of a text selection config (default: ``fortunes_lm_random``, the constant-rate
+recipe, which needs ``apt-get install fortunes fortunes-de fortunes-es``), takes the selection's
+random starting subset, and computes one metagradient per training window (each window weighted as
+its document). Prints the RMS metagradient of the windows drawn at every 30th step, then, among the
+documents outside the subset, how well the raw per-document metagradient and the step-normalized one
+(``select_data(step_window=k)``) rank the target domain's documents first: the AUC (0.5: chance, 1:
+all of them first) and how many are among the best 20 / 60.
 
 With ``--draws k`` it also trains ``k - 1`` more runs with new seeds (new initialization and
 batch order, as ``outer.reseed`` does) and reports how the ranking improves when each
@@ -45,7 +45,7 @@ def _auc(score: np.ndarray, positive: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="fortunes_lm")
+    parser.add_argument("--config", default="fortunes_lm_random")
     parser.add_argument("--windows", type=int, nargs="+", default=[0, 2, 10])
     parser.add_argument("--draws", type=int, default=1)
     args = parser.parse_args()

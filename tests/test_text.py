@@ -256,8 +256,15 @@ def test_transformer_is_causal(positions):
     assert out.shape == (1, 5, 256)
     np.testing.assert_array_equal(out[:, :3], changed[:, :3])
     assert not np.allclose(out[:, 3:], changed[:, 3:])
+    # output_scale is a pure factor on the logits (the same parameters).
+    scaled = Transformer(
+        TransformerConfig(context=5, d_model=8, num_heads=2, positions=positions, output_scale=0.1)
+    )
+    np.testing.assert_allclose(scaled.apply(params, tokens), 0.1 * out, rtol=1e-5, atol=1e-7)
     with pytest.raises(ValueError, match="must divide"):
         TransformerConfig(d_model=10, num_heads=4)
+    with pytest.raises(ValueError, match="output_scale must be positive"):
+        TransformerConfig(output_scale=0.0)
     with pytest.raises(ValueError, match="context=5"):
         model.apply(params, jnp.zeros((1, 6), jnp.int32))
 

@@ -307,6 +307,8 @@ class TransformerConfig:
       mlp_ratio: hidden width of each block's MLP as a multiple of ``d_model``.
       positions: ``"learned"`` (an embedding per position) or ``"rotary"`` (RoPE on queries
         and keys; no position parameters).
+      output_scale: factor on the logits (below 1 makes metagradients smoother, as for the
+        other models).
     """
 
     config_name: ClassVar[str] = "transformer"
@@ -318,9 +320,10 @@ class TransformerConfig:
     num_heads: int = 4
     mlp_ratio: int = 4
     positions: str = "learned"
+    output_scale: float = 1.0
 
     def __post_init__(self):
-        _check_common("TransformerConfig", self.num_classes, 1.0)
+        _check_common("TransformerConfig", self.num_classes, self.output_scale)
         for name in ("vocab_size", "context", "d_model", "num_layers", "num_heads", "mlp_ratio"):
             if getattr(self, name) < 1:
                 raise ValueError(
@@ -412,7 +415,7 @@ class Transformer(nn.Module):
             x = x + pos[: tokens.shape[1]].astype(x.dtype)
         for _ in range(c.num_layers):
             x = _Block(c)(x)
-        return nn.Dense(c.num_classes)(nn.LayerNorm()(x))
+        return nn.Dense(c.num_classes)(nn.LayerNorm()(x)) * c.output_scale
 
 
 _MODELS = {
