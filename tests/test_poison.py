@@ -30,7 +30,12 @@ from mgd.outer.poison import (
     poison_attack,
     random_noise_poison,
 )
-from mgd.outer.poison._attack import _rescaled_cross_entropy, apply_perturbations
+from mgd.outer.poison._attack import (
+    _rescaled_cross_entropy,
+    _shift_images,
+    _target_shifts,
+    apply_perturbations,
+)
 from mgd.train import TrainingSetup, make_synthetic, models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +102,53 @@ def test_attack_on_val_and_clean_maximizes_the_loss_on_the_unpoisoned_pool_too(s
     np.testing.assert_array_equal(res.data.x_val, data.x_val)
     with pytest.raises(ValueError, match="target must be 'val' or 'val_and_clean'"):
         poison_attack(setup, target="test", **kwargs)
+
+
+def _shifted_by_hand(images, shifts):
+    # Output pixel (r, c) is input pixel (r - down, c - right), clipped to the image.
+    out = np.empty_like(images)
+    h, w = images.shape[1:3]
+    for i, (down, right) in enumerate(shifts):
+        for r in range(h):
+            for c in range(w):
+                out[i, r, c] = images[
+                    i, min(max(r - down, 0), h - 1), min(max(c - right, 0), w - 1)
+                ]
+    return out
+
+
+def test_target_augment_maximizes_the_loss_on_target_images_shifted_every_meta_step():
+    # 4x4 grey images, flattened as Fashion-MNIST's for an MLP.
+    d = make_synthetic(num_train=64, num_val=32, num_test=32, input_shape=(16,), noise=0.7)
+    model = models.MLP(models.MLPConfig(num_classes=3, hidden=(8,)))
+    setup = TrainingSetup(model, optax.sgd(0.2), d, batch_size=16, num_steps=12)
+    kwargs = dict(fraction=0.25, step_size=0.05, craft_seeds=(0, 1), seed=3, progress=False)
+    one = poison_attack(setup, meta_steps=1, target_augment=1, **kwargs)
+    two = poison_attack(setup, meta_steps=2, target_augment=1, **kwargs)
+    shifts = [_target_shifts(32, 1, seed=3, step=k) for k in range(2)]
+    assert not np.array_equal(shifts[0], shifts[1])  # a new draw every meta-step
+    assert set(np.unique(shifts[0])) == {-1, 0, 1}
+    # Meta-step k's objective: the crafting run (seed k, the pool poisoned so far) on the
+    # target images shifted by that step's draw.
+    for k, pool in enumerate((d, one.data)):
+        by_hand = _shifted_by_hand(d.x_val.reshape(32, 4, 4), shifts[k]).reshape(32, 16)
+        victim = setup.replace(data=pool.replace(x_val=by_hand))
+        expected = victim.objective_fn(victim.train(seed=k), {})
+        np.testing.assert_allclose(two.history[k].objective, expected, rtol=1e-5)
+    plain = poison_attack(setup, meta_steps=1, **kwargs)
+    assert abs(plain.history[0].objective - two.history[0].objective) > 1e-4
+    # Colour images keep their layout: each channel shifts alike.
+    x = np.random.default_rng(0).normal(size=(6, 4, 3, 2)).astype(np.float32)
+    s = np.random.default_rng(1).integers(-2, 3, size=(6, 2))
+    np.testing.assert_array_equal(_shift_images(x, s, (4, 3, 2)), _shifted_by_hand(x, s))
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="target_augment must be None"):
+            poison_attack(setup, meta_steps=1, target_augment=bad, **kwargs)
+    six = make_synthetic(num_train=64, num_val=32, num_test=32, input_shape=(6,))
+    with pytest.raises(ValueError, match=r"needs inputs of shape \(H, W, C\)"):
+        poison_attack(setup.replace(data=six), meta_steps=1, target_augment=1, **kwargs)
+    with pytest.raises(ValueError, match="attack: target_augment must be None"):
+        PoisonAttackConfig(target_augment=0)
 
 
 def _margin_and_rescaled_ce(logits, y, tau):

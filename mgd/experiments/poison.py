@@ -42,7 +42,11 @@ from mgd.outer.poison import (
     poison_attack,
     random_noise_poison,
 )
-from mgd.outer.poison._attack import check_fraction, check_objective_options
+from mgd.outer.poison._attack import (
+    check_fraction,
+    check_objective_options,
+    check_target_augment,
+)
 from mgd.outer.poison._update import check_bound
 from mgd.train import TrainingSetup
 from mgd.train.models import MLPConfig
@@ -76,6 +80,9 @@ class PoisonAttackConfig:
       seeds_per_step: crafting runs averaged per meta-step (see ``mgd.poison_attack``).
       target: ``"val"`` or ``"val_and_clean"`` (the validation split with the unpoisoned
         training examples): where the attack maximizes the objective.
+      target_augment: null, or a shift in pixels: every meta-step translates each target
+        image by its own random shift of up to that many pixels per axis (see
+        ``mgd.poison_attack``); needs image inputs.
       margin_clip: null maximizes ``train.objective``; a number ``kappa``, the logit margin
         clipped at ``kappa`` (see ``mgd.poison_attack``).
       logit_scale: null, or a number ``tau``: the cross-entropy of logits rescaled to RMS ``tau``
@@ -102,6 +109,7 @@ class PoisonAttackConfig:
     craft_seeds: tuple[int, ...] = (0, 1, 2, 3, 4, 5)
     seeds_per_step: int = 1
     target: Literal["val", "val_and_clean"] = "val"
+    target_augment: int | None = None
     margin_clip: float | None = None
     logit_scale: float | None = None
     choose: Literal["random", "metagradient", "metagradient_per_class"] = "random"
@@ -125,6 +133,7 @@ class PoisonAttackConfig:
         if self.seeds_per_step < 1:
             raise ValueError(f"attack.seeds_per_step must be >= 1, got {self.seeds_per_step}")
         check_objective_options(self.margin_clip, self.logit_scale, where="attack")
+        check_target_augment(self.target_augment, where="attack")
         if self.choose != "random" and not self.choose_seeds:
             raise ValueError(
                 f"attack.choose_seeds is empty; attack.choose: {self.choose} needs at least one "
@@ -297,6 +306,7 @@ def run(
         craft_seeds=att.craft_seeds,
         seeds_per_step=att.seeds_per_step,
         target=att.target,
+        target_augment=att.target_augment,
         margin_clip=att.margin_clip,
         logit_scale=att.logit_scale,
         init=att.init,

@@ -17,6 +17,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -44,6 +45,7 @@ __all__ = [
     "apply_perturbations",
     "check_poison_data",
     "check_fraction",
+    "check_target_augment",
     "absolute_bound",
 ]
 
@@ -202,6 +204,68 @@ def _target_data(data: Dataset, idx: np.ndarray, target: str, *, where: str) -> 
     if target == "val":
         return data
     raise ValueError(f"{where}: target must be 'val' or 'val_and_clean', got {target!r}")
+
+
+def _image_layout(input_shape: tuple[int, ...], *, where: str) -> tuple[int, int, int]:
+    """``(height, width, channels)`` of image inputs: ``(H, W, C)``, or flattened square grey."""
+    if len(input_shape) == 3:
+        return input_shape
+    if len(input_shape) == 1 and math.isqrt(input_shape[0]) ** 2 == input_shape[0]:
+        side = math.isqrt(input_shape[0])
+        return side, side, 1
+    raise ValueError(
+        f"{where}: target_augment shifts images, which needs inputs of shape (H, W, C) or "
+        f"flattened square grey images (H*H,), got input shape {input_shape}; pass "
+        "target_augment=None"
+    )
+
+
+def check_target_augment(target_augment: Any, *, where: str) -> int | None:
+    """``target_augment`` as an int, or ``None``; raises ``ValueError`` naming ``where`` unless
+    it is ``None`` or an int >= 1."""
+    if target_augment is None:
+        return None
+    if isinstance(target_augment, bool) or not isinstance(target_augment, int | np.integer):
+        raise ValueError(
+            f"{where}: target_augment must be None (null) or an int >= 1 (pixels), got "
+            f"{target_augment!r}; e.g. 2"
+        )
+    if target_augment < 1:
+        raise ValueError(
+            f"{where}: target_augment must be None (null) or an int >= 1 (pixels), got "
+            f"{target_augment}; pass None for no augmentation"
+        )
+    return int(target_augment)
+
+
+def _shift_images(x: np.ndarray, shifts: np.ndarray, layout: tuple[int, int, int]) -> np.ndarray:
+    """Each image translated by its own whole-pixel shift, the edge pixels repeated.
+
+    Args:
+      x: ``(n, *input_shape)`` images, ``(H, W, C)`` or flattened to ``(H*W*C,)``.
+      shifts: int ``(n, 2)``, each image's ``(down, right)`` shift in pixels (negative: up, left).
+      layout: ``(H, W, C)``.
+
+    Returns:
+      ``(n, *input_shape)``: output pixel ``(r, c)`` of image ``i`` is input pixel
+      ``(clip(r - down_i), clip(c - right_i))``, clipped to the image.
+    """
+    n = x.shape[0]
+    h, w, c = layout
+    pad = int(np.abs(shifts).max(initial=0))
+    images = np.asarray(x).reshape(n, h, w, c)
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    out = np.empty_like(images)
+    # One slice per distinct shift: at most (2 * pad + 1) ** 2 of them.
+    for down, right in np.unique(shifts, axis=0):
+        mine = np.all(shifts == (down, right), axis=1)
+        out[mine] = padded[mine, pad - down : pad - down + h, pad - right : pad - right + w]
+    return out.reshape(x.shape)
+
+
+def _target_shifts(n: int, max_shift: int, *, seed: int, step: int) -> np.ndarray:
+    """The target's shifts at a meta-step: uniform in ``[-max_shift, max_shift]`` per axis."""
+    return np.random.default_rng([seed, step]).integers(-max_shift, max_shift + 1, size=(n, 2))
 
 
 def other_class_start(
@@ -451,6 +515,7 @@ def poison_attack(
     craft_seeds: Sequence[int] | None = None,
     seeds_per_step: int = 1,
     target: Literal["val", "val_and_clean"] = "val",
+    target_augment: int | None = None,
     margin_clip: float | None = None,
     logit_scale: float | None = None,
     init: Literal["zero", "other_class"] = "zero",
@@ -504,6 +569,11 @@ def poison_attack(
         attacker does not control (the victim trains on them; the attacker knows them in this
         threat model). The larger target leaves the perturbations less room to fit the
         validation examples themselves instead of the data's distribution.
+      target_augment: ``None``, or a shift ``k`` in pixels: every meta-step translates each
+        target image by its own random whole-pixel shift in ``[-k, k]`` per axis (edge pixels
+        repeated; drawn from ``seed`` and the meta-step), so the perturbations cannot encode
+        features of particular target images, only ones that survive a small translation.
+        Needs image inputs, ``(H, W, C)`` or flattened square grey images.
       margin_clip: ``None`` maximizes ``setup``'s objective; a number ``kappa`` maximizes
         instead the mean over the target of ``min(m, kappa)``, with ``m`` the logit margin
         (logsumexp of the wrong logits minus the right one, > 0 when misclassified; the
@@ -518,8 +588,8 @@ def poison_attack(
       init: where the ascent starts: ``"zero"``, the clean inputs, or ``"other_class"``, each
         poisoned input replaced by a random unpoisoned pool image of another class
         (:func:`other_class_start`; its label stays), a label flip written into the image.
-      seed: seed of the random poisoned subset (with ``fraction``) and of the ``other_class``
-        images.
+      seed: seed of the random poisoned subset (with ``fraction``), of the ``other_class``
+        images and of the ``target_augment`` shifts.
       replay: the engine's options (:class:`mgd.Replay`); ``None`` is ``Replay()``.
       save_dir: directory of the outer loop's checkpoint after every meta-step, or ``None``.
       resume: continue from the checkpoint in ``save_dir``; refused if it was written by a
@@ -536,7 +606,8 @@ def poison_attack(
     Raises:
       ValueError: ``fraction`` outside (0, 1), both or neither of ``fraction``/``indices``,
         indices out of range or repeated, a negative or zero ``bound`` or ``step_size``, an
-        unknown ``target`` or ``init``, a bad ``margin_clip`` or ``logit_scale``,
+        unknown ``target`` or ``init``, a ``target_augment`` that is not an int >= 1 or on
+        inputs that are not images, a bad ``margin_clip`` or ``logit_scale``,
         ``meta_steps < 1``, no crafting seed, a dataset without validation/test split, or a
         resume refused (see :func:`mgd.outer.meta_descent`).
 
@@ -567,6 +638,9 @@ def poison_attack(
         raise ValueError(f"{where}: seeds_per_step must be an int >= 1, got {seeds_per_step!r}")
     replay = Replay() if replay is None else replay
     craft_data = _target_data(data, idx, target, where=where)
+    target_augment = check_target_augment(target_augment, where=where)
+    if target_augment is not None:
+        layout = _image_layout(data.input_shape, where=where)
     scaled_step, step_print = _scaled_step(data, step_size, meta_steps, where=where)
     optimizer = _ascent(data, idx, scaled_step, bound=bound, rule=rule)
 
@@ -590,9 +664,15 @@ def poison_attack(
         return [seeds[(step * seeds_per_step + j) % len(seeds)] for j in range(seeds_per_step)]
 
     def metagradient(step: int, perturbations):
+        runs = [crafting[s] for s in step_seeds(step)]
+        if target_augment is not None:
+            shifts = _target_shifts(len(craft_data.x_val), target_augment, seed=seed, step=step)
+            shifted = craft_data.replace(x_val=_shift_images(craft_data.x_val, shifts, layout))
+            # Other data of the same shapes: the copies share the compiled programs.
+            runs = [run.replace(data=shifted) for run in runs]
         results = [
-            crafting[s].metagradient({**meta, "perturbations": perturbations}, **replay.options())
-            for s in step_seeds(step)
+            run.metagradient({**meta, "perturbations": perturbations}, **replay.options())
+            for run in runs
         ]
         # The mean over the step's seeds; its cost is the sum of theirs.
         stats = dataclasses.replace(
@@ -625,6 +705,7 @@ def poison_attack(
             "bound": bound,
             "rule": rule,
             "target": target,
+            "target_augment": target_augment,
             "margin_clip": margin_clip,
             "logit_scale": logit_scale,
             "init": init,
