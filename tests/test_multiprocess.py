@@ -107,9 +107,13 @@ def test_cli_writes_from_process_zero_and_resumes_after_all_are_killed(tmp_path)
     out = tmp_path / "out"
     argv = ["mgd", "select", "--config", str(config), "--out", str(out), "--quiet"]
     proc = _launch(*argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    # Killed (launcher and processes alike) once the first meta-step's checkpoint is complete.
+    # Killed (launcher and processes alike) once the first meta-step's checkpoint is complete
+    # and its history logged (the log is written just after the checkpoint).
     deadline = time.monotonic() + LIMIT
-    while not (out / "checkpoints" / "1" / "commit_success.txt").exists():
+    while not (
+        (out / "checkpoints" / "1" / "commit_success.txt").exists()
+        and (out / "history.json").exists()
+    ):
         assert proc.poll() is None, proc.stderr.read()[-3000:]
         if time.monotonic() > deadline:
             os.killpg(proc.pid, signal.SIGKILL)
