@@ -38,6 +38,7 @@ import time
 import jax.numpy as jnp
 import numpy as np
 import optax
+from lm_metagradient_ranking import _auc
 
 from mgd import NonFiniteCotangentError
 from mgd.experiments import read_config
@@ -66,14 +67,6 @@ RECIPES = {
     "cosine+epsroot1e-3": ({}, {"lr_decay": "cosine", "eps_root": 1e-3}, {}, 0),
     "steps900": ({}, {}, {"num_steps": 900}, 0),
 }
-
-
-def _auc(score: np.ndarray, positive: np.ndarray) -> float:
-    # Probability that a positive outranks a negative (larger score is better), ties half.
-    pos, neg = score[positive], score[~positive]
-    return float(
-        ((pos[:, None] > neg).sum() + 0.5 * (pos[:, None] == neg).sum()) / pos.size / neg.size
-    )
 
 
 def _rank_corr(a: np.ndarray, b: np.ndarray) -> float:
