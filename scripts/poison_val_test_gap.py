@@ -29,42 +29,74 @@ from mgd.experiments.poison import PoisonConfig
 from mgd.outer.poison import apply_perturbations
 
 
-def main(config: str, poisons: str, seeds: list[int]) -> None:
-    cfg = read_config("poison", config, PoisonConfig)
+def _inputs(argv: list[str]):
+    """The config, the poisons' indices and perturbations, and the seeds; exits with one line
+    naming the problem before anything is trained."""
+    config, poisons, *seeds = argv
+    try:
+        if not all(s.lstrip("-").isdigit() for s in seeds):
+            raise ValueError(f"seeds must be integers, got {' '.join(seeds)}")
+        seeds = [int(s) for s in seeds]
+        cfg = read_config("poison", config, PoisonConfig)
+        with np.load(poisons) as arrays:
+            missing = {"mgd_indices", "mgd_perturbations"} - set(arrays.files)
+            if missing:
+                raise ValueError(
+                    f"{poisons} has no {', '.join(sorted(missing))}; pass the poisons.npz that "
+                    "`mgd poison` wrote"
+                )
+            indices, perturbations = arrays["mgd_indices"], arrays["mgd_perturbations"]
+    except (OSError, ValueError) as e:
+        sys.exit(f"poison_val_test_gap.py: {e}")
+    return cfg, indices, perturbations, seeds
+
+
+def main(argv: list[str]) -> None:
+    cfg, indices, perturbations, seeds = _inputs(argv)
     data, _ = load_data(cfg.data, model=cfg.train.model)
-    setup = setup_from_config(cfg.train, data)
-    arrays = np.load(poisons)
-    indices = arrays["mgd_indices"]
-    poisoned_data = apply_perturbations(data, indices, arrays["mgd_perturbations"])
-    poisoned = setup.replace(data=poisoned_data)
+    expected = (len(indices), *data.input_shape)
+    if perturbations.shape != expected or np.any((indices < 0) | (indices >= data.num_train)):
+        sys.exit(
+            f"poison_val_test_gap.py: the poisons ({perturbations.shape[0]} perturbations of shape "
+            f"{perturbations.shape[1:]}) do not fit this config's pool ({data.num_train} inputs of "
+            f"shape {data.input_shape}); pass the run's own config"
+        )
+    poisoned_data = apply_perturbations(data, indices, perturbations)
+    clean_run = setup_from_config(cfg.train, data)
+    poisoned_run = clean_run.replace(data=poisoned_data)
     unpoisoned = np.setdiff1d(np.arange(data.num_train), indices)
-    # Extra evaluation sets ride in the test slot of the data: evaluate() reads splits by name.
-    extra = {
+    # Every evaluation set as the test split of a copy of the two setups (same shapes: the
+    # copies share the compiled programs), built once for all seeds.
+    sets = {
+        "val": data.split("val"),
+        "test": data.split("test"),
         "pool": (data.x_train[unpoisoned], data.y_train[unpoisoned]),
         "poisons": (poisoned_data.x_train[indices], poisoned_data.y_train[indices]),
     }
+    runs = {
+        name: tuple(
+            run.replace(data=dataclasses.replace(run.data, x_test=x, y_test=y))
+            for run in (clean_run, poisoned_run)
+        )
+        for name, (x, y) in sets.items()
+    }
 
-    def accuracy(run, state, split):
-        if split in extra:
-            x, y = extra[split]
-            run = run.replace(data=dataclasses.replace(run.data, x_test=x, y_test=y))
-            split = "test"
-        return 100 * run.evaluate(state, split)["accuracy"]
+    def accuracy(name, which, state):
+        return 100 * runs[name][which].evaluate(state, "test")["accuracy"]
 
     crafted = set(cfg.attack.craft_seeds)
     t0 = time.perf_counter()
     print("drops in points; the last column is the poisoned victim's accuracy (%) on the poisons")
     print("seed  crafted  val drop  test drop  unpoisoned pool drop  poisons' own labels")
     for seed in seeds:
-        clean, hit = setup.train(seed=seed), poisoned.train(seed=seed)
+        clean, hit = clean_run.train(seed=seed), poisoned_run.train(seed=seed)
         drops = [
-            accuracy(setup, clean, split) - accuracy(poisoned, hit, split)
-            for split in ("val", "test", "pool")
+            accuracy(name, 0, clean) - accuracy(name, 1, hit) for name in ("val", "test", "pool")
         ]
         mark = "yes" if seed in crafted else "no"
         print(
             f"{seed:4d}  {mark:>7}  {drops[0]:8.2f}  {drops[1]:9.2f}  {drops[2]:20.2f}  "
-            f"{accuracy(poisoned, hit, 'poisons'):19.1f}"
+            f"{accuracy('poisons', 1, hit):19.1f}"
         )
     print(f"{time.perf_counter() - t0:.0f} s")
 
@@ -72,4 +104,4 @@ def main(config: str, poisons: str, seeds: list[int]) -> None:
 if __name__ == "__main__":
     if len(sys.argv) < 4:
         sys.exit(__doc__)
-    main(sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3:]])
+    main(sys.argv[1:])

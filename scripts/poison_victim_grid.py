@@ -34,14 +34,19 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--metasmoothness", type=float, default=None, metavar="H")
     args = parser.parse_args()
-    cfg = read_config("poison", args.config, PoisonConfig)
+    try:  # Every recipe checked before anything is loaded or trained.
+        cfg = read_config("poison", args.config, PoisonConfig)
+        model = dataclasses.replace(cfg.train.model, output_scale=args.output_scale)
+        optimizers = [dataclasses.replace(cfg.train.optimizer, learning_rate=lr) for lr in args.lr]
+        if args.metasmoothness is not None and not args.metasmoothness > 0:
+            raise ValueError(f"--metasmoothness must be > 0, got {args.metasmoothness}")
+    except ValueError as e:
+        parser.error(str(e))
     data, _ = load_data(cfg.data, model=cfg.train.model)
-    model = dataclasses.replace(cfg.train.model, output_scale=args.output_scale)
     poisoned = choose_poison_indices(data.num_train, cfg.attack.fraction)
     print(f"output_scale {args.output_scale}, seeds {args.seeds}")
     print("lr        val acc (%)       test acc (%)      s/run   metasmoothness")
-    for lr in args.lr:
-        optimizer = dataclasses.replace(cfg.train.optimizer, learning_rate=lr)
+    for lr, optimizer in zip(args.lr, optimizers, strict=True):
         setup = setup_from_config(
             dataclasses.replace(cfg.train, model=model, optimizer=optimizer), data
         )
